@@ -1,0 +1,38 @@
+//! Network namespaces, netlink handles bound to one, kernel primitives, and the scan of a
+//! namespace. This is the only crate of sandbox-net that calls `setns(2)` or `unshare(2)`.
+//!
+//! ## Behavior
+//! - [`Netns`] holds a namespace by file descriptor and identifies it by `(device, inode)`.
+//!   It opens `/run/netns/NAME`, `/proc/PID/ns/net` or any bind mount, creates namespaces
+//!   without forking, and deletes only those it created, never the host's.
+//! - [`Netns::run`] runs a synchronous closure on a fresh OS thread inside the namespace; no
+//!   tokio worker ever changes namespace. The tracing context follows the closure.
+//! - [`Netns::rtnl`] makes an rtnetlink socket inside the namespace (on such a thread) and
+//!   hands it to tokio; all later requests are ordinary async code on any thread.
+//! - [`Rtnl`] offers the primitives (links, addresses, routes, neighbours) and
+//!   [`Rtnl::scan`], with Kata's filtering rules as visible [`ScanOptions`].
+//! - Errors ([`NetnsError`], [`NetlinkError`]) name the namespace and the object and keep the
+//!   errno.
+//!
+//! ## Limitations
+//! Extended-ack text from the kernel is requested but not yet decoded into errors.
+#![deny(missing_docs)]
+
+mod address;
+mod convert;
+mod error;
+mod link;
+mod namespace;
+mod route;
+mod rtnl;
+mod run;
+mod scan;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{NetlinkError, NetnsError};
+pub use namespace::{NETNS_RUN_DIR, Netns, named_path};
+pub use rtnl::Rtnl;
+pub use run::RUNNER_THREAD_NAME;
+pub use sandbox_net_persist::NetnsId;
+pub use scan::ScanOptions;

@@ -123,16 +123,25 @@ mod tests {
         assert_eq!(IfName::new(""), Err(IfNameError::Empty));
         assert_eq!(
             IfName::new("1234567890123456"),
-            Err(IfNameError::TooLong { name: "1234567890123456".into(), len: 16 })
+            Err(IfNameError::TooLong {
+                name: "1234567890123456".into(),
+                len: 16
+            })
         );
         assert_eq!(IfName::new(".."), Err(IfNameError::Reserved("..".into())));
         assert_eq!(
             IfName::new("a/b"),
-            Err(IfNameError::BadCharacter { name: "a/b".into(), ch: '/' })
+            Err(IfNameError::BadCharacter {
+                name: "a/b".into(),
+                ch: '/'
+            })
         );
         assert_eq!(
             IfName::new("a b"),
-            Err(IfNameError::BadCharacter { name: "a b".into(), ch: ' ' })
+            Err(IfNameError::BadCharacter {
+                name: "a b".into(),
+                ch: ' '
+            })
         );
     }
 

@@ -16,8 +16,10 @@
 mod ifname;
 mod mac;
 mod named;
+mod netns_id;
 pub mod scan;
 
 pub use ifname::{IfName, IfNameError};
 pub use mac::{MacAddr, MacAddrError};
 pub use named::{AddressScope, NeighbourState, RouteProtocol, RouteType};
+pub use netns_id::NetnsId;

@@ -100,7 +100,13 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for bad in ["", "02:ab:cd:00:01", "02:ab:cd:00:01:ff:00", "2:ab:cd:00:01:ff", "zz:ab:cd:00:01:ff"] {
+        for bad in [
+            "",
+            "02:ab:cd:00:01",
+            "02:ab:cd:00:01:ff:00",
+            "2:ab:cd:00:01:ff",
+            "zz:ab:cd:00:01:ff",
+        ] {
             assert_eq!(bad.parse::<MacAddr>(), Err(MacAddrError(bad.to_string())));
         }
     }

@@ -178,16 +178,34 @@ mod tests {
 
     #[test]
     fn known_values_serialize_as_names_unknown_as_numbers() {
-        assert_eq!(serde_json::to_string(&AddressScope::LINK).unwrap(), "\"link\"");
+        assert_eq!(
+            serde_json::to_string(&AddressScope::LINK).unwrap(),
+            "\"link\""
+        );
         assert_eq!(serde_json::to_string(&RouteProtocol(42)).unwrap(), "42");
-        assert_eq!(serde_json::from_str::<RouteProtocol>("\"kernel\"").unwrap(), RouteProtocol::KERNEL);
-        assert_eq!(serde_json::from_str::<RouteProtocol>("42").unwrap(), RouteProtocol(42));
-        assert_eq!(serde_json::from_str::<NeighbourState>("\"permanent\"").unwrap().0, 0x80);
+        assert_eq!(
+            serde_json::from_str::<RouteProtocol>("\"kernel\"").unwrap(),
+            RouteProtocol::KERNEL
+        );
+        assert_eq!(
+            serde_json::from_str::<RouteProtocol>("42").unwrap(),
+            RouteProtocol(42)
+        );
+        assert_eq!(
+            serde_json::from_str::<NeighbourState>("\"permanent\"")
+                .unwrap()
+                .0,
+            0x80
+        );
     }
 
     #[test]
     fn unknown_name_is_an_error_that_names_it() {
         let err = serde_json::from_str::<AddressScope>("\"galactic\"").unwrap_err();
-        assert!(err.to_string().contains("unknown AddressScope \"galactic\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown AddressScope \"galactic\""),
+            "{err}"
+        );
     }
 }

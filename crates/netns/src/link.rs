@@ -1,0 +1,117 @@
+//! Link primitives: look up, list, and change links (`ip link`).
+
+use futures::TryStreamExt;
+use rtnetlink::LinkUnspec;
+use sandbox_net_persist::{MacAddr, scan::Link};
+
+use crate::{Rtnl, convert, error::NetlinkError};
+
+/// How errors name a link: `link eth0 (ifindex 2)`.
+pub(crate) fn describe(link: &Link) -> String {
+    format!("link {} (ifindex {})", link.name, link.index)
+}
+
+impl Rtnl {
+    /// Every link of the namespace (`ip -d link show`).
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs = self
+            .collect("list", "links", self.handle().link().get().execute())
+            .await?;
+        msgs.iter().map(|m| self.decode_link(m, "links")).collect()
+    }
+
+    /// The link called `name` (`ip link show NAME`); `LinkNotFound` if there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Link, NetlinkError> {
+        let request = self.handle().link().get().match_name(name).execute();
+        self.single_link(request, name.to_string()).await
+    }
+
+    /// The link with index `index`; `LinkNotFound` if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Link, NetlinkError> {
+        let request = self.handle().link().get().match_index(index).execute();
+        self.single_link(request, format!("ifindex {index}")).await
+    }
+
+    /// Sets the link administratively up (`ip link set DEV up`).
+    pub async fn set_link_up(&self, link: &Link) -> Result<(), NetlinkError> {
+        self.change_link(
+            link,
+            "set up",
+            LinkUnspec::new_with_index(link.index).up().build(),
+        )
+        .await
+    }
+
+    /// Sets the link administratively down (`ip link set DEV down`).
+    pub async fn set_link_down(&self, link: &Link) -> Result<(), NetlinkError> {
+        self.change_link(
+            link,
+            "set down",
+            LinkUnspec::new_with_index(link.index).down().build(),
+        )
+        .await
+    }
+
+    /// Sets the link's MTU (`ip link set DEV mtu MTU`).
+    pub async fn set_link_mtu(&self, link: &Link, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
+        self.change_link(link, "set MTU of", msg).await
+    }
+
+    /// Sets the link's MAC address (`ip link set DEV address MAC`).
+    pub async fn set_link_mac(&self, link: &Link, mac: MacAddr) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .address(mac.octets().to_vec())
+            .build();
+        self.change_link(link, "set MAC of", msg).await
+    }
+
+    async fn change_link(
+        &self,
+        link: &Link,
+        op: &'static str,
+        msg: netlink_packet_route::link::LinkMessage,
+    ) -> Result<(), NetlinkError> {
+        // `change` is RTM_NEWLINK without CREATE, what `ip link set` sends; `set` would add
+        // CREATE|EXCL, which is meant for bridge ports (FIELD-GUIDE T8).
+        self.handle()
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(|e| self.request_error(op, describe(link), e))
+    }
+
+    async fn single_link(
+        &self,
+        request: impl futures::Stream<
+            Item = Result<netlink_packet_route::link::LinkMessage, rtnetlink::Error>,
+        >,
+        what: String,
+    ) -> Result<Link, NetlinkError> {
+        futures::pin_mut!(request);
+        match request.try_next().await {
+            Ok(Some(msg)) => self.decode_link(&msg, &what),
+            Ok(None) => Err(self.link_not_found(what)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                Err(self.link_not_found(what))
+            }
+            Err(e) => Err(self.request_error("look up", format!("link {what}"), e)),
+        }
+    }
+
+    fn link_not_found(&self, link: String) -> NetlinkError {
+        NetlinkError::LinkNotFound {
+            link,
+            netns: self.netns().to_path_buf(),
+        }
+    }
+
+    fn decode_link(
+        &self,
+        msg: &netlink_packet_route::link::LinkMessage,
+        what: &str,
+    ) -> Result<Link, NetlinkError> {
+        convert::link(msg).map_err(|e| self.decode(what, e))
+    }
+}

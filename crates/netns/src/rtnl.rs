@@ -1,0 +1,113 @@
+//! A route-netlink handle bound to one namespace.
+
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, TryStreamExt};
+use netlink_sys::{AsyncSocket, TokioSocket, protocols::NETLINK_ROUTE};
+use tokio::task::JoinHandle;
+
+use crate::{
+    Netns,
+    error::{NetlinkError, rtnetlink_to_io},
+};
+
+/// An rtnetlink handle whose socket was created inside one network namespace, so every
+/// request it sends acts on that namespace, from whichever thread or task sends it.
+///
+/// The connection task is aborted when the handle is dropped.
+#[derive(Debug)]
+pub struct Rtnl {
+    handle: rtnetlink::Handle,
+    netns: PathBuf,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Netns {
+    /// Opens an rtnetlink connection inside this namespace. Must be called within a tokio
+    /// runtime; the connection runs as a task of that runtime.
+    pub async fn rtnl(&self) -> Result<Rtnl, NetlinkError> {
+        let netns = self.path().to_path_buf();
+        let runtime = tokio::runtime::Handle::current();
+        let socket = self
+            .run(move || {
+                // The socket joins the namespace of the thread that creates it; registering
+                // it with the reactor needs the runtime's context, entered here.
+                let _runtime = runtime.enter();
+                let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
+                // Extended acks carry the kernel's explanation of a refused request.
+                socket.socket_mut().set_ext_ack(true)?;
+                Ok::<_, std::io::Error>(socket)
+            })
+            .await
+            .map_err(|e| NetlinkError::Socket {
+                netns: netns.clone(),
+                source: Box::new(e),
+            })?
+            .map_err(|e| NetlinkError::Socket {
+                netns: netns.clone(),
+                source: Box::new(e),
+            })?;
+        let (connection, handle, _) = rtnetlink::from_socket(socket);
+        let connection = tokio::spawn(connection);
+        Ok(Rtnl {
+            handle,
+            netns,
+            connection,
+        })
+    }
+}
+
+impl Rtnl {
+    /// The rtnetlink handle, for requests this crate has no helper for.
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
+    /// The path of the namespace this handle acts on.
+    pub fn netns(&self) -> &Path {
+        &self.netns
+    }
+
+    /// Builds the error for a failed request on `object`.
+    pub(crate) fn request_error(
+        &self,
+        op: &'static str,
+        object: impl Into<String>,
+        err: rtnetlink::Error,
+    ) -> NetlinkError {
+        NetlinkError::Request {
+            op,
+            object: object.into(),
+            netns: self.netns.clone(),
+            source: rtnetlink_to_io(err),
+        }
+    }
+
+    /// Builds the error for a kernel answer that could not be converted.
+    pub(crate) fn decode(&self, object: &str, e: crate::convert::ConvertError) -> NetlinkError {
+        NetlinkError::Decode {
+            object: object.into(),
+            netns: self.netns.clone(),
+            what: e.0,
+        }
+    }
+
+    /// Drains a dump into a vector, naming `object` on failure.
+    pub(crate) async fn collect<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        stream
+            .try_collect()
+            .await
+            .map_err(|e| self.request_error(op, object, e))
+    }
+}
