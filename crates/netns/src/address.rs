@@ -11,7 +11,7 @@ impl Rtnl {
     /// (FIELD-GUIDE T7).
     pub async fn addresses(&self) -> Result<Vec<(u32, Address)>, NetlinkError> {
         let msgs = self
-            .collect("list", "addresses", self.handle().address().get().execute())
+            .dump("list", "addresses", |h| h.address().get().execute())
             .await?;
         msgs.iter()
             .map(|m| convert::address(m).map_err(|e| self.decode("addresses", e)))

@@ -15,7 +15,7 @@ impl Rtnl {
     /// Every link of the namespace (`ip -d link show`).
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let msgs = self
-            .collect("list", "links", self.handle().link().get().execute())
+            .dump("list", "links", |h| h.link().get().execute())
             .await?;
         msgs.iter().map(|m| self.decode_link(m, "links")).collect()
     }

@@ -20,6 +20,9 @@ pub struct Rtnl {
     handle: rtnetlink::Handle,
     netns: PathBuf,
     connection: JoinHandle<()>,
+    /// The kernel runs at most one dump per netlink socket and answers a second one with
+    /// `EBUSY`; dumps from concurrent tasks sharing this handle take turns.
+    dump_turn: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Rtnl {
@@ -59,6 +62,7 @@ impl Netns {
             handle,
             netns,
             connection,
+            dump_turn: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -98,14 +102,20 @@ impl Rtnl {
         }
     }
 
-    /// Drains a dump into a vector, naming `object` on failure.
-    pub(crate) async fn collect<T>(
+    /// Sends the dump request that `request` builds and drains it into a vector, naming
+    /// `object` on failure. The request is built only once this handle's previous dump is
+    /// finished: rtnetlink sends a request as soon as it is built.
+    pub(crate) async fn dump<T, S>(
         &self,
         op: &'static str,
         object: &str,
-        stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
-    ) -> Result<Vec<T>, NetlinkError> {
-        stream
+        request: impl FnOnce(&rtnetlink::Handle) -> S,
+    ) -> Result<Vec<T>, NetlinkError>
+    where
+        S: Stream<Item = Result<T, rtnetlink::Error>>,
+    {
+        let _turn = self.dump_turn.lock().await;
+        request(&self.handle)
             .try_collect()
             .await
             .map_err(|e| self.request_error(op, object, e))

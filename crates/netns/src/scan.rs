@@ -59,16 +59,15 @@ impl ScanOptions {
 }
 
 impl Rtnl {
-    /// Scans the namespace: one dump each of links, addresses, routes and neighbours, sent
-    /// together, then grouped per interface and filtered by `options`.
+    /// Scans the namespace: one dump each of links, addresses, routes and neighbours (one
+    /// after the other: a netlink socket runs one dump at a time), then grouped per interface
+    /// and filtered by `options`.
     #[tracing::instrument(name = "netns.scan", skip_all, fields(netns = %self.netns().display()), err)]
     pub async fn scan(&self, options: &ScanOptions) -> Result<NamespaceScan, NetlinkError> {
-        let (links, addresses, routes, neighbours) = futures::try_join!(
-            self.links(),
-            self.addresses(),
-            self.routes(),
-            self.neighbours()
-        )?;
+        let links = self.links().await?;
+        let addresses = self.addresses().await?;
+        let routes = self.routes().await?;
+        let neighbours = self.neighbours().await?;
 
         let mut addresses_by_link: HashMap<u32, Vec<Address>> = HashMap::new();
         for (index, address) in addresses {

@@ -402,3 +402,25 @@ async fn empty_namespace_scans_to_nothing_but_skipped_loopback() {
     assert_eq!(scan.skipped[0].name.as_str(), "lo");
     assert_eq!(scan.skipped[0].reason, SkipReason::Loopback);
 }
+
+/// Regression: the kernel runs one dump per netlink socket and answered concurrent scans on a
+/// shared handle with EBUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn concurrent_scans_on_one_handle_all_succeed() {
+    let fx = PodFixture::new();
+    let rtnl = std::sync::Arc::new(fx.pod.netns().rtnl().await.unwrap());
+    let scans: Vec<_> = (0..16)
+        .map(|_| {
+            let rtnl = rtnl.clone();
+            tokio::spawn(async move { rtnl.scan(&ScanOptions::default()).await })
+        })
+        .collect();
+    for scan in scans {
+        let scan = scan.await.unwrap().unwrap();
+        assert_eq!(scan.interfaces.len(), 1);
+    }
+}
