@@ -37,11 +37,7 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| {
-                self.request_error(
-                    "add address to",
-                    format!("{} ({prefix})", describe(link)),
-                    e,
-                )
+                self.request_error("add", format!("address {prefix} on {}", describe(link)), e)
             })
     }
 
@@ -66,8 +62,8 @@ impl Rtnl {
             .await
             .map_err(|e| {
                 self.request_error(
-                    "delete address from",
-                    format!("{} ({prefix})", describe(link)),
+                    "delete",
+                    format!("address {prefix} on {}", describe(link)),
                     e,
                 )
             })

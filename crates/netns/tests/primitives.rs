@@ -1,0 +1,125 @@
+//! Link and address primitives, checked with `ip -j`.
+
+use sandbox_net_netns::{NetlinkError, testing::PodFixture};
+use sandbox_net_persist::MacAddr;
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn link_changes_are_what_ip_sees() {
+    let fx = PodFixture::new();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let eth0 = rtnl.link_by_name("eth0").await.unwrap();
+    assert_eq!(rtnl.link_by_index(eth0.index).await.unwrap(), eth0);
+
+    let mac: MacAddr = "02:aa:bb:cc:dd:ee".parse().unwrap();
+    rtnl.set_link_mtu(&eth0, 1400).await.unwrap();
+    rtnl.set_link_mac(&eth0, mac).await.unwrap();
+    rtnl.set_link_down(&eth0).await.unwrap();
+    let seen = &fx.pod.ip_json(&["link", "show", "eth0"])[0];
+    assert_eq!(seen["mtu"], 1400);
+    assert_eq!(seen["address"], "02:aa:bb:cc:dd:ee");
+    assert!(!seen["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+
+    rtnl.set_link_up(&eth0).await.unwrap();
+    let seen = &fx.pod.ip_json(&["link", "show", "eth0"])[0];
+    assert!(seen["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    let back = rtnl.link_by_name("eth0").await.unwrap();
+    assert_eq!((back.mtu, back.mac, back.up), (1400, Some(mac), true));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn addresses_added_and_deleted_both_families() {
+    let fx = PodFixture::new();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let eth0 = rtnl.link_by_name("eth0").await.unwrap();
+    let locals = |fx: &PodFixture| -> Vec<String> {
+        fx.pod.ip_json(&["addr", "show", "dev", "eth0"])[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    };
+    for prefix in ["10.201.0.9/16", "fd00:201::9/80"] {
+        rtnl.add_address(&eth0, prefix.parse().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            locals(&fx).contains(&prefix.to_string()),
+            "{prefix} missing: {:?}",
+            locals(&fx)
+        );
+        let ours: Vec<String> = rtnl
+            .addresses_of(&eth0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.prefix.to_string())
+            .collect();
+        assert!(ours.contains(&prefix.to_string()));
+        rtnl.del_address(&eth0, prefix.parse().unwrap())
+            .await
+            .unwrap();
+        assert!(!locals(&fx).contains(&prefix.to_string()));
+    }
+    // The pod's own addresses are untouched.
+    assert!(locals(&fx).contains(&PodFixture::POD_V4.to_string()));
+    assert!(locals(&fx).contains(&PodFixture::POD_V6.to_string()));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn errors_name_the_link_the_namespace_and_keep_the_errno() {
+    let fx = PodFixture::new();
+    let ns = fx.pod.netns().path().display().to_string();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+
+    let err = rtnl.link_by_name("nope0").await.unwrap_err();
+    assert!(matches!(err, NetlinkError::LinkNotFound { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!("no link nope0 in network namespace {ns}")
+    );
+    assert_eq!(err.errno(), Some(libc::ENODEV));
+    let err = rtnl.link_by_index(4242).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("no link ifindex 4242 in network namespace {ns}")
+    );
+
+    let eth0 = rtnl.link_by_name("eth0").await.unwrap();
+    let err = rtnl.set_link_mtu(&eth0, 70_000).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "failed to set MTU of link eth0 (ifindex {}) in network namespace {ns}",
+            eth0.index
+        )
+    );
+    assert_eq!(err.errno(), Some(libc::EINVAL));
+
+    let err = rtnl
+        .del_address(&eth0, "10.9.9.9/24".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "failed to delete address 10.9.9.9/24 on link eth0 (ifindex {}) in network namespace {ns}",
+            eth0.index
+        )
+    );
+    assert_eq!(err.errno(), Some(libc::EADDRNOTAVAIL));
+    // Nothing changed.
+    assert_eq!(rtnl.link_by_name("eth0").await.unwrap(), eth0);
+}
