@@ -1,5 +1,8 @@
 //! Namespace lifecycle and bad input, against the real kernel.
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{fs, path::Path};
 
 use sandbox_net_netns::{

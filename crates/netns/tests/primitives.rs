@@ -1,5 +1,8 @@
 //! Link and address primitives, checked with `ip -j`.
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use sandbox_net_netns::{NetlinkError, testing::PodFixture};
 use sandbox_net_persist::MacAddr;
 

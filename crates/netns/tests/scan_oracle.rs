@@ -1,5 +1,8 @@
 //! `Rtnl::scan` against iproute2's JSON for the same namespace (an independent oracle).
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeSet, HashMap};
 
 use sandbox_net_netns::{

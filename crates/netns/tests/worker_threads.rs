@@ -3,6 +3,9 @@
 //! Its own test binary: the check reads every thread of the process, so no other test may run
 //! namespace work at the same time.
 
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     fs,
     sync::{Arc, Barrier},
