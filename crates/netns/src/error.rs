@@ -201,3 +201,57 @@ pub(crate) fn rtnetlink_to_io(err: rtnetlink::Error) -> io::Error {
         other => io::Error::other(other.to_string()),
     }
 }
+
+/// A failure to create a tap device.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The queue count is outside 1..=256.
+    #[error("tap {name}: {queues} queues requested; 1 to {max} are supported")]
+    InvalidQueues {
+        /// The tap's name.
+        name: sandbox_net_persist::IfName,
+        /// The count asked for.
+        queues: usize,
+        /// The largest count supported.
+        max: usize,
+    },
+    /// A link with the tap's name already exists in the namespace.
+    #[error(
+        "cannot create tap {name} in network namespace {netns}: a link with that name already exists"
+    )]
+    NameTaken {
+        /// The tap's name.
+        name: sandbox_net_persist::IfName,
+        /// The namespace's path.
+        netns: PathBuf,
+    },
+    /// One step of creating the tap failed; nothing of it is left behind.
+    #[error("failed to {step} for tap {name} (queue {queue}) in network namespace {netns}")]
+    Step {
+        /// The step (`"open /dev/net/tun"`, `"TUNSETIFF"`, ...).
+        step: &'static str,
+        /// The tap's name.
+        name: sandbox_net_persist::IfName,
+        /// The queue being opened when it failed.
+        queue: usize,
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The work could not be run inside the namespace.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+impl TapError {
+    /// The errno behind this error, if the kernel gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::NameTaken { .. } => Some(libc::EEXIST),
+            Self::InvalidQueues { .. } => Some(libc::EINVAL),
+            _ => errno_in_chain(self),
+        }
+    }
+}

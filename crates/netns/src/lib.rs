@@ -27,12 +27,14 @@ mod route;
 mod rtnl;
 mod run;
 mod scan;
+mod tap;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{NetlinkError, NetnsError};
+pub use error::{NetlinkError, NetnsError, TapError};
 pub use namespace::{NETNS_RUN_DIR, Netns, named_path};
 pub use rtnl::Rtnl;
 pub use run::RUNNER_THREAD_NAME;
 pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
+pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig};

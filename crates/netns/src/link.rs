@@ -66,6 +66,16 @@ impl Rtnl {
         self.change_link(link, "set MAC of", msg).await
     }
 
+    /// Deletes the link (`ip link del DEV`); a veth takes its peer with it.
+    pub async fn delete_link(&self, link: &Link) -> Result<(), NetlinkError> {
+        self.handle()
+            .link()
+            .del(link.index)
+            .execute()
+            .await
+            .map_err(|e| self.request_error("delete", describe(link), e))
+    }
+
     async fn change_link(
         &self,
         link: &Link,
