@@ -11,24 +11,37 @@ pub(crate) fn describe(link: &Link) -> String {
     format!("link {} (ifindex {})", link.name, link.index)
 }
 
+/// Asks the kernel to leave the counters out of link messages (`RTEXT_FILTER_SKIP_STATS`, as
+/// `ip link` does without `-s`): nothing here reads them, and they are most of each message.
+fn without_stats(request: rtnetlink::LinkGetRequest) -> rtnetlink::LinkGetRequest {
+    request.set_filter_mask(
+        netlink_packet_route::AddressFamily::Unspec,
+        vec![netlink_packet_route::link::LinkExtentMask::SkipStats],
+    )
+}
+
 impl Rtnl {
     /// Every link of the namespace (`ip -d link show`).
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let msgs = self
-            .dump("list", "links", |h| h.link().get().execute())
+            .dump("list", "links", |h| without_stats(h.link().get()).execute())
             .await?;
         msgs.iter().map(|m| self.decode_link(m, "links")).collect()
     }
 
     /// The link called `name` (`ip link show NAME`); `LinkNotFound` if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Link, NetlinkError> {
-        let request = self.handle().link().get().match_name(name).execute();
+        let request = without_stats(self.handle().link().get())
+            .match_name(name)
+            .execute();
         self.single_link(request, name.to_string()).await
     }
 
     /// The link with index `index`; `LinkNotFound` if there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Link, NetlinkError> {
-        let request = self.handle().link().get().match_index(index).execute();
+        let request = without_stats(self.handle().link().get())
+            .match_index(index)
+            .execute();
         self.single_link(request, format!("ifindex {index}")).await
     }
 
