@@ -21,6 +21,7 @@
 mod address;
 mod convert;
 mod error;
+mod lean_dump;
 mod link;
 mod namespace;
 mod route;

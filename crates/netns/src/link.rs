@@ -23,10 +23,7 @@ fn without_stats(request: rtnetlink::LinkGetRequest) -> rtnetlink::LinkGetReques
 impl Rtnl {
     /// Every link of the namespace (`ip -d link show`).
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        let msgs = self
-            .dump("list", "links", |h| without_stats(h.link().get()).execute())
-            .await?;
-        msgs.iter().map(|m| self.decode_link(m, "links")).collect()
+        self.dump_links_lean().await
     }
 
     /// The link called `name` (`ip link show NAME`); `LinkNotFound` if there is none.

@@ -1,9 +1,6 @@
 //! Route and neighbour primitives (`ip route`, `ip neigh`).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use netlink_packet_route::AddressFamily;
-use rtnetlink::RouteMessageBuilder;
 use sandbox_net_persist::scan::{Neighbour, Route};
 
 use crate::{Rtnl, convert, error::NetlinkError};
@@ -11,24 +8,15 @@ use crate::{Rtnl, convert, error::NetlinkError};
 impl Rtnl {
     /// Every IPv4 and IPv6 route of every table (`ip route show table all` for both families).
     pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
-        let v4 = self
-            .dump("list", "IPv4 routes", |h| {
-                h.route()
-                    .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                    .execute()
-            })
-            .await?;
-        let v6 = self
-            .dump("list", "IPv6 routes", |h| {
-                h.route()
-                    .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-                    .execute()
-            })
-            .await?;
-        v4.iter()
-            .chain(&v6)
-            .map(|m| convert::route(m).map_err(|e| self.decode("routes", e)))
-            .collect()
+        self.routes_of_table(None).await
+    }
+
+    /// The IPv4 and IPv6 routes of one table (`ip route show table T`), or of all with
+    /// `None`. The kernel does the filtering.
+    pub async fn routes_of_table(&self, table: Option<u32>) -> Result<Vec<Route>, NetlinkError> {
+        let mut routes = self.dump_routes_lean(AddressFamily::Inet, table).await?;
+        routes.extend(self.dump_routes_lean(AddressFamily::Inet6, table).await?);
+        Ok(routes)
     }
 
     /// Every IPv4 and IPv6 neighbour entry, whatever its state (`ip neigh show nud all`).

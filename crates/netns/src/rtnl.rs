@@ -23,6 +23,8 @@ pub struct Rtnl {
     /// The kernel runs at most one dump per netlink socket and answers a second one with
     /// `EBUSY`; dumps from concurrent tasks sharing this handle take turns.
     dump_turn: tokio::sync::Mutex<()>,
+    /// A second socket of the same namespace for link dumps decoded lean.
+    lean: crate::lean_dump::LeanSocket,
 }
 
 impl Drop for Rtnl {
@@ -45,7 +47,8 @@ impl Netns {
                 let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
                 // Extended acks carry the kernel's explanation of a refused request.
                 socket.socket_mut().set_ext_ack(true)?;
-                Ok::<_, std::io::Error>(socket)
+                let lean = crate::lean_dump::LeanSocket::new(TokioSocket::new(NETLINK_ROUTE)?)?;
+                Ok::<_, std::io::Error>((socket, lean))
             })
             .await
             .map_err(|e| NetlinkError::Socket {
@@ -56,6 +59,7 @@ impl Netns {
                 netns: netns.clone(),
                 source: Box::new(e),
             })?;
+        let (socket, lean) = socket;
         let (connection, handle, _) = rtnetlink::from_socket(socket);
         let connection = tokio::spawn(connection);
         Ok(Rtnl {
@@ -63,6 +67,7 @@ impl Netns {
             netns,
             connection,
             dump_turn: tokio::sync::Mutex::new(()),
+            lean,
         })
     }
 }
@@ -71,6 +76,10 @@ impl Rtnl {
     /// The rtnetlink handle, for requests this crate has no helper for.
     pub fn handle(&self) -> &rtnetlink::Handle {
         &self.handle
+    }
+
+    pub(crate) fn lean(&self) -> &crate::lean_dump::LeanSocket {
+        &self.lean
     }
 
     /// The path of the namespace this handle acts on.

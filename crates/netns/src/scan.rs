@@ -66,7 +66,8 @@ impl Rtnl {
     pub async fn scan(&self, options: &ScanOptions) -> Result<NamespaceScan, NetlinkError> {
         let links = self.links().await?;
         let addresses = self.addresses().await?;
-        let routes = self.routes().await?;
+        let table = options.main_table_only.then_some(RT_TABLE_MAIN);
+        let routes = self.routes_of_table(table).await?;
         let neighbours = self.neighbours().await?;
 
         let mut addresses_by_link: HashMap<u32, Vec<Address>> = HashMap::new();
