@@ -29,6 +29,7 @@ mod rtnl;
 mod run;
 mod scan;
 mod tap;
+mod tc;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -39,3 +40,4 @@ pub use run::RUNNER_THREAD_NAME;
 pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
 pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig};
+pub use tc::{INGRESS_FILTER_PARENT, REDIRECT_PRIORITY, Redirect};
