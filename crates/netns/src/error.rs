@@ -255,3 +255,44 @@ impl TapError {
         }
     }
 }
+
+/// A failure to open the queues of a macvtap.
+#[derive(Debug, thiserror::Error)]
+pub enum MacvtapError {
+    /// One step of the private-mount recipe failed; nothing of it is left behind.
+    #[error("failed to {step} for macvtap {name} (ifindex {index}) in network namespace {netns}")]
+    Step {
+        /// The step that failed.
+        step: &'static str,
+        /// The macvtap's name.
+        name: sandbox_net_persist::IfName,
+        /// Its ifindex.
+        index: u32,
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The queue count is outside 1..=256.
+    #[error("macvtap {name}: {queues} queues requested; 1 to 256 are supported")]
+    InvalidQueues {
+        /// The macvtap's name.
+        name: sandbox_net_persist::IfName,
+        /// The count asked for.
+        queues: usize,
+    },
+    /// The work could not be run inside the namespace.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+impl MacvtapError {
+    /// The errno behind this error, if the kernel gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::InvalidQueues { .. } => Some(libc::EINVAL),
+            _ => errno_in_chain(self),
+        }
+    }
+}

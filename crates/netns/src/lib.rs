@@ -23,6 +23,7 @@ mod convert;
 mod error;
 mod lean_dump;
 mod link;
+mod macvtap;
 mod namespace;
 mod route;
 mod rtnl;
@@ -33,7 +34,8 @@ mod tc;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{NetlinkError, NetnsError, TapError};
+pub use error::{MacvtapError, NetlinkError, NetnsError, TapError};
+pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
 pub use namespace::{NETNS_RUN_DIR, Netns, named_path};
 pub use rtnl::Rtnl;
 pub use run::RUNNER_THREAD_NAME;

@@ -62,6 +62,17 @@ impl Rtnl {
         .await
     }
 
+    /// Turns the reception of all multicast frames on or off (`ip link set DEV allmulticast
+    /// on|off`). A macvtap passes multicast to its queues only for groups in its own list, or
+    /// all of them with this flag: without it a guest behind a macvtap never sees the IPv6
+    /// neighbour solicitations sent to its solicited-node group.
+    pub async fn set_link_allmulticast(&self, link: &Link, on: bool) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .allmulticast(on)
+            .build();
+        self.change_link(link, "set allmulticast of", msg).await
+    }
+
     /// Sets the link's MTU (`ip link set DEV mtu MTU`).
     pub async fn set_link_mtu(&self, link: &Link, mtu: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
