@@ -33,6 +33,7 @@ mod tap;
 mod tc;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod vhost;
 
 pub use error::{MacvtapError, NetlinkError, NetnsError, TapError};
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
@@ -43,3 +44,4 @@ pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
 pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig};
 pub use tc::{INGRESS_FILTER_PARENT, REDIRECT_PRIORITY, Redirect};
+pub use vhost::{VHOST_NET_PATH, VhostError, open_vhost_net};

@@ -54,11 +54,26 @@ macro_rules! skip_if_unsupported {
     ($result:expr, $feature:expr, $errno:expr) => {
         match $result {
             Err(err) if $crate::testing::Errno::errno(&err) == Some($errno) => {
-                $crate::skip!("{} not supported by this kernel ({})", $feature, err)
+                $crate::skip!(
+                    "{} not supported by this kernel ({})",
+                    $feature,
+                    $crate::testing::error_chain(&err)
+                )
             }
             other => other,
         }
     };
+}
+
+/// An error and its sources joined with `: `, as the CLI prints them.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Errors that carry an errno, for [`skip_if_unsupported!`](crate::skip_if_unsupported).
@@ -76,6 +91,24 @@ impl Errno for NetnsError {
 impl Errno for NetlinkError {
     fn errno(&self) -> Option<i32> {
         NetlinkError::errno(self)
+    }
+}
+
+impl Errno for crate::VhostError {
+    fn errno(&self) -> Option<i32> {
+        crate::VhostError::errno(self)
+    }
+}
+
+impl Errno for crate::TapError {
+    fn errno(&self) -> Option<i32> {
+        crate::TapError::errno(self)
+    }
+}
+
+impl Errno for crate::MacvtapError {
+    fn errno(&self) -> Option<i32> {
+        crate::MacvtapError::errno(self)
     }
 }
 
