@@ -37,11 +37,13 @@ pub fn require_root() {
 }
 
 /// Prints `SKIP: <reason>` and returns from the test. Only for a kernel feature the machine
-/// lacks.
+/// lacks. The line goes straight to stderr, past the test harness's capture, so that every
+/// run shows what was skipped.
 #[macro_export]
 macro_rules! skip {
     ($($reason:tt)+) => {{
-        eprintln!("SKIP: {}", format!($($reason)+));
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIP: {}", format!($($reason)+));
         return;
     }};
 }
