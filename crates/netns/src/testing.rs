@@ -5,6 +5,8 @@
 //! - [`PodFixture`]: what CNI leaves behind: a pod namespace holding `eth0`, one end of a veth
 //!   pair, with IPv4 and IPv6 addresses, default routes and permanent neighbours; the other end
 //!   (`veth-host`) in a host namespace of the test.
+//! - [`TestNetns::snapshot`]: a normalized JSON of everything attaching a VM's network may
+//!   change, and [`assert_same_snapshot`] to compare two with a readable list of differences.
 //! - [`skip!`](crate::skip) and [`skip_if_unsupported!`](crate::skip_if_unsupported) for a
 //!   kernel feature this machine lacks; [`require_root`] fails loudly without root.
 //!
@@ -180,6 +182,13 @@ impl TestNetns {
         let mut full = vec!["-j", "-n", self.name.as_str()];
         full.extend_from_slice(args);
         parse_json("ip", &full, &run_tool("ip", &full, None))
+    }
+
+    /// Runs `tc -n NAME ARGS...` and returns its stdout; panics with stderr on failure.
+    pub fn tc(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run_tool("tc", &full, None)
     }
 
     /// Runs `tc -j -n NAME ARGS...` and parses the JSON.
@@ -375,4 +384,298 @@ impl Default for PodFixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots: what attaching and detaching a VM's network may change, read with iproute2 only.
+// ---------------------------------------------------------------------------------------------
+
+/// What a snapshot keeps of a link from `ip -j -d link show` (besides its sorted `flags` and
+/// its `linkinfo`): its configuration, and the promiscuity and allmulticast counts that a
+/// macvtap or a bridge raises on the link under it.
+const LINK_KEYS: [&str; 9] = [
+    "ifname",
+    "link_type",
+    "mtu",
+    "address",
+    "txqlen",
+    "promiscuity",
+    "allmulti",
+    "master",
+    "link",
+];
+/// Link kinds whose `info_data` is configuration only (a bridge's, say, holds running timers).
+const INFO_DATA_KINDS: [&str; 5] = ["tun", "macvtap", "macvlan", "ipvlan", "vlan"];
+/// What a snapshot leaves out of an address of `ip -j addr show`: the lifetimes, which count
+/// down. Everything else is kept, the flags (`nodad`, `noprefixroute`, `dynamic` for a
+/// non-permanent address, ...) included.
+const ADDRESS_VOLATILE_KEYS: [&str; 2] = ["valid_life_time", "preferred_life_time"];
+/// What a snapshot keeps of a route of `ip -j -d route show table all`; left out are the
+/// `expires` countdown and cache data.
+const ROUTE_KEYS: [&str; 13] = [
+    "type", "dst", "gateway", "via", "dev", "table", "protocol", "scope", "metric", "prefsrc",
+    "pref", "flags", "nexthops",
+];
+/// What a snapshot keeps of a permanent neighbour of `ip -j neigh show nud permanent`.
+const NEIGHBOUR_KEYS: [&str; 4] = ["dst", "dev", "lladdr", "state"];
+/// What a snapshot keeps of a qdisc of `tc -j qdisc show`; left out are the `refcnt` and the
+/// options (an HTB's count packets).
+const QDISC_KEYS: [&str; 5] = ["dev", "kind", "handle", "parent", "root"];
+/// What a snapshot keeps of an ingress filter of `tc -j filter show dev DEV ingress` (besides
+/// the u32 `match` and the actions); left out is the kernel-chosen handle (`fh`).
+const FILTER_KEYS: [&str; 5] = ["parent", "protocol", "pref", "kind", "chain"];
+/// What a snapshot keeps of a filter's action; left out are the action's `index`, which the
+/// kernel numbers anew for every action made (never reusing one), and its reference counts.
+const ACTION_KEYS: [&str; 6] = [
+    "order",
+    "kind",
+    "direction",
+    "mirred_action",
+    "to_dev",
+    "control_action",
+];
+
+impl TestNetns {
+    /// A normalized, deterministic JSON of everything of the namespace that attaching or
+    /// detaching a VM's network may change, read with iproute2 only (an oracle independent of
+    /// the code under test):
+    ///
+    /// - `links`: from `ip -j -d link show`: name, type, MTU, MAC, queue length, flags,
+    ///   promiscuity and allmulticast counts, master, parent, kind, and the `info_data` of
+    ///   tun, macvtap, macvlan, ipvlan and vlan links;
+    /// - `addresses`: from `ip -j addr show`, with their flags, without lifetimes;
+    /// - `routes`: every table of both families, from `ip -j -d -4|-6 route show table all`;
+    /// - `neighbours`: the permanent ones, from `ip -j neigh show nud permanent`;
+    /// - `qdiscs`: from `tc -j qdisc show`;
+    /// - `filters`: every link's ingress filters and their actions, from `tc -j filter show
+    ///   dev DEV ingress`.
+    ///
+    /// Each list is sorted, so two snapshots of an unchanged namespace are equal; compare
+    /// them with [`assert_same_snapshot`].
+    pub fn snapshot(&self) -> serde_json::Value {
+        let links = self.ip_json(&["-d", "link", "show"]);
+        serde_json::json!({
+            "links": sorted(each(&links).map(snapshot_link).collect()),
+            "addresses": self.snapshot_addresses(),
+            "routes": self.snapshot_routes(),
+            "neighbours": self.snapshot_neighbours(),
+            "qdiscs": self.snapshot_qdiscs(),
+            "filters": self.snapshot_filters(&links),
+        })
+    }
+
+    /// Every address of every link, with the link's name.
+    fn snapshot_addresses(&self) -> serde_json::Value {
+        let mut addresses = Vec::new();
+        for link in each(&self.ip_json(&["addr", "show"])) {
+            for address in each(&link["addr_info"]) {
+                addresses.push(snapshot_address(&link["ifname"], address));
+            }
+        }
+        sorted(addresses)
+    }
+
+    /// Every route of every table, IPv4 and IPv6, with its family.
+    fn snapshot_routes(&self) -> serde_json::Value {
+        let mut routes = Vec::new();
+        for (flag, family) in [("-4", "inet"), ("-6", "inet6")] {
+            let dump = self.ip_json(&[flag, "-d", "route", "show", "table", "all"]);
+            routes.extend(each(&dump).map(|route| snapshot_route(family, route)));
+        }
+        sorted(routes)
+    }
+
+    /// The permanent neighbour entries, IPv4 and IPv6.
+    fn snapshot_neighbours(&self) -> serde_json::Value {
+        let dump = self.ip_json(&["neigh", "show", "nud", "permanent"]);
+        sorted(each(&dump).map(snapshot_neighbour).collect())
+    }
+
+    /// Every qdisc of every link.
+    fn snapshot_qdiscs(&self) -> serde_json::Value {
+        let dump = self.tc_json(&["qdisc", "show"]);
+        sorted(each(&dump).map(snapshot_qdisc).collect())
+    }
+
+    /// The ingress filters of every link of `links` (an `ip -j link show` dump).
+    fn snapshot_filters(&self, links: &serde_json::Value) -> serde_json::Value {
+        let mut filters = Vec::new();
+        for dev in each(links).filter_map(|l| l["ifname"].as_str()) {
+            let dump = self.tc_json(&["filter", "show", "dev", dev, "ingress"]);
+            filters.extend(each(&dump).map(|filter| snapshot_filter(dev, filter)));
+        }
+        sorted(filters)
+    }
+}
+
+/// Panics, failing the test, unless two snapshots of [`TestNetns::snapshot`] are equal; the
+/// message lists every difference (see [`snapshot_differences`]).
+pub fn assert_same_snapshot(before: &serde_json::Value, after: &serde_json::Value) {
+    let differences = snapshot_differences(before, after);
+    if !differences.is_empty() {
+        panic!(
+            "the namespace is not as it was ({} differences):\n  {}",
+            differences.len(),
+            differences.join("\n  ")
+        );
+    }
+}
+
+/// The differences between two snapshots, one line each: `path: before -> after` for a
+/// value that changed, `path: only before: ITEM` / `path: only after: ITEM` for an item of a
+/// list that is in one snapshot only. Empty when they are equal.
+pub fn snapshot_differences(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    differences_at("snapshot", before, after, &mut out);
+    out
+}
+
+fn differences_at(
+    path: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            for key in keys {
+                let at = format!("{path}.{key}");
+                match (b.get(key), a.get(key)) {
+                    (Some(b), Some(a)) => differences_at(&at, b, a, out),
+                    (Some(b), None) => out.push(format!("{at}: only before: {b}")),
+                    (None, Some(a)) => out.push(format!("{at}: only after: {a}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) if b != a => {
+            let only_before = items_missing_from(b, a);
+            let only_after = items_missing_from(a, b);
+            out.extend(
+                only_before
+                    .iter()
+                    .map(|i| format!("{path}: only before: {i}")),
+            );
+            out.extend(
+                only_after
+                    .iter()
+                    .map(|i| format!("{path}: only after: {i}")),
+            );
+            if only_before.is_empty() && only_after.is_empty() {
+                out.push(format!(
+                    "{path}: same items in another order: {before} -> {after}"
+                ));
+            }
+        }
+        (b, a) if b != a => out.push(format!("{path}: {b} -> {a}")),
+        _ => {}
+    }
+}
+
+/// The items of `items` that `other` lacks, counting repeated items.
+fn items_missing_from<'a>(
+    items: &'a [serde_json::Value],
+    other: &[serde_json::Value],
+) -> Vec<&'a serde_json::Value> {
+    let mut unmatched: Vec<&serde_json::Value> = other.iter().collect();
+    let mut missing = Vec::new();
+    for item in items {
+        match unmatched.iter().position(|o| *o == item) {
+            Some(at) => {
+                unmatched.swap_remove(at);
+            }
+            None => missing.push(item),
+        }
+    }
+    missing
+}
+
+/// A link: [`LINK_KEYS`], its sorted flags, its kind, and the `info_data` of the kinds of
+/// [`INFO_DATA_KINDS`].
+fn snapshot_link(link: &serde_json::Value) -> serde_json::Value {
+    let mut out = pick(link, &LINK_KEYS);
+    out.insert("flags".into(), sorted_strings(&link["flags"]));
+    let kind = &link["linkinfo"]["info_kind"];
+    if !kind.is_null() {
+        out.insert("kind".into(), kind.clone());
+    }
+    let info_data = &link["linkinfo"]["info_data"];
+    if kind.as_str().is_some_and(|k| INFO_DATA_KINDS.contains(&k)) && !info_data.is_null() {
+        out.insert("info_data".into(), info_data.clone());
+    }
+    serde_json::Value::Object(out)
+}
+
+/// An address of link `ifname`: all it has but [`ADDRESS_VOLATILE_KEYS`].
+fn snapshot_address(ifname: &serde_json::Value, address: &serde_json::Value) -> serde_json::Value {
+    let mut out = address.as_object().cloned().unwrap_or_default();
+    for key in ADDRESS_VOLATILE_KEYS {
+        out.remove(key);
+    }
+    out.insert("ifname".into(), ifname.clone());
+    serde_json::Value::Object(out)
+}
+
+/// A route of `family` (`inet` or `inet6`): [`ROUTE_KEYS`].
+fn snapshot_route(family: &str, route: &serde_json::Value) -> serde_json::Value {
+    let mut out = pick(route, &ROUTE_KEYS);
+    out.insert("family".into(), family.into());
+    serde_json::Value::Object(out)
+}
+
+/// A neighbour entry: [`NEIGHBOUR_KEYS`], its state sorted.
+fn snapshot_neighbour(neighbour: &serde_json::Value) -> serde_json::Value {
+    let mut out = pick(neighbour, &NEIGHBOUR_KEYS);
+    out.insert("state".into(), sorted_strings(&neighbour["state"]));
+    serde_json::Value::Object(out)
+}
+
+/// A qdisc: [`QDISC_KEYS`].
+fn snapshot_qdisc(qdisc: &serde_json::Value) -> serde_json::Value {
+    serde_json::Value::Object(pick(qdisc, &QDISC_KEYS))
+}
+
+/// An ingress filter of `dev`: [`FILTER_KEYS`], a u32 filter's `match`, and its actions'
+/// [`ACTION_KEYS`].
+fn snapshot_filter(dev: &str, filter: &serde_json::Value) -> serde_json::Value {
+    let mut out = pick(filter, &FILTER_KEYS);
+    out.insert("dev".into(), dev.into());
+    let options = &filter["options"];
+    if !options["match"].is_null() {
+        out.insert("match".into(), options["match"].clone());
+    }
+    if options["actions"].is_array() {
+        let actions = each(&options["actions"])
+            .map(|a| serde_json::Value::Object(pick(a, &ACTION_KEYS)))
+            .collect();
+        out.insert("actions".into(), serde_json::Value::Array(actions));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// The items of a JSON list; none for anything else.
+fn each(list: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    list.as_array().into_iter().flatten()
+}
+
+/// The entries of `object` under `keys`, those it has.
+fn pick(object: &serde_json::Value, keys: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    keys.iter()
+        .filter_map(|&key| Some((key.to_string(), object.get(key)?.clone())))
+        .collect()
+}
+
+/// A list of strings, sorted; an empty list for a missing one.
+fn sorted_strings(list: &serde_json::Value) -> serde_json::Value {
+    let mut strings: Vec<&str> = each(list).filter_map(|s| s.as_str()).collect();
+    strings.sort_unstable();
+    strings.into()
+}
+
+/// The items in a canonical order: that of their JSON text (objects print their keys sorted).
+fn sorted(mut items: Vec<serde_json::Value>) -> serde_json::Value {
+    items.sort_by_cached_key(|item| item.to_string());
+    serde_json::Value::Array(items)
 }
