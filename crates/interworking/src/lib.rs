@@ -1,5 +1,33 @@
-//! Interworking models: how a pod-side link is wired to the VM side.
+//! How a pod-side link is wired to the VM: the [`NetworkPair`] and its interworking models.
 //!
-//! Owns `NetworkPair` and the `tcfilter`, `macvtap` and `none` models (issue 3). It works on
-//! link names, never on endpoint kinds. Nothing is implemented yet: this crate exists so that
-//! the direction of dependencies (`netns <- interworking <- endpoints`) is fixed from the start.
+//! ## Behavior
+//! - [`NetworkPair::plan`] describes the wiring as a list of [`Step`]s, each carrying the
+//!   values it overwrites. Planning is pure: it reads the scanned pod link and touches nothing.
+//! - [`apply`] makes the changes in order. If one fails, the steps already made are undone in
+//!   reverse before the error is returned, so a failed attach leaves the namespace as it was.
+//! - [`undo`] reverses a list of steps: it treats what is already gone as done, goes on past
+//!   failures and reports all of them. Rollback, detach and cleanup after a crash are all this
+//!   one operation.
+//! - [`check`] compares the kernel with the steps and reports every difference.
+//!
+//! | model | VM side | pod link while attached |
+//! |---|---|---|
+//! | `tcfilter` | tap `tap{idx}_kata`, MTU of the pod link, ingress qdiscs and mirred redirects both ways | unchanged |
+//! | `macvtap` | macvtap `tap{idx}_kata` on the pod link, bridge mode, with the pod link's MAC, all multicast | random local MAC, no addresses |
+//! | `none` | tap, not connected | unchanged |
+//!
+//! ## Limitations
+//! Links are found by name at every step (one lookup each); names are what CNI and the VMM
+//! use, and an ifindex is only known once a device exists.
+#![deny(missing_docs)]
+
+mod apply;
+mod check;
+mod pair;
+mod undo;
+
+pub use apply::{AppliedPair, ApplyHooks, AttachError, Kernel, StepError, apply};
+pub use check::{Drift, check};
+pub use pair::{NetworkPair, PairError, TapOptions, random_local_mac, vm_link_name};
+pub use sandbox_net_persist::steps::{InterworkingModel, Step, UnknownModel};
+pub use undo::{UndoError, UndoFailure, undo};

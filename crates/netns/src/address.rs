@@ -41,6 +41,55 @@ impl Rtnl {
             })
     }
 
+    /// Adds `address` back to the link as it was scanned: its prefix, scope, label and the
+    /// flags a user may set (`nodad`, `optimistic`, `homeaddress`, `mngtmpaddr`,
+    /// `noprefixroute`, `autojoin`); the kernel recomputes the others.
+    pub async fn restore_address(
+        &self,
+        link: &Link,
+        address: &Address,
+    ) -> Result<(), NetlinkError> {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+        /// `IFA_F_NODAD | OPTIMISTIC | HOMEADDRESS | MANAGETEMPADDR | NOPREFIXROUTE | MCAUTOJOIN`.
+        const SETTABLE_FLAGS: u32 = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400;
+        let prefix = address.prefix;
+        let mut request =
+            self.handle()
+                .address()
+                .add(link.index, prefix.addr(), prefix.prefix_len());
+        let message = request.message_mut();
+        message.header.scope = AddressScope::from(address.scope.0);
+        let flags = address.flags & SETTABLE_FLAGS;
+        if flags != 0 {
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::from_bits_retain(
+                    flags,
+                )));
+        }
+        // rtnetlink adds the broadcast address of the prefix by itself; put back exactly the
+        // one that was there, or none.
+        message
+            .attributes
+            .retain(|a| !matches!(a, AddressAttribute::Broadcast(_)));
+        if let Some(broadcast) = address.broadcast {
+            message
+                .attributes
+                .push(AddressAttribute::Broadcast(broadcast));
+        }
+        if let Some(label) = &address.label {
+            message
+                .attributes
+                .retain(|a| !matches!(a, AddressAttribute::Label(_)));
+            message
+                .attributes
+                .push(AddressAttribute::Label(label.clone()));
+        }
+        request.execute().await.map_err(|e| {
+            self.request_error("add", format!("address {prefix} on {}", describe(link)), e)
+        })
+    }
+
     /// Removes `prefix` from the link (`ip addr del PREFIX dev DEV`).
     pub async fn del_address(&self, link: &Link, prefix: IpNet) -> Result<(), NetlinkError> {
         let mut msg = netlink_packet_route::address::AddressMessage::default();

@@ -126,12 +126,14 @@ pub(crate) fn address(msg: &AddressMessage) -> Result<(u32, Address), ConvertErr
     let mut local = None;
     let mut address = None;
     let mut label = None;
+    let mut broadcast = None;
     let mut flags = u32::from(msg.header.flags.bits());
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
             AddressAttribute::Label(l) => label = Some(l.clone()),
+            AddressAttribute::Broadcast(b) => broadcast = Some(*b),
             AddressAttribute::Flags(f) => flags = f.bits(),
             _ => {}
         }
@@ -153,6 +155,7 @@ pub(crate) fn address(msg: &AddressMessage) -> Result<(u32, Address), ConvertErr
         Address {
             prefix,
             peer,
+            broadcast,
             scope,
             flags,
             label,

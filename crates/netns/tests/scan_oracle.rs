@@ -92,9 +92,10 @@ fn address_tuple(dev: &str, a: &Address) -> String {
     }
     flags.sort();
     format!(
-        "{dev} {} peer={} scope={} label={} flags={flags:?}",
+        "{dev} {} peer={} brd={} scope={} label={} flags={flags:?}",
         a.prefix,
         a.peer.map(|p| p.to_string()).unwrap_or_default(),
+        a.broadcast.map(|b| b.to_string()).unwrap_or_default(),
         a.scope,
         a.label.clone().unwrap_or_default()
     )
@@ -113,11 +114,12 @@ fn ip_address_tuples(ip_addr: &Value) -> BTreeSet<String> {
             flags.sort();
             let peer = a.get("address").map(s).unwrap_or_default();
             out.insert(format!(
-                "{} {}/{} peer={} scope={} label={} flags={flags:?}",
+                "{} {}/{} peer={} brd={} scope={} label={} flags={flags:?}",
                 s(&link["ifname"]),
                 s(&a["local"]),
                 s(&a["prefixlen"]),
                 peer,
+                a.get("broadcast").map(s).unwrap_or_default(),
                 s(&a["scope"]),
                 a.get("label").map(s).unwrap_or_default()
             ));

@@ -18,6 +18,7 @@ mod mac;
 mod named;
 mod netns_id;
 pub mod scan;
+pub mod steps;
 
 pub use ifname::{IfName, IfNameError};
 pub use mac::{MacAddr, MacAddrError};

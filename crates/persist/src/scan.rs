@@ -84,6 +84,9 @@ pub struct Address {
     /// `IFA_ADDRESS` when it differs from the local address (a point-to-point peer).
     #[serde(default)]
     pub peer: Option<IpAddr>,
+    /// `IFA_BROADCAST`, for IPv4 (`ip addr add ... brd B`; absent unless asked for).
+    #[serde(default)]
+    pub broadcast: Option<std::net::Ipv4Addr>,
     /// `ifa_scope`.
     pub scope: AddressScope,
     /// `IFA_FLAGS` (or `ifa_flags`): `IFA_F_*` bits such as `nodad` (0x02), `permanent` (0x80),
@@ -232,6 +235,7 @@ mod tests {
                     Address {
                         prefix: "10.200.0.2/24".parse().unwrap(),
                         peer: None,
+                        broadcast: Some("10.200.0.255".parse().unwrap()),
                         scope: AddressScope::GLOBAL,
                         flags: Address::F_PERMANENT,
                         label: Some("eth0".into()),
@@ -239,6 +243,7 @@ mod tests {
                     Address {
                         prefix: "fd00:200::2/64".parse().unwrap(),
                         peer: None,
+                        broadcast: None,
                         scope: AddressScope::GLOBAL,
                         flags: Address::F_PERMANENT | Address::F_NODAD,
                         label: None,

@@ -1,0 +1,115 @@
+//! Comparing the kernel with the steps that were applied.
+
+use std::fmt;
+
+use sandbox_net_netns::NetlinkError;
+use sandbox_net_persist::steps::Step;
+
+use crate::apply::Kernel;
+
+/// One difference between what a step made and what the kernel has now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// The step, described.
+    pub step: String,
+    /// What the step made.
+    pub expected: String,
+    /// What the kernel has.
+    pub found: String,
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: expected {}, found {}",
+            self.step, self.expected, self.found
+        )
+    }
+}
+
+/// Checks every applied step against the kernel and returns every difference (empty when the
+/// wiring is intact). Only errors other than a missing link stop the check.
+#[tracing::instrument(name = "interworking.check", skip_all, fields(netns = %kernel.netns.path().display()), err)]
+pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, NetlinkError> {
+    let rtnl = kernel.rtnl;
+    let mut drifts = Vec::new();
+    for step in steps {
+        let mut drift = |expected: String, found: String| {
+            drifts.push(Drift {
+                step: step.describe(),
+                expected,
+                found,
+            })
+        };
+        let link_name = match step {
+            Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => name,
+            Step::SetMtu { link, .. }
+            | Step::SetMac { link, .. }
+            | Step::SetUp { link, .. }
+            | Step::SetAllmulticast { link }
+            | Step::AddIngressQdisc { link }
+            | Step::ClearAddresses { link, .. } => link,
+            Step::AddRedirect { from, .. } => from,
+        };
+        let link = match rtnl.link_by_name(link_name.as_str()).await {
+            Ok(link) => link,
+            Err(NetlinkError::LinkNotFound { .. }) => {
+                drift(format!("link {link_name}"), "no such link".into());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match step {
+            Step::CreateTap { .. } if link.kind.as_deref() != Some("tun") => {
+                drift("a tap".into(), format!("a link of kind {:?}", link.kind));
+            }
+            Step::CreateMacvtap { parent, .. } => {
+                let parent_index = rtnl
+                    .link_by_name(parent.as_str())
+                    .await
+                    .ok()
+                    .map(|p| p.index);
+                if link.kind.as_deref() != Some("macvtap") || link.parent_index != parent_index {
+                    drift(
+                        format!("a macvtap on {parent} (ifindex {parent_index:?})"),
+                        format!("{:?} on ifindex {:?}", link.kind, link.parent_index),
+                    );
+                }
+            }
+            Step::SetMtu { mtu, .. } if link.mtu != *mtu => {
+                drift(format!("MTU {mtu}"), format!("MTU {}", link.mtu))
+            }
+            Step::SetMac { mac, .. } if link.mac != Some(*mac) => {
+                drift(format!("MAC {mac}"), format!("MAC {:?}", link.mac))
+            }
+            Step::SetUp { .. } if !link.up => drift("up".into(), "down".into()),
+            Step::AddIngressQdisc { .. } if !rtnl.has_ingress_qdisc(&link).await? => {
+                drift("an ingress qdisc".into(), "none".into())
+            }
+            Step::AddRedirect { to, .. } => {
+                let target = rtnl.link_by_name(to.as_str()).await.ok().map(|t| t.index);
+                let redirects = rtnl.ingress_redirects(&link).await?;
+                if !redirects
+                    .iter()
+                    .any(|r| Some(r.target_index) == target && r.egress_redirect)
+                {
+                    let found: Vec<u32> = redirects.iter().map(|r| r.target_index).collect();
+                    drift(
+                        format!("a redirect to {to}"),
+                        format!("redirects to ifindexes {found:?}"),
+                    );
+                }
+            }
+            Step::ClearAddresses { .. } => {
+                let left = rtnl.addresses_of(&link).await?;
+                if !left.is_empty() {
+                    let left: Vec<String> = left.iter().map(|a| a.prefix.to_string()).collect();
+                    drift("no address".into(), left.join(" "));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(drifts)
+}

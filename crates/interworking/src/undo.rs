@@ -1,0 +1,165 @@
+//! Undoing steps in reverse: rollback, detach and cleanup after a crash.
+
+use std::collections::HashSet;
+
+use sandbox_net_netns::NetlinkError;
+use sandbox_net_persist::{IfName, steps::Step};
+
+use crate::apply::Kernel;
+
+/// One step that could not be undone.
+#[derive(Debug, thiserror::Error)]
+#[error("could not undo \"{step}\"")]
+pub struct UndoFailure {
+    /// The step, described.
+    pub step: String,
+    /// Why.
+    #[source]
+    pub source: NetlinkError,
+}
+
+/// Every step that could not be undone; the others were.
+#[derive(Debug, thiserror::Error)]
+#[error("{} step(s) could not be undone: {}", .failures.len(), list(.failures))]
+pub struct UndoError {
+    /// The failures, in the order they happened.
+    pub failures: Vec<UndoFailure>,
+}
+
+fn list(failures: &[UndoFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{f}: {}", f.source))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Undoes `steps` in reverse order. What is already gone counts as undone; a failure does not
+/// stop the others, and all failures are reported together. Safe to run twice.
+///
+/// Changes to a link that the same steps created are not undone one by one: deleting the link
+/// undoes them all.
+#[tracing::instrument(name = "interworking.undo", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
+pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
+    let created: HashSet<&IfName> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for step in steps.iter().rev() {
+        if let Some(link) = touched_link(step)
+            && created.contains(link)
+        {
+            continue;
+        }
+        if let Err(source) = undo_one(kernel, step).await {
+            tracing::warn!(step = %step.describe(), error = %source, "undo failed");
+            failures.push(UndoFailure {
+                step: step.describe(),
+                source,
+            });
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(UndoError { failures })
+    }
+}
+
+/// The link whose settings a step changes (not for steps that create or connect links).
+fn touched_link(step: &Step) -> Option<&IfName> {
+    match step {
+        Step::SetMtu { link, .. }
+        | Step::SetMac { link, .. }
+        | Step::SetUp { link, .. }
+        | Step::SetAllmulticast { link }
+        | Step::AddIngressQdisc { link } => Some(link),
+        Step::AddRedirect { from, .. } => Some(from),
+        Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::ClearAddresses { .. } => None,
+    }
+}
+
+/// True for the answers that mean "already undone".
+fn gone(err: &NetlinkError) -> bool {
+    matches!(err, NetlinkError::LinkNotFound { .. })
+        || matches!(
+            err.errno(),
+            Some(libc::ENODEV | libc::ENOENT | libc::EEXIST)
+        )
+}
+
+/// Runs `result`, treating "already undone" as success.
+fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), NetlinkError> {
+    let rtnl = kernel.rtnl;
+    let name = match step {
+        Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => name,
+        Step::SetMtu { link, .. }
+        | Step::SetMac { link, .. }
+        | Step::SetUp { link, .. }
+        | Step::SetAllmulticast { link }
+        | Step::AddIngressQdisc { link }
+        | Step::ClearAddresses { link, .. } => link,
+        Step::AddRedirect { from, .. } => from,
+    };
+    // A link that no longer exists has nothing left to undo.
+    let link = match kernel.link(name.as_str()).await {
+        Ok(link) => link,
+        Err(e) => return tolerate::<()>(Err(e)),
+    };
+    match step {
+        Step::CreateTap { .. } | Step::CreateMacvtap { .. } => {
+            tolerate(rtnl.delete_link(&link).await)
+        }
+        Step::SetMtu { original, .. } => tolerate(rtnl.set_link_mtu(&link, *original).await),
+        Step::SetMac { original, .. } => tolerate(rtnl.set_link_mac(&link, *original).await),
+        Step::SetUp {
+            original_up: false, ..
+        } => tolerate(rtnl.set_link_down(&link).await),
+        Step::SetUp {
+            original_up: true, ..
+        } => Ok(()),
+        Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await),
+        Step::AddIngressQdisc { .. } => tolerate(rtnl.del_ingress_qdisc(&link).await),
+        // Without an ingress qdisc there is no filter left (the kernel would say EINVAL).
+        Step::AddRedirect { .. } if !rtnl.has_ingress_qdisc(&link).await? => Ok(()),
+        Step::AddRedirect { .. } => tolerate(rtnl.del_ingress_filters(&link).await),
+        Step::ClearAddresses {
+            addresses,
+            routes,
+            neighbours,
+            ..
+        } => {
+            // Addresses first: routes need their prefixes. Neighbours last: the kernel may
+            // have flushed them with the addresses or a MAC change. What survived is EEXIST.
+            let mut first_error = None;
+            for address in addresses {
+                if let Err(e) = tolerate(rtnl.restore_address(&link, address).await) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for route in routes {
+                if let Err(e) = tolerate(rtnl.add_route(route).await) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for neighbour in neighbours {
+                if let Err(e) = tolerate(rtnl.add_neighbour(neighbour).await) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+    }
+}

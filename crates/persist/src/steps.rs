@@ -1,0 +1,216 @@
+//! Changes to the kernel described as data, before they are made.
+//!
+//! Every change sandbox-net makes to a namespace is first written down as a [`Step`] carrying
+//! the values it will overwrite. The list is persisted before it is applied; undoing it in
+//! reverse order is how a failed attach rolls back, how detach works, and how a restarted
+//! shim cleans up after a crash. Links are named, not numbered: an ifindex is only known once
+//! a device exists, and names are what the pod's configuration and the VMM use.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    IfName, MacAddr,
+    scan::{Address, Neighbour, Route},
+};
+
+/// One change to the kernel, with what it overwrites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Step {
+    /// Create a tap device (`ip tuntap add NAME mode tap [multi_queue] [vnet_hdr] [user U]
+    /// [group G]`); undone by deleting it.
+    CreateTap {
+        /// The tap's name (`tap{idx}_kata`).
+        name: IfName,
+        /// Number of queues.
+        queues: u32,
+        /// `IFF_VNET_HDR`.
+        vnet_hdr: bool,
+        /// `TUNSETOWNER`.
+        owner: Option<u32>,
+        /// `TUNSETGROUP`.
+        group: Option<u32>,
+        /// `TUNSETPERSIST`: the device outlives its queue descriptors.
+        persist: bool,
+    },
+    /// Create a macvtap in bridge mode on `parent`, with the parent's MTU and txqueuelen and
+    /// the MAC `mac`; undone by deleting it.
+    CreateMacvtap {
+        /// The macvtap's name.
+        name: IfName,
+        /// The link it sits on.
+        parent: IfName,
+        /// Its MAC (the guest's).
+        mac: MacAddr,
+    },
+    /// Set the MTU of `link`; undone by setting `original` back.
+    SetMtu {
+        /// The link.
+        link: IfName,
+        /// The new MTU.
+        mtu: u32,
+        /// The MTU before.
+        original: u32,
+    },
+    /// Set the MAC of `link`; undone by setting `original` back.
+    SetMac {
+        /// The link.
+        link: IfName,
+        /// The new MAC.
+        mac: MacAddr,
+        /// The MAC before.
+        original: MacAddr,
+    },
+    /// Set `link` administratively up; undone by setting it down if it was down.
+    SetUp {
+        /// The link.
+        link: IfName,
+        /// Whether it was up before.
+        original_up: bool,
+    },
+    /// Make `link` receive all multicast (a macvtap, so that the guest sees IPv6 neighbour
+    /// solicitations); undone by turning it off.
+    SetAllmulticast {
+        /// The link.
+        link: IfName,
+    },
+    /// Add an ingress qdisc to `link`; undone by deleting it (and the filters under it).
+    AddIngressQdisc {
+        /// The link.
+        link: IfName,
+    },
+    /// Redirect every frame arriving at `from` to the egress of `to` (u32 match-all, mirred
+    /// egress redirect, stolen); undone by deleting `from`'s ingress filters.
+    AddRedirect {
+        /// Where frames arrive.
+        from: IfName,
+        /// Where they are sent.
+        to: IfName,
+    },
+    /// Remove every address of `link`. The kernel drops with them the routes through the link
+    /// and may flush its neighbours, so the step records those too; undone by adding back the
+    /// addresses, then the routes, then the neighbours.
+    ClearAddresses {
+        /// The link.
+        link: IfName,
+        /// Its addresses before.
+        addresses: Vec<Address>,
+        /// Its routes before (those the kernel does not recreate from the addresses).
+        routes: Vec<Route>,
+        /// Its permanent neighbours before.
+        neighbours: Vec<Neighbour>,
+    },
+}
+
+impl Step {
+    /// A short human description, as `ip`/`tc` would phrase the change.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::CreateTap { name, queues, .. } => format!("create tap {name} ({queues} queues)"),
+            Self::CreateMacvtap { name, parent, .. } => {
+                format!("create macvtap {name} on {parent}")
+            }
+            Self::SetMtu {
+                link,
+                mtu,
+                original,
+            } => format!("set MTU of {link} {original} -> {mtu}"),
+            Self::SetMac {
+                link,
+                mac,
+                original,
+            } => format!("set MAC of {link} {original} -> {mac}"),
+            Self::SetUp { link, .. } => format!("set {link} up"),
+            Self::SetAllmulticast { link } => format!("set {link} allmulticast on"),
+            Self::AddIngressQdisc { link } => format!("add ingress qdisc to {link}"),
+            Self::AddRedirect { from, to } => format!("redirect {from} -> {to}"),
+            Self::ClearAddresses {
+                link, addresses, ..
+            } => {
+                format!("remove {} addresses from {link}", addresses.len())
+            }
+        }
+    }
+}
+
+/// How a pod-side link is wired to the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterworkingModel {
+    /// A tap plus ingress qdiscs and mirred redirects in both directions.
+    #[serde(rename = "tcfilter")]
+    TcFilter,
+    /// A macvtap on the pod link, which hands its MAC and addresses to the guest.
+    Macvtap,
+    /// A tap that is not connected to anything.
+    None,
+}
+
+/// A model name that is not one of ours: a configuration error, never a silent fallback.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown interworking model {0:?}: expected tcfilter, macvtap or none")]
+pub struct UnknownModel(pub String);
+
+impl FromStr for InterworkingModel {
+    type Err = UnknownModel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcfilter" => Ok(Self::TcFilter),
+            "macvtap" => Ok(Self::Macvtap),
+            "none" => Ok(Self::None),
+            other => Err(UnknownModel(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for InterworkingModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TcFilter => "tcfilter",
+            Self::Macvtap => "macvtap",
+            Self::None => "none",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_round_trip_and_unknown_is_an_error() {
+        for model in [
+            InterworkingModel::TcFilter,
+            InterworkingModel::Macvtap,
+            InterworkingModel::None,
+        ] {
+            assert_eq!(model.to_string().parse::<InterworkingModel>(), Ok(model));
+            let json = serde_json::to_string(&model).unwrap();
+            assert_eq!(json, format!("\"{model}\""));
+        }
+        let err = "l3forwarding".parse::<InterworkingModel>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown interworking model \"l3forwarding\": expected tcfilter, macvtap or none"
+        );
+    }
+
+    #[test]
+    fn steps_serialize_tagged_and_round_trip() {
+        let step = Step::SetMac {
+            link: IfName::new("eth0").unwrap(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            original: "02:00:0a:c8:00:02".parse().unwrap(),
+        };
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(json["op"], "set_mac");
+        assert_eq!(json["original"], "02:00:0a:c8:00:02");
+        assert_eq!(serde_json::from_value::<Step>(json).unwrap(), step);
+        assert_eq!(
+            step.describe(),
+            "set MAC of eth0 02:00:0a:c8:00:02 -> 02:00:00:00:00:01"
+        );
+    }
+}
