@@ -1,4 +1,31 @@
-//! The `Endpoint` trait, its eight kinds and their classification (issue 3).
+//! Endpoints: what each interface of a pod becomes, and how it is attached to the VM.
 //!
-//! Nothing is implemented yet: this crate exists so that the direction of dependencies
-//! (`{interworking, ratelimit} <- endpoints <- sandbox-net`) is fixed from the start.
+//! ## Behavior
+//! - [`classify()`] decides, in Kata's order, which [`EndpointKind`] a scanned interface is:
+//!   physical (a PCI function, through ethtool's bus info), vhost-user (a socket exists for one
+//!   of its addresses), macvlan, macvtap, tuntap (tap mode only), veth, ipvlan. Anything else is
+//!   skipped with a warning, or refused in strict mode.
+//! - An [`Endpoint`] has its own stable id, never its MAC or its position.
+//! - Attaching builds what a VMM needs ([`NetDevice`]: queue descriptors, guest MAC, MTU, or a
+//!   vhost-user socket / VFIO device) and hands it to the [`Hypervisor`].
+//!
+//! ## Limitations
+//! VFIO binding and ethtool detection are exercised against a stand-in sysfs tree and veths;
+//! the build machines have no PCI NIC to hand over.
+#![deny(missing_docs)]
+
+pub mod classify;
+pub mod endpoint;
+pub mod hypervisor;
+pub mod physical;
+pub mod vhost_user;
+
+pub use classify::{
+    ClassifyOptions, Facts, SkippedInterface, Unsupported, classify, endpoints_from_scan,
+    gather_facts,
+};
+pub use endpoint::{AttachOptions, Endpoint, EndpointError, EndpointFailure};
+pub use hypervisor::{
+    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
+};
+pub use sandbox_net_persist::endpoint::{EndpointId, EndpointKind};

@@ -13,6 +13,7 @@
 //! This crate holds no I/O with the kernel; `sandbox-net-netns` fills these types in.
 #![deny(missing_docs)]
 
+pub mod endpoint;
 mod ifname;
 mod mac;
 mod named;

@@ -1,0 +1,253 @@
+//! Deciding what each scanned interface becomes, in Kata's order.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use sandbox_net_netns::Netns;
+use sandbox_net_persist::{
+    IfName,
+    endpoint::EndpointKind,
+    scan::{Interface, TunTapMode},
+};
+
+use crate::{
+    physical::{PciAddress, ethtool_bus_info, pci_address_from_bus_info},
+    vhost_user::find_vhost_user_socket,
+};
+
+/// What classification learns about an interface beyond the scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The PCI function behind the interface, from ethtool's bus info.
+    pub pci: Option<PciAddress>,
+    /// A vhost-user socket found for one of its addresses.
+    pub vhost_user_socket: Option<PathBuf>,
+}
+
+/// Why an interface cannot become an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// A tun device in tun mode carries IP packets without Ethernet headers; a virtio-net
+    /// device cannot use it.
+    #[error(
+        "link {link} is a tun device in tun mode (no Ethernet header); only tap mode can be attached"
+    )]
+    TunMode {
+        /// The link.
+        link: IfName,
+    },
+    /// A kind of link no endpoint handles.
+    #[error("link {link} of kind {kind} cannot be attached to a VM")]
+    Kind {
+        /// The link.
+        link: IfName,
+        /// Its kind, as the kernel reports it.
+        kind: String,
+    },
+}
+
+/// Where classification looks for what the scan does not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassifyOptions {
+    /// Refuse the whole scan when one interface is unsupported, instead of skipping it.
+    pub strict: bool,
+    /// The directory holding `vhostuser_<IP>/vhu.sock` sockets (Kata: `/tmp`).
+    pub vhost_user_dir: PathBuf,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        Self {
+            strict: false,
+            vhost_user_dir: PathBuf::from(crate::vhost_user::DEFAULT_VHOST_USER_DIR),
+        }
+    }
+}
+
+/// Looks for the facts of `iface`: ethtool's bus info (inside the namespace; any failure
+/// means "not physical") and a vhost-user socket for one of its addresses.
+pub async fn gather_facts(netns: &Netns, iface: &Interface, options: &ClassifyOptions) -> Facts {
+    let pci = ethtool_bus_info(netns, &iface.link.name)
+        .await
+        .and_then(|info| pci_address_from_bus_info(&info.bus_info));
+    let addresses: Vec<IpAddr> = iface.addresses.iter().map(|a| a.prefix.addr()).collect();
+    let vhost_user_socket = find_vhost_user_socket(&options.vhost_user_dir, &addresses);
+    Facts {
+        pci,
+        vhost_user_socket,
+    }
+}
+
+/// The kind `iface` becomes, in Kata's order: physical, vhost-user, then by link kind
+/// (macvlan, macvtap, tap-mode tun, veth or a device without kind, ipvlan).
+pub fn classify(iface: &Interface, facts: &Facts) -> Result<EndpointKind, Unsupported> {
+    if facts.pci.is_some() {
+        return Ok(EndpointKind::Physical);
+    }
+    if facts.vhost_user_socket.is_some() {
+        return Ok(EndpointKind::VhostUser);
+    }
+    let link = &iface.link;
+    match link.kind.as_deref() {
+        Some("macvlan") => Ok(EndpointKind::Macvlan),
+        Some("macvtap") => Ok(EndpointKind::Macvtap),
+        Some("tun") => match link.tuntap.as_ref().map(|t| t.mode) {
+            Some(TunTapMode::Tun) => Err(Unsupported::TunMode {
+                link: link.name.clone(),
+            }),
+            _ => Ok(EndpointKind::Tuntap),
+        },
+        // A device without a kind (a NIC that is not PCI, an SF) is driven like a veth.
+        Some("veth") | None => Ok(EndpointKind::Veth),
+        Some("ipvlan") => Ok(EndpointKind::Ipvlan),
+        Some(other) => Err(Unsupported::Kind {
+            link: link.name.clone(),
+            kind: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandbox_net_persist::scan::{Link, TunTapInfo};
+
+    use super::*;
+
+    fn iface(kind: Option<&str>) -> Interface {
+        Interface {
+            link: Link {
+                name: IfName::new("eth0").unwrap(),
+                index: 2,
+                kind: kind.map(String::from),
+                mtu: 1500,
+                mac: Some("02:00:00:00:00:02".parse().unwrap()),
+                up: true,
+                lower_up: true,
+                loopback: false,
+                parent_index: None,
+                parent_netnsid: None,
+                txqueuelen: 1000,
+                tuntap: None,
+            },
+            addresses: vec![],
+            routes: vec![],
+            neighbours: vec![],
+        }
+    }
+
+    fn tun(mode: TunTapMode) -> Interface {
+        let mut i = iface(Some("tun"));
+        i.link.tuntap = Some(TunTapInfo {
+            mode,
+            packet_info: false,
+            vnet_hdr: true,
+            multi_queue: false,
+            persist: true,
+            queues: None,
+            owner: None,
+            group: None,
+        });
+        i
+    }
+
+    #[test]
+    fn each_link_kind_gets_its_endpoint_kind() {
+        let none = Facts::default();
+        assert_eq!(
+            classify(&iface(Some("veth")), &none),
+            Ok(EndpointKind::Veth)
+        );
+        assert_eq!(classify(&iface(None), &none), Ok(EndpointKind::Veth));
+        assert_eq!(
+            classify(&iface(Some("macvlan")), &none),
+            Ok(EndpointKind::Macvlan)
+        );
+        assert_eq!(
+            classify(&iface(Some("macvtap")), &none),
+            Ok(EndpointKind::Macvtap)
+        );
+        assert_eq!(
+            classify(&iface(Some("ipvlan")), &none),
+            Ok(EndpointKind::Ipvlan)
+        );
+        assert_eq!(
+            classify(&tun(TunTapMode::Tap), &none),
+            Ok(EndpointKind::Tuntap)
+        );
+    }
+
+    #[test]
+    fn physical_and_vhost_user_come_first() {
+        let pci = Facts {
+            pci: Some("0000:00:03.0".parse().unwrap()),
+            vhost_user_socket: Some("/tmp/x".into()),
+        };
+        assert_eq!(
+            classify(&iface(Some("veth")), &pci),
+            Ok(EndpointKind::Physical)
+        );
+        let vhu = Facts {
+            pci: None,
+            vhost_user_socket: Some("/tmp/vhostuser_10.0.0.2/vhu.sock".into()),
+        };
+        assert_eq!(
+            classify(&iface(Some("veth")), &vhu),
+            Ok(EndpointKind::VhostUser)
+        );
+    }
+
+    #[test]
+    fn tun_mode_and_unknown_kinds_are_refused_with_the_reason() {
+        assert_eq!(
+            classify(&tun(TunTapMode::Tun), &Facts::default())
+                .unwrap_err()
+                .to_string(),
+            "link eth0 is a tun device in tun mode (no Ethernet header); only tap mode can be attached"
+        );
+        assert_eq!(
+            classify(&iface(Some("bridge")), &Facts::default())
+                .unwrap_err()
+                .to_string(),
+            "link eth0 of kind bridge cannot be attached to a VM"
+        );
+    }
+}
+
+/// An interface of the scan that did not become an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedInterface {
+    /// The link.
+    pub link: IfName,
+    /// Why.
+    pub reason: Unsupported,
+}
+
+/// Classifies every interface of a scan into endpoints, numbered from `first_index`.
+/// Unsupported interfaces are skipped with a warning, or refused in strict mode (the error of
+/// the first one).
+pub async fn endpoints_from_scan(
+    netns: &Netns,
+    interfaces: &[Interface],
+    first_index: u32,
+    options: &ClassifyOptions,
+) -> Result<(Vec<crate::Endpoint>, Vec<SkippedInterface>), Unsupported> {
+    let mut endpoints = Vec::new();
+    let mut skipped = Vec::new();
+    for iface in interfaces {
+        let facts = gather_facts(netns, iface, options).await;
+        match classify(iface, &facts) {
+            Ok(kind) => {
+                let index = first_index + endpoints.len() as u32;
+                endpoints.push(crate::Endpoint::new(index, kind, iface.clone(), facts));
+            }
+            Err(reason) if options.strict => return Err(reason),
+            Err(reason) => {
+                tracing::warn!(link = %iface.link.name, %reason, "interface skipped");
+                skipped.push(SkippedInterface {
+                    link: iface.link.name.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok((endpoints, skipped))
+}

@@ -1,0 +1,409 @@
+//! An endpoint: one pod interface, its identity, and its attach and detach.
+
+use std::{error::Error as StdError, os::fd::OwnedFd};
+
+use rand::RngExt;
+use sandbox_net_interworking::{
+    ApplyHooks, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
+    UndoError, apply, random_local_mac, undo,
+};
+use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
+use sandbox_net_persist::{
+    IfName, MacAddr,
+    endpoint::{EndpointId, EndpointKind},
+    scan::{Interface, Link},
+};
+
+use crate::{
+    classify::Facts,
+    hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
+    physical::{SysfsPci, VfioBinding},
+};
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// How endpoints are attached.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// The interworking model for veth, macvlan, tuntap (ipvlan always uses tcfilter).
+    pub model: InterworkingModel,
+    /// How taps are made; the queue count comes from the hypervisor.
+    pub tap: TapOptions,
+    /// Where PCI functions are bound to vfio-pci (`SysfsPci::host()` in production).
+    pub sysfs: SysfsPci,
+    /// Test-only fault point of the kernel steps.
+    pub hooks: ApplyHooks,
+}
+
+/// One step of attaching or detaching that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointFailure {
+    /// The pair could not be set up as configured.
+    #[error(transparent)]
+    Pair(#[from] PairError),
+    /// The kernel steps failed and were rolled back.
+    #[error(transparent)]
+    Steps(Box<AttachError>),
+    /// The kernel steps could not all be undone.
+    #[error(transparent)]
+    Undo(#[from] UndoError),
+    /// A link could not be looked up.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The macvtap's queues could not be opened.
+    #[error(transparent)]
+    Queues(#[from] MacvtapError),
+    /// vhost-net could not be opened.
+    #[error(transparent)]
+    Vhost(#[from] VhostError),
+    /// The PCI function could not be bound to vfio-pci, or given back to its driver.
+    #[error("VFIO")]
+    Vfio(#[source] BoxError),
+    /// A physical endpoint without a PCI address, or a vhost-user one without a socket.
+    #[error("{0}")]
+    Incomplete(&'static str),
+    /// The VMM refused the device.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+}
+
+impl From<AttachError> for EndpointFailure {
+    fn from(e: AttachError) -> Self {
+        Self::Steps(Box::new(e))
+    }
+}
+
+/// Attaching or detaching one endpoint failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {op} endpoint {id} ({kind} {link})")]
+pub struct EndpointError {
+    /// `"attach"` or `"detach"`.
+    pub op: &'static str,
+    /// The endpoint.
+    pub id: EndpointId,
+    /// Its kind.
+    pub kind: EndpointKind,
+    /// Its pod link.
+    pub link: IfName,
+    /// The first failure (detach goes on past failures; see `more`).
+    #[source]
+    pub source: EndpointFailure,
+    /// Further failures of a detach, in order.
+    pub more: Vec<EndpointFailure>,
+}
+
+/// A pod interface as the VM gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its own identity, random and persisted.
+    pub id: EndpointId,
+    /// Its index among the sandbox's endpoints (names `tap{index}_kata`).
+    pub index: u32,
+    /// What it is.
+    pub kind: EndpointKind,
+    /// The pod interface as scanned.
+    pub interface: Interface,
+    /// What classification found beyond the scan.
+    pub facts: Facts,
+    /// The kernel changes of the current attach, recorded before they are applied.
+    pub steps: Vec<Step>,
+    /// The VFIO binding of a physical endpoint, with the original driver and override.
+    pub vfio: Option<VfioBinding>,
+    /// Whether it is attached.
+    pub attached: bool,
+}
+
+impl Endpoint {
+    /// An endpoint of `kind` for the scanned `interface`, with a fresh random id.
+    pub fn new(index: u32, kind: EndpointKind, interface: Interface, facts: Facts) -> Self {
+        let id = EndpointId::from_bytes(rand::rng().random());
+        Self {
+            id,
+            index,
+            kind,
+            interface,
+            facts,
+            steps: Vec::new(),
+            vfio: None,
+            attached: false,
+        }
+    }
+
+    /// A tap endpoint for the hot-plug API: a fresh `tap{index}_kata` with the given guest
+    /// name, MAC and MTU (Kata's `TapEndpoint`).
+    pub fn tap(index: u32, guest_name: IfName, mac: MacAddr, mtu: u32) -> Self {
+        let link = Link {
+            name: guest_name,
+            index: 0,
+            kind: Some("tun".into()),
+            mtu,
+            mac: Some(mac),
+            up: false,
+            lower_up: false,
+            loopback: false,
+            parent_index: None,
+            parent_netnsid: None,
+            txqueuelen: 0,
+            tuntap: None,
+        };
+        let interface = Interface {
+            link,
+            addresses: vec![],
+            routes: vec![],
+            neighbours: vec![],
+        };
+        Self::new(index, EndpointKind::Tap, interface, Facts::default())
+    }
+
+    /// The pod link's name.
+    pub fn link_name(&self) -> &IfName {
+        &self.interface.link.name
+    }
+
+    /// The model this endpoint's kind uses with `configured`: ipvlan is always tcfilter, a
+    /// hot-plugged tap is a bare tap, and kinds without a pair have none.
+    pub fn model(&self, configured: InterworkingModel) -> Option<InterworkingModel> {
+        match self.kind {
+            EndpointKind::Veth | EndpointKind::Macvlan | EndpointKind::Tuntap => Some(configured),
+            EndpointKind::Ipvlan => Some(InterworkingModel::TcFilter),
+            EndpointKind::Tap => Some(InterworkingModel::None),
+            EndpointKind::Macvtap | EndpointKind::Physical | EndpointKind::VhostUser => None,
+        }
+    }
+
+    fn error(
+        &self,
+        op: &'static str,
+        source: EndpointFailure,
+        more: Vec<EndpointFailure>,
+    ) -> EndpointError {
+        EndpointError {
+            op,
+            id: self.id.clone(),
+            kind: self.kind,
+            link: self.link_name().clone(),
+            source,
+            more,
+        }
+    }
+
+    /// Attaches the endpoint: makes the kernel changes its kind and model need (rolled back if
+    /// anything fails), builds the device and hands it to the hypervisor (`hot`: to a running
+    /// VM). On failure nothing of this attach is left.
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model), err)]
+    pub async fn attach<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<(), EndpointError> {
+        let device = match self.build_device(kernel, hypervisor, options).await {
+            Ok(device) => device,
+            Err(e) => return Err(self.error("attach", e, Vec::new())),
+        };
+        let handed = if hot {
+            hypervisor.hot_add_device(device).await
+        } else {
+            hypervisor.add_device(device).await
+        };
+        if let Err(refused) = handed {
+            let more = self.unwind(kernel, options).await;
+            return Err(self.error("attach", refused.into(), more));
+        }
+        self.attached = true;
+        tracing::info!("endpoint attached");
+        Ok(())
+    }
+
+    /// Detaches the endpoint: takes the device from a running VM (`hot`), undoes the kernel
+    /// changes and gives a PCI function back to its driver. Goes on past failures and
+    /// reports them all; safe to run twice.
+    #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    pub async fn detach<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<(), EndpointError> {
+        let mut failures = Vec::new();
+        if hot
+            && self.attached
+            && let Err(e) = hypervisor.hot_remove_device(&self.id).await
+        {
+            failures.push(e.into());
+        }
+        failures.extend(self.unwind(kernel, options).await);
+        self.attached = false;
+        let mut failures = failures.into_iter();
+        match failures.next() {
+            None => {
+                tracing::info!("endpoint detached");
+                Ok(())
+            }
+            Some(first) => Err(self.error("detach", first, failures.collect())),
+        }
+    }
+
+    /// Undoes the kernel steps and the VFIO binding; returns what failed.
+    async fn unwind(
+        &mut self,
+        kernel: Kernel<'_>,
+        options: &AttachOptions,
+    ) -> Vec<EndpointFailure> {
+        let mut failures = Vec::new();
+        if let Err(e) = undo(kernel, &self.steps).await {
+            failures.push(e.into());
+        }
+        if let Some(binding) = self.vfio.take()
+            && let Err(e) = options.sysfs.restore(&binding)
+        {
+            failures.push(EndpointFailure::Vfio(Box::new(e)));
+            // Kept, so that a later detach tries again.
+            self.vfio = Some(binding);
+        }
+        failures
+    }
+
+    /// Makes the kernel changes and builds the device for the VMM.
+    async fn build_device<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+    ) -> Result<NetDevice, EndpointFailure> {
+        let config = hypervisor.config();
+        // Kata Go hands a non-multi-queue VMM zero queues; one is the least a device has.
+        let queues = if hypervisor.capabilities().multi_queue {
+            config.queues.max(1)
+        } else {
+            1
+        };
+        let vhost = |n: usize| -> Result<Vec<OwnedFd>, EndpointFailure> {
+            if config.disable_vhost_net {
+                Ok(Vec::new())
+            } else {
+                Ok(open_vhost_net(&config.vhost_net_path, n)?)
+            }
+        };
+        let guest_name = self.link_name().clone();
+        let endpoint = self.id.clone();
+        let (mac, mtu, backend) = match (self.kind, self.model(options.model)) {
+            (_, Some(model)) => {
+                let tap = TapOptions {
+                    queues,
+                    ..options.tap.clone()
+                };
+                let pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;
+                self.steps = pair.plan(random_local_mac());
+                let applied = apply(kernel, &self.steps, options.hooks).await?;
+                let backend = match self
+                    .finish_pair(kernel, &pair, applied.tap, queues, vhost)
+                    .await
+                {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        // The steps were applied: take them back before reporting.
+                        let _ = undo(kernel, &self.steps).await;
+                        return Err(e);
+                    }
+                };
+                (pair.guest_mac, pair.pod.link.mtu, backend)
+            }
+            (EndpointKind::Macvtap, None) => {
+                let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
+                let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;
+                let mac = link.mac.ok_or(EndpointFailure::Incomplete(
+                    "the macvtap has no MAC address",
+                ))?;
+                (
+                    mac,
+                    link.mtu,
+                    Backend::Macvtap {
+                        name: link.name.clone(),
+                        queues: fds,
+                        vhost: vhost(queues)?,
+                    },
+                )
+            }
+            (EndpointKind::Physical, None) => {
+                let bdf = self
+                    .facts
+                    .pci
+                    .clone()
+                    .ok_or(EndpointFailure::Incomplete("no PCI address was found"))?;
+                let device = options
+                    .sysfs
+                    .vfio_device_path(&bdf)
+                    .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
+                let binding = options
+                    .sysfs
+                    .bind_vfio(&bdf)
+                    .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
+                self.vfio = Some(binding);
+                let mac = self
+                    .interface
+                    .link
+                    .mac
+                    .ok_or(EndpointFailure::Incomplete("the NIC has no MAC address"))?;
+                (mac, self.interface.link.mtu, Backend::Vfio { bdf, device })
+            }
+            (EndpointKind::VhostUser, None) => {
+                let socket =
+                    self.facts
+                        .vhost_user_socket
+                        .clone()
+                        .ok_or(EndpointFailure::Incomplete(
+                            "no vhost-user socket was found",
+                        ))?;
+                let mac = self
+                    .interface
+                    .link
+                    .mac
+                    .ok_or(EndpointFailure::Incomplete("the link has no MAC address"))?;
+                (mac, self.interface.link.mtu, Backend::VhostUser { socket })
+            }
+            (_, None) => {
+                return Err(EndpointFailure::Incomplete(
+                    "this kind has no way to the VM",
+                ));
+            }
+        };
+        Ok(NetDevice {
+            endpoint,
+            guest_name,
+            mac,
+            mtu,
+            backend,
+        })
+    }
+
+    /// After the steps of a pair: the queue descriptors (the tap's, or the macvtap's opened
+    /// now) and vhost-net.
+    async fn finish_pair(
+        &self,
+        kernel: Kernel<'_>,
+        pair: &NetworkPair,
+        tap: Option<sandbox_net_netns::Tap>,
+        queues: usize,
+        vhost: impl Fn(usize) -> Result<Vec<OwnedFd>, EndpointFailure>,
+    ) -> Result<Backend, EndpointFailure> {
+        match tap {
+            Some(tap) => Ok(Backend::Tap {
+                name: tap.name,
+                queues: tap.queues,
+                vhost: vhost(queues)?,
+            }),
+            None => {
+                let link = kernel.rtnl.link_by_name(pair.vm_link.as_str()).await?;
+                let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;
+                Ok(Backend::Macvtap {
+                    name: link.name,
+                    queues: fds,
+                    vhost: vhost(queues)?,
+                })
+            }
+        }
+    }
+}

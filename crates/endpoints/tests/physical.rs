@@ -1,0 +1,485 @@
+//! Physical NICs: PCI addresses, the VFIO binding against a stand-in sysfs tree, and ethtool
+//! detection on a real veth.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use sandbox_net_endpoints::physical::{
+    PciAddress, SysfsPci, VfioBinding, VfioError, ethtool_bus_info, pci_address_from_bus_info,
+};
+use sandbox_net_netns::testing::PodFixture;
+use sandbox_net_persist::IfName;
+
+const BDF: &str = "0000:00:03.0";
+
+fn bdf() -> PciAddress {
+    BDF.parse().unwrap()
+}
+
+/// A directory tree that stands in for `/sys` with one PCI NIC (an Intel 82574L, `0x8086`
+/// `0x10d3`, bound to e1000e), because this machine has no PCI NIC to hand over:
+///
+/// ```text
+/// bus/pci/devices/0000:00:03.0/{vendor, device, driver_override = "(null)\n"}
+/// bus/pci/devices/0000:00:03.0/driver      -> ../../drivers/e1000e
+/// bus/pci/devices/0000:00:03.0/iommu_group -> <root>/kernel/iommu_groups/7 (if iommu)
+/// bus/pci/drivers/{e1000e, vfio-pci}/{bind, unbind}
+/// bus/pci/drivers_probe
+/// ```
+///
+/// Plain files do not act like the kernel's (no driver symlink moves): each holds the last
+/// value written to it, which is what the tests check.
+struct StandIn {
+    dir: tempfile::TempDir,
+}
+
+fn stand_in_pci_tree(iommu: bool) -> StandIn {
+    let stand_in = StandIn {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let root = stand_in.root();
+    let device = root.join("bus/pci/devices").join(BDF);
+    fs::create_dir_all(&device).unwrap();
+    fs::write(device.join("vendor"), "0x8086\n").unwrap();
+    fs::write(device.join("device"), "0x10d3\n").unwrap();
+    fs::write(device.join("driver_override"), "(null)\n").unwrap();
+    for driver in ["e1000e", "vfio-pci"] {
+        let dir = root.join("bus/pci/drivers").join(driver);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("bind"), "").unwrap();
+        fs::write(dir.join("unbind"), "").unwrap();
+    }
+    fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+    stand_in.set_driver(Some("e1000e"));
+    if iommu {
+        fs::create_dir_all(root.join("kernel/iommu_groups/7")).unwrap();
+        symlink(
+            root.join("kernel/iommu_groups/7"),
+            device.join("iommu_group"),
+        )
+        .unwrap();
+    }
+    stand_in
+}
+
+impl StandIn {
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn sysfs(&self) -> SysfsPci {
+        SysfsPci::new(self.root())
+    }
+
+    fn device(&self) -> PathBuf {
+        self.root().join("bus/pci/devices").join(BDF)
+    }
+
+    /// What the file at `relative` (under `bus/pci`) holds.
+    fn read(&self, relative: &str) -> String {
+        fs::read_to_string(self.root().join("bus/pci").join(relative)).unwrap()
+    }
+
+    /// Points the device's `driver` link at a driver, as the kernel does on bind.
+    fn set_driver(&self, driver: Option<&str>) {
+        let link = self.device().join("driver");
+        let _ = fs::remove_file(&link);
+        if let Some(driver) = driver {
+            symlink(format!("../../drivers/{driver}"), link).unwrap();
+        }
+    }
+
+    /// Every regular file of the tree and its contents.
+    fn files(&self) -> BTreeMap<PathBuf, String> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let kind = fs::symlink_metadata(&path).unwrap().file_type();
+                if kind.is_dir() {
+                    walk(&path, out);
+                } else if kind.is_file() {
+                    out.insert(path.clone(), fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.root(), &mut out);
+        out
+    }
+}
+
+#[test]
+fn pci_addresses_are_checked() {
+    for good in [
+        "0000:00:03.0",
+        "0000:af:1f.7",
+        "10000:e1:00.1",
+        "ffff:ff:00.0",
+    ] {
+        let address: PciAddress = good.parse().unwrap();
+        assert_eq!(address.to_string(), good);
+        assert_eq!(pci_address_from_bus_info(good), Some(address));
+    }
+    // Upper case is accepted and stored as sysfs spells it.
+    assert_eq!(
+        "0000:AF:00.1".parse::<PciAddress>().unwrap().as_str(),
+        "0000:af:00.1"
+    );
+    for bad in [
+        "",
+        "N/A",
+        "platform",
+        "usb-0000:00:14.0-1",
+        "virtio0",
+        "0000:00:03",
+        "00:03.0",
+        "000:00:03.0",
+        "0000:000:03.0",
+        "0000:00:3.0",
+        "0000:00:20.0",
+        "0000:00:03.8",
+        "0000:00:03.00",
+        "0000:0g:03.0",
+        "0000:00:03.0\n",
+        " 0000:00:03.0",
+        "0000:00:03.0:1",
+        "+000:00:03.0",
+        "123456789:00:03.0",
+    ] {
+        assert_eq!(pci_address_from_bus_info(bad), None, "{bad:?}");
+    }
+    assert_eq!(
+        "N/A".parse::<PciAddress>().unwrap_err().to_string(),
+        "invalid PCI address \"N/A\": expected domain:bus:device.function in hex, e.g. 0000:00:03.0"
+    );
+}
+
+#[test]
+fn pci_addresses_serialize_as_strings_and_are_checked_on_load() {
+    let binding = VfioBinding {
+        bdf: bdf(),
+        original_driver: Some("e1000e".into()),
+        original_override: None,
+    };
+    let json = serde_json::to_string(&binding).unwrap();
+    assert_eq!(
+        json,
+        r#"{"bdf":"0000:00:03.0","original_driver":"e1000e","original_override":null}"#
+    );
+    assert_eq!(serde_json::from_str::<VfioBinding>(&json).unwrap(), binding);
+    assert!(serde_json::from_str::<PciAddress>(r#""../../etc""#).is_err());
+}
+
+#[test]
+fn reads_driver_override_ids_and_iommu_group() {
+    let tree = stand_in_pci_tree(true);
+    let sysfs = tree.sysfs();
+    assert_eq!(sysfs.driver(&bdf()).unwrap().as_deref(), Some("e1000e"));
+    assert_eq!(sysfs.driver_override(&bdf()).unwrap(), None, "(null)");
+    // The kernel's trailing newline is not part of the ids (Kata runtime-rs keeps it).
+    assert_eq!(
+        sysfs.vendor_device(&bdf()).unwrap(),
+        ("0x8086".to_owned(), "0x10d3".to_owned())
+    );
+    assert_eq!(sysfs.iommu_group(&bdf()).unwrap(), 7);
+    assert_eq!(
+        sysfs.vfio_device_path(&bdf()).unwrap(),
+        Path::new("/dev/vfio/7")
+    );
+
+    fs::write(tree.device().join("driver_override"), "vfio-pci\n").unwrap();
+    assert_eq!(
+        sysfs.driver_override(&bdf()).unwrap().as_deref(),
+        Some("vfio-pci")
+    );
+    fs::write(tree.device().join("driver_override"), "\n").unwrap();
+    assert_eq!(sysfs.driver_override(&bdf()).unwrap(), None, "empty");
+    tree.set_driver(None);
+    assert_eq!(sysfs.driver(&bdf()).unwrap(), None, "no driver link");
+}
+
+#[test]
+fn a_missing_device_is_named() {
+    let tree = stand_in_pci_tree(true);
+    let other: PciAddress = "0000:00:04.0".parse().unwrap();
+    let err = tree.sysfs().driver(&other).unwrap_err();
+    assert!(matches!(err, VfioError::NoDevice { .. }), "{err:?}");
+    assert_eq!(err.errno(), Some(libc::ENODEV));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no PCI device 0000:00:04.0: {}/bus/pci/devices/0000:00:04.0 does not exist",
+            tree.root().display()
+        )
+    );
+}
+
+#[test]
+fn bind_writes_the_override_unbinds_and_probes() {
+    let tree = stand_in_pci_tree(true);
+    let binding = tree.sysfs().bind_vfio(&bdf()).unwrap();
+    assert_eq!(
+        binding,
+        VfioBinding {
+            bdf: bdf(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        }
+    );
+    assert_eq!(
+        tree.read("devices/0000:00:03.0/driver_override"),
+        "vfio-pci"
+    );
+    assert_eq!(tree.read("drivers/e1000e/unbind"), BDF);
+    assert_eq!(tree.read("drivers_probe"), BDF);
+    // Binding is the kernel's job after the probe: no direct bind, nothing put back.
+    assert_eq!(tree.read("drivers/vfio-pci/bind"), "");
+    assert_eq!(tree.read("drivers/e1000e/bind"), "");
+}
+
+#[test]
+fn bind_of_a_device_without_driver_skips_the_unbind() {
+    let tree = stand_in_pci_tree(true);
+    tree.set_driver(None);
+    let binding = tree.sysfs().bind_vfio(&bdf()).unwrap();
+    assert_eq!(binding.original_driver, None);
+    assert_eq!(
+        tree.read("devices/0000:00:03.0/driver_override"),
+        "vfio-pci"
+    );
+    assert_eq!(tree.read("drivers/e1000e/unbind"), "");
+    assert_eq!(tree.read("drivers_probe"), BDF);
+}
+
+#[test]
+fn a_device_without_iommu_group_is_refused_before_anything_is_written() {
+    let tree = stand_in_pci_tree(false);
+    let before = tree.files();
+    let err = tree.sysfs().bind_vfio(&bdf()).unwrap_err();
+    assert!(
+        matches!(&err, VfioError::NoIommuGroup { bdf: b, .. } if *b == bdf()),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot pass PCI device 0000:00:03.0 to the VM: it has no IOMMU group \
+             ({}/bus/pci/devices/0000:00:03.0/iommu_group is missing); \
+             is the IOMMU on (intel_iommu=on or amd_iommu=on)?",
+            tree.root().display()
+        )
+    );
+    assert_eq!(tree.files(), before, "nothing written");
+}
+
+#[test]
+fn an_unreadable_override_is_refused_before_any_write() {
+    let tree = stand_in_pci_tree(true);
+    let override_path = tree.device().join("driver_override");
+    fs::remove_file(&override_path).unwrap();
+    fs::create_dir(&override_path).unwrap();
+    let before = tree.files();
+    let err = tree.sysfs().bind_vfio(&bdf()).unwrap_err();
+    // driver_override cannot even be read: refused before any write.
+    assert!(matches!(err, VfioError::Read { .. }), "{err:?}");
+    assert_eq!(err.errno(), Some(libc::EISDIR));
+    assert_eq!(tree.files(), before);
+}
+
+#[test]
+fn a_failed_probe_puts_the_original_driver_back() {
+    let tree = stand_in_pci_tree(true);
+    // A directory where drivers_probe should be: writing to it fails with EISDIR.
+    let probe = tree.root().join("bus/pci/drivers_probe");
+    fs::remove_file(&probe).unwrap();
+    fs::create_dir(&probe).unwrap();
+
+    let err = tree.sysfs().bind_vfio(&bdf()).unwrap_err();
+    assert!(matches!(err, VfioError::Write { .. }), "{err:?}");
+    assert_eq!(err.errno(), Some(libc::EISDIR));
+    assert_eq!(
+        err.to_string(),
+        format!("failed to write {BDF} to {}", probe.display())
+    );
+    // The steps before the failure happened, then the rollback: override cleared again
+    // (it was "(null)"), and e1000e bound again.
+    assert_eq!(tree.read("drivers/e1000e/unbind"), BDF);
+    assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
+    assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
+    assert_eq!(tree.read("drivers/vfio-pci/bind"), "");
+}
+
+#[test]
+fn a_failed_rollback_is_reported_with_the_failed_step() {
+    let tree = stand_in_pci_tree(true);
+    for path in ["drivers_probe", "drivers/e1000e/bind"] {
+        let path = tree.root().join("bus/pci").join(path);
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+    }
+    let err = tree.sysfs().bind_vfio(&bdf()).unwrap_err();
+    let VfioError::BindRollback {
+        bdf: failed,
+        rollback,
+        source,
+    } = &err
+    else {
+        panic!("expected BindRollback, got {err:?}");
+    };
+    assert_eq!(*failed, bdf());
+    assert!(matches!(&**source, VfioError::Write { path, .. } if path.ends_with("drivers_probe")));
+    assert_eq!(rollback.errors.len(), 1, "{rollback:?}");
+    assert!(
+        matches!(&rollback.errors[0], VfioError::Write { path, .. } if path.ends_with("e1000e/bind"))
+    );
+    // The override was still put back.
+    assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
+    assert_eq!(err.errno(), Some(libc::EISDIR));
+}
+
+#[test]
+fn restore_leaves_vfio_pci_and_binds_the_original_driver() {
+    let tree = stand_in_pci_tree(true);
+    let sysfs = tree.sysfs();
+    let binding = sysfs.bind_vfio(&bdf()).unwrap();
+    // What the kernel does after drivers_probe.
+    tree.set_driver(Some("vfio-pci"));
+    sysfs.restore(&binding).unwrap();
+    assert_eq!(
+        tree.read("devices/0000:00:03.0/driver_override"),
+        "\n",
+        "cleared"
+    );
+    assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
+    assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
+}
+
+#[test]
+fn restore_writes_back_a_previous_override() {
+    let tree = stand_in_pci_tree(true);
+    tree.set_driver(Some("vfio-pci"));
+    let binding = VfioBinding {
+        bdf: bdf(),
+        original_driver: Some("e1000e".into()),
+        original_override: Some("e1000e".into()),
+    };
+    tree.sysfs().restore(&binding).unwrap();
+    assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "e1000e");
+    assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
+    assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
+}
+
+#[test]
+fn restore_on_the_original_driver_unbinds_nothing() {
+    // A second restore (after a restart, say): the device is on e1000e already.
+    let tree = stand_in_pci_tree(true);
+    let binding = VfioBinding {
+        bdf: bdf(),
+        original_driver: Some("e1000e".into()),
+        original_override: None,
+    };
+    tree.sysfs().restore(&binding).unwrap();
+    assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
+    assert_eq!(tree.read("drivers/e1000e/unbind"), "");
+    assert_eq!(tree.read("drivers/e1000e/bind"), "");
+}
+
+#[test]
+fn restore_continues_past_failures_and_returns_them_all() {
+    let tree = stand_in_pci_tree(true);
+    tree.set_driver(Some("vfio-pci"));
+    for path in [
+        "devices/0000:00:03.0/driver_override",
+        "drivers/e1000e/bind",
+    ] {
+        let path = tree.root().join("bus/pci").join(path);
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+    }
+    let binding = VfioBinding {
+        bdf: bdf(),
+        original_driver: Some("e1000e".into()),
+        original_override: None,
+    };
+    let err = tree.sysfs().restore(&binding).unwrap_err();
+    assert_eq!(err.bdf, bdf());
+    assert_eq!(err.errors.len(), 2, "{err:?}");
+    assert!(
+        matches!(&err.errors[0], VfioError::Write { path, .. } if path.ends_with("driver_override"))
+    );
+    assert!(
+        matches!(&err.errors[1], VfioError::Write { path, .. } if path.ends_with("e1000e/bind"))
+    );
+    // The step between the two failures still ran.
+    assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
+    assert_eq!(err.errno(), Some(libc::EISDIR));
+    let root = tree.root().display();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "failed to restore the driver of PCI device {BDF}: \
+             failed to write \"\\n\" to {root}/bus/pci/devices/{BDF}/driver_override: Is a directory (os error 21); \
+             failed to write {BDF} to {root}/bus/pci/drivers/e1000e/bind: Is a directory (os error 21)"
+        )
+    );
+}
+
+#[test]
+fn restore_refuses_a_driver_name_that_is_a_path() {
+    let tree = stand_in_pci_tree(true);
+    tree.set_driver(None);
+    let binding = VfioBinding {
+        bdf: bdf(),
+        original_driver: Some("../../../etc".into()),
+        original_override: None,
+    };
+    let err = tree.sysfs().restore(&binding).unwrap_err();
+    assert!(
+        matches!(&err.errors[..], [VfioError::InvalidDriverName { name, .. }] if name == "../../../etc"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn ethtool_on_a_veth_is_not_physical() {
+    sandbox_net_netns::testing::require_root();
+    let pod = PodFixture::new();
+    let netns = pod.pod.netns();
+    let info = ethtool_bus_info(netns, &IfName::new(PodFixture::POD_IF).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(info.driver, "veth");
+    assert_eq!(info.bus_info, "", "veth has no bus");
+    assert_eq!(info.pci_address(), None, "not physical");
+    assert_eq!(pci_address_from_bus_info(&info.bus_info), None);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn ethtool_errors_mean_not_physical() {
+    sandbox_net_netns::testing::require_root();
+    let pod = PodFixture::new();
+    let netns = pod.pod.netns();
+    // No such link: ENODEV.
+    assert_eq!(
+        ethtool_bus_info(netns, &IfName::new("nope0").unwrap()).await,
+        None
+    );
+    // Loopback has no driver info: EOPNOTSUPP.
+    assert_eq!(
+        ethtool_bus_info(netns, &IfName::new("lo").unwrap()).await,
+        None
+    );
+}
