@@ -5,7 +5,7 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 use rand::RngExt;
 use sandbox_net_interworking::{
     ApplyHooks, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply, random_local_mac, undo,
+    UndoError, apply, random_local_mac, undo, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -17,6 +17,7 @@ use sandbox_net_persist::{
 use crate::{
     classify::Facts,
     hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
+    limiter::{RateLimits, VmLink, limiter_steps},
     physical::{SysfsPci, VfioBinding},
 };
 
@@ -59,6 +60,9 @@ pub enum EndpointFailure {
     /// The PCI function could not be bound to vfio-pci, or given back to its driver.
     #[error("VFIO")]
     Vfio(#[source] BoxError),
+    /// The rate limits cannot be applied to this endpoint.
+    #[error(transparent)]
+    Limits(#[from] crate::limiter::LimitPlacementError),
     /// A physical endpoint without a PCI address, or a vhost-user one without a socket.
     #[error("{0}")]
     Incomplete(&'static str),
@@ -289,7 +293,29 @@ impl Endpoint {
         };
         let guest_name = self.link_name().clone();
         let endpoint = self.id.clone();
-        let (mac, mtu, backend) = match (self.kind, self.model(options.model)) {
+        let model = self.model(options.model);
+        // Limits are checked and placed before anything changes.
+        let limits = RateLimits::from_hypervisor(hypervisor.capabilities(), &config);
+        let vm_name = match model {
+            Some(_) => Some(vm_link_name(self.index)?),
+            None => None,
+        };
+        let vm_link = match (self.kind, model, vm_name.as_ref()) {
+            (_, Some(InterworkingModel::Macvtap), Some(macvtap)) => {
+                Some(VmLink::Macvtap { macvtap })
+            }
+            (_, Some(model), Some(tap)) => Some(VmLink::Tap {
+                tap,
+                pod: &self.interface.link.name,
+                model,
+            }),
+            (EndpointKind::Macvtap, None, _) => Some(VmLink::Macvtap {
+                macvtap: &self.interface.link.name,
+            }),
+            _ => None,
+        };
+        let limiter = limiter_steps(self.kind, vm_link, &self.id, limits)?;
+        let (mac, mtu, backend) = match (self.kind, model) {
             (_, Some(model)) => {
                 let tap = TapOptions {
                     queues,
@@ -297,6 +323,7 @@ impl Endpoint {
                 };
                 let pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;
                 self.steps = pair.plan(random_local_mac());
+                self.steps.extend(limiter);
                 let applied = apply(kernel, &self.steps, options.hooks).await?;
                 let backend = match self
                     .finish_pair(kernel, &pair, applied.tap, queues, vhost)
@@ -312,20 +339,29 @@ impl Endpoint {
                 (pair.guest_mac, pair.pod.link.mtu, backend)
             }
             (EndpointKind::Macvtap, None) => {
-                let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
-                let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;
-                let mac = link.mac.ok_or(EndpointFailure::Incomplete(
-                    "the macvtap has no MAC address",
-                ))?;
-                (
-                    mac,
-                    link.mtu,
-                    Backend::Macvtap {
+                self.steps = limiter;
+                apply(kernel, &self.steps, options.hooks).await?;
+                let opened = async {
+                    let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
+                    let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;
+                    let mac = link.mac.ok_or(EndpointFailure::Incomplete(
+                        "the macvtap has no MAC address",
+                    ))?;
+                    let backend = Backend::Macvtap {
                         name: link.name.clone(),
                         queues: fds,
                         vhost: vhost(queues)?,
-                    },
-                )
+                    };
+                    Ok::<_, EndpointFailure>((mac, link.mtu, backend))
+                }
+                .await;
+                match opened {
+                    Ok(device) => device,
+                    Err(e) => {
+                        let _ = undo(kernel, &self.steps).await;
+                        return Err(e);
+                    }
+                }
             }
             (EndpointKind::Physical, None) => {
                 let bdf = self

@@ -17,6 +17,7 @@
 pub mod classify;
 pub mod endpoint;
 pub mod hypervisor;
+pub mod limiter;
 pub mod physical;
 pub mod vhost_user;
 
@@ -28,4 +29,5 @@ pub use endpoint::{AttachOptions, Endpoint, EndpointError, EndpointFailure};
 pub use hypervisor::{
     Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
 };
+pub use limiter::{RateLimits, ifb_name};
 pub use sandbox_net_persist::endpoint::{EndpointId, EndpointKind};

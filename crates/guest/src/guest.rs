@@ -35,6 +35,8 @@ pub struct GuestConfig {
 pub struct GuestStats {
     /// Frames read from any queue.
     pub frames_in: u64,
+    /// Bytes of those frames (Ethernet header included, virtio-net header not).
+    pub bytes_in: u64,
     /// ARP replies sent.
     pub arp_replies: u64,
     /// ICMP echo replies sent.
@@ -48,6 +50,7 @@ pub struct GuestStats {
 #[derive(Debug, Default)]
 struct Counters {
     frames_in: AtomicU64,
+    bytes_in: AtomicU64,
     arp: AtomicU64,
     icmp: AtomicU64,
     nd: AtomicU64,
@@ -90,6 +93,7 @@ impl Guest {
         let c = &self.counters;
         GuestStats {
             frames_in: c.frames_in.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
             arp_replies: c.arp.load(Ordering::Relaxed),
             icmp_echo_replies: c.icmp.load(Ordering::Relaxed),
             neighbour_adverts: c.nd.load(Ordering::Relaxed),
@@ -149,6 +153,9 @@ fn serve(mut queue: File, config: &GuestConfig, stop: &AtomicBool, counters: &Co
             continue;
         }
         counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_in
+            .fetch_add((n - header) as u64, Ordering::Relaxed);
         let Some((kind, frame)) = reply(&config.identity, &buf[header..n]) else {
             continue;
         };

@@ -18,6 +18,7 @@
 //! of every frame written is zero: no checksum or segmentation offload).
 #![deny(missing_docs)]
 
+pub mod flood;
 mod guest;
 pub mod packet;
 pub mod ping;

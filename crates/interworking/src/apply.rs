@@ -2,6 +2,7 @@
 
 use sandbox_net_netns::{NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
 use sandbox_net_persist::{scan::Link, steps::Step};
+use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
 
 use crate::undo::{UndoFailure, undo};
 
@@ -47,6 +48,12 @@ pub enum StepError {
     /// The tap could not be created.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// An HTB tree could not be added or removed.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// A rate the kernel cannot take, or no psched clock to encode it with.
+    #[error(transparent)]
+    Rate(#[from] RateError),
     /// The test-only fault point fired.
     #[error("fault injected for a test")]
     Injected,
@@ -58,7 +65,8 @@ impl StepError {
         match self {
             Self::Netlink(e) => e.errno(),
             Self::Tap(e) => e.errno(),
-            Self::Injected => None,
+            Self::Limit(e) => e.errno(),
+            Self::Rate(_) | Self::Injected => None,
         }
     }
 }
@@ -180,6 +188,15 @@ async fn apply_one(
                 kernel.link(to.as_str()).await?,
             );
             rtnl.add_redirect(&from, &to).await?;
+        }
+        Step::CreateIfb { name } => {
+            let ifb = rtnl.add_ifb(name).await?;
+            rtnl.set_link_up(&ifb).await?;
+        }
+        Step::AddHtb { link, rate_bits } => {
+            let rate = HtbRate::from_bits(*rate_bits)?;
+            let clock = PschedClock::read()?;
+            add_htb_tree(rtnl, &kernel.link(link.as_str()).await?, rate, &clock).await?;
         }
         Step::ClearAddresses {
             link, addresses, ..

@@ -43,12 +43,15 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
             })
         };
         let link_name = match step {
-            Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => name,
+            Step::CreateTap { name, .. }
+            | Step::CreateMacvtap { name, .. }
+            | Step::CreateIfb { name } => name,
             Step::SetMtu { link, .. }
             | Step::SetMac { link, .. }
             | Step::SetUp { link, .. }
             | Step::SetAllmulticast { link }
             | Step::AddIngressQdisc { link }
+            | Step::AddHtb { link, .. }
             | Step::ClearAddresses { link, .. } => link,
             Step::AddRedirect { from, .. } => from,
         };
@@ -98,6 +101,29 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
                     drift(
                         format!("a redirect to {to}"),
                         format!("redirects to ifindexes {found:?}"),
+                    );
+                }
+            }
+            Step::CreateIfb { .. } if link.kind.as_deref() != Some("ifb") => {
+                drift("an ifb".into(), format!("a link of kind {:?}", link.kind));
+            }
+            Step::AddHtb { rate_bits, .. } => {
+                let expected = sandbox_net_ratelimit::bits_to_bytes(*rate_bits);
+                let tree = sandbox_net_ratelimit::read_htb_tree(rtnl, &link)
+                    .await
+                    .map_err(|e| NetlinkError::Decode {
+                        object: format!("htb tree of {}", link.name),
+                        netns: rtnl.netns().to_path_buf(),
+                        what: e.to_string(),
+                    })?;
+                let rates: Vec<(u64, u64)> = tree
+                    .as_ref()
+                    .map(|t| t.classes.iter().map(|c| (c.rate, c.ceil)).collect())
+                    .unwrap_or_default();
+                if rates != [(expected, expected), (expected, expected)] {
+                    drift(
+                        format!("htb 1:1 and 1:2 at {expected} B/s"),
+                        format!("classes at {rates:?} B/s"),
                     );
                 }
             }

@@ -4,8 +4,9 @@ use std::collections::HashSet;
 
 use sandbox_net_netns::NetlinkError;
 use sandbox_net_persist::{IfName, steps::Step};
+use sandbox_net_ratelimit::del_htb_tree;
 
-use crate::apply::Kernel;
+use crate::apply::{Kernel, StepError};
 
 /// One step that could not be undone.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +16,7 @@ pub struct UndoFailure {
     pub step: String,
     /// Why.
     #[source]
-    pub source: NetlinkError,
+    pub source: StepError,
 }
 
 /// Every step that could not be undone; the others were.
@@ -44,7 +45,9 @@ pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
     let created: HashSet<&IfName> = steps
         .iter()
         .filter_map(|s| match s {
-            Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => Some(name),
+            Step::CreateTap { name, .. }
+            | Step::CreateMacvtap { name, .. }
+            | Step::CreateIfb { name } => Some(name),
             _ => None,
         })
         .collect();
@@ -77,9 +80,13 @@ fn touched_link(step: &Step) -> Option<&IfName> {
         | Step::SetMac { link, .. }
         | Step::SetUp { link, .. }
         | Step::SetAllmulticast { link }
-        | Step::AddIngressQdisc { link } => Some(link),
+        | Step::AddIngressQdisc { link }
+        | Step::AddHtb { link, .. } => Some(link),
         Step::AddRedirect { from, .. } => Some(from),
-        Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::ClearAddresses { .. } => None,
+        Step::CreateTap { .. }
+        | Step::CreateMacvtap { .. }
+        | Step::CreateIfb { .. }
+        | Step::ClearAddresses { .. } => None,
     }
 }
 
@@ -101,40 +108,47 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
     }
 }
 
-async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), NetlinkError> {
+async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
     let rtnl = kernel.rtnl;
     let name = match step {
-        Step::CreateTap { name, .. } | Step::CreateMacvtap { name, .. } => name,
+        Step::CreateTap { name, .. }
+        | Step::CreateMacvtap { name, .. }
+        | Step::CreateIfb { name } => name,
         Step::SetMtu { link, .. }
         | Step::SetMac { link, .. }
         | Step::SetUp { link, .. }
         | Step::SetAllmulticast { link }
         | Step::AddIngressQdisc { link }
+        | Step::AddHtb { link, .. }
         | Step::ClearAddresses { link, .. } => link,
         Step::AddRedirect { from, .. } => from,
     };
     // A link that no longer exists has nothing left to undo.
     let link = match kernel.link(name.as_str()).await {
         Ok(link) => link,
-        Err(e) => return tolerate::<()>(Err(e)),
+        Err(e) => return Ok(tolerate::<()>(Err(e))?),
     };
     match step {
-        Step::CreateTap { .. } | Step::CreateMacvtap { .. } => {
-            tolerate(rtnl.delete_link(&link).await)
+        Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::CreateIfb { .. } => {
+            tolerate(rtnl.delete_link(&link).await)?
         }
-        Step::SetMtu { original, .. } => tolerate(rtnl.set_link_mtu(&link, *original).await),
-        Step::SetMac { original, .. } => tolerate(rtnl.set_link_mac(&link, *original).await),
+        Step::SetMtu { original, .. } => tolerate(rtnl.set_link_mtu(&link, *original).await)?,
+        Step::SetMac { original, .. } => tolerate(rtnl.set_link_mac(&link, *original).await)?,
         Step::SetUp {
             original_up: false, ..
-        } => tolerate(rtnl.set_link_down(&link).await),
+        } => tolerate(rtnl.set_link_down(&link).await)?,
         Step::SetUp {
             original_up: true, ..
-        } => Ok(()),
-        Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await),
-        Step::AddIngressQdisc { .. } => tolerate(rtnl.del_ingress_qdisc(&link).await),
+        } => {}
+        Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await)?,
+        Step::AddIngressQdisc { .. } => tolerate(rtnl.del_ingress_qdisc(&link).await)?,
         // Without an ingress qdisc there is no filter left (the kernel would say EINVAL).
-        Step::AddRedirect { .. } if !rtnl.has_ingress_qdisc(&link).await? => Ok(()),
-        Step::AddRedirect { .. } => tolerate(rtnl.del_ingress_filters(&link).await),
+        Step::AddRedirect { .. } if !rtnl.has_ingress_qdisc(&link).await? => {}
+        Step::AddRedirect { .. } => tolerate(rtnl.del_ingress_filters(&link).await)?,
+        Step::AddHtb { .. } => match del_htb_tree(rtnl, &link).await {
+            Err(e) if e.errno() == Some(libc::ENOENT) => {}
+            other => other?,
+        },
         Step::ClearAddresses {
             addresses,
             routes,
@@ -159,7 +173,10 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), NetlinkError> {
                     first_error.get_or_insert(e);
                 }
             }
-            first_error.map_or(Ok(()), Err)
+            if let Some(e) = first_error {
+                return Err(e.into());
+            }
         }
     }
+    Ok(())
 }

@@ -87,6 +87,19 @@ impl Rtnl {
         self.change_link(link, "set MAC of", msg).await
     }
 
+    /// Creates an IFB device (`ip link add NAME type ifb`), down, and returns it. Frames
+    /// redirected to an IFB's egress pass its qdiscs and then continue where they came from,
+    /// which is how ingress traffic gets shaped.
+    pub async fn add_ifb(&self, name: &sandbox_net_persist::IfName) -> Result<Link, NetlinkError> {
+        self.handle()
+            .link()
+            .add(rtnetlink::LinkIfb::new(name.as_str()).build())
+            .execute()
+            .await
+            .map_err(|e| self.request_error("add", format!("ifb {name}"), e))?;
+        self.link_by_name(name.as_str()).await
+    }
+
     /// Deletes the link (`ip link del DEV`); a veth takes its peer with it.
     pub async fn delete_link(&self, link: &Link) -> Result<(), NetlinkError> {
         self.handle()

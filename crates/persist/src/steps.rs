@@ -89,6 +89,20 @@ pub enum Step {
         /// Where they are sent.
         to: IfName,
     },
+    /// Create an IFB device and set it up (`ip link add NAME type ifb`); undone by deleting it
+    /// (its qdiscs go with it).
+    CreateIfb {
+        /// The IFB's name, derived from the endpoint's id.
+        name: IfName,
+    },
+    /// Shape the egress of `link` with an HTB tree: root `1:` (default class 2), class `1:1`
+    /// and class `1:2`, rate = ceil = `rate_bits`; undone by deleting the root qdisc.
+    AddHtb {
+        /// The link.
+        link: IfName,
+        /// The largest rate, bits/s, as configured.
+        rate_bits: u64,
+    },
     /// Remove every address of `link`. The kernel drops with them the routes through the link
     /// and may flush its neighbours, so the step records those too; undone by adding back the
     /// addresses, then the routes, then the neighbours.
@@ -126,6 +140,10 @@ impl Step {
             Self::SetAllmulticast { link } => format!("set {link} allmulticast on"),
             Self::AddIngressQdisc { link } => format!("add ingress qdisc to {link}"),
             Self::AddRedirect { from, to } => format!("redirect {from} -> {to}"),
+            Self::CreateIfb { name } => format!("create ifb {name}"),
+            Self::AddHtb { link, rate_bits } => {
+                format!("shape egress of {link} to {rate_bits} bit/s")
+            }
             Self::ClearAddresses {
                 link, addresses, ..
             } => {
