@@ -19,7 +19,9 @@ mod mac;
 mod named;
 mod netns_id;
 pub mod scan;
+pub mod state;
 pub mod steps;
+pub mod store;
 
 pub use ifname::{IfName, IfNameError};
 pub use mac::{MacAddr, MacAddrError};

@@ -1,0 +1,224 @@
+//! The state document of one sandbox: everything teardown needs, and nothing it must guess.
+//!
+//! One JSON document per sandbox, `schema_version` first. Fields added after version 1 carry
+//! `#[serde(default)]`, so older documents keep loading; a document from a newer version is
+//! refused, because dropping what it says could leak kernel objects. An endpoint of a kind this
+//! version does not know is kept aside, verbatim, and written back unchanged.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    MacAddr, NetnsId,
+    endpoint::{EndpointId, EndpointKind},
+    scan::Interface,
+    steps::{InterworkingModel, Step},
+};
+
+/// The version this code writes, and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The namespace a sandbox lives in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsRecord {
+    /// Its path (`/run/netns/NAME`, `/proc/PID/ns/net`, a bind mount).
+    pub path: PathBuf,
+    /// Its identity when recorded: a path that now holds another namespace is refused.
+    pub id: NetnsId,
+    /// Whether this module created it (and so deletes it at teardown).
+    pub created_by_us: bool,
+}
+
+/// A PCI function bound to vfio-pci, with what to give back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfioRecord {
+    /// The PCI address.
+    pub bdf: String,
+    /// The driver it had.
+    pub original_driver: Option<String>,
+    /// The `driver_override` it had.
+    pub original_override: Option<String>,
+}
+
+/// Everything recorded of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// Its own id.
+    pub id: EndpointId,
+    /// Its index (names `tap{index}_kata`).
+    pub index: u32,
+    /// Its kind.
+    pub kind: EndpointKind,
+    /// The interworking model it was attached with, when it has a pair.
+    #[serde(default)]
+    pub model: Option<InterworkingModel>,
+    /// The pod interface as scanned before attaching: names, MAC, MTU, addresses, routes and
+    /// neighbours.
+    pub interface: Interface,
+    /// The MAC the guest got.
+    #[serde(default)]
+    pub guest_mac: Option<MacAddr>,
+    /// Queue pairs the device was given.
+    #[serde(default)]
+    pub queues: u32,
+    /// Host-side limit into the VM, bits/s (0: none).
+    #[serde(default)]
+    pub rx_rate_bits: u64,
+    /// Host-side limit out of the VM, bits/s (0: none).
+    #[serde(default)]
+    pub tx_rate_bits: u64,
+    /// The PCI address of a physical endpoint.
+    #[serde(default)]
+    pub pci: Option<String>,
+    /// The vhost-user socket of a vhost-user endpoint.
+    #[serde(default)]
+    pub vhost_user_socket: Option<PathBuf>,
+    /// Every kernel change of the attach, recorded before it was applied, with the values it
+    /// overwrites. Undoing them in reverse is the teardown.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// The VFIO binding to give back.
+    #[serde(default)]
+    pub vfio: Option<VfioRecord>,
+    /// Whether the attach completed (false: it was under way, or failed, when recorded).
+    #[serde(default)]
+    pub attached: bool,
+}
+
+/// The state of one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxState {
+    /// [`SCHEMA_VERSION`] when written.
+    pub schema_version: u32,
+    /// The sandbox's id, as the runtime knows it.
+    pub sandbox_id: String,
+    /// Its namespace.
+    pub netns: NetnsRecord,
+    /// The model endpoints are attached with unless they say otherwise.
+    pub model: InterworkingModel,
+    /// Its endpoints, in attach order.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRecord>,
+    /// Endpoints of kinds this version does not know, kept verbatim and written back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_endpoints: Vec<Value>,
+}
+
+impl SandboxState {
+    /// A new document for a sandbox.
+    pub fn new(
+        sandbox_id: impl Into<String>,
+        netns: NetnsRecord,
+        model: InterworkingModel,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            sandbox_id: sandbox_id.into(),
+            netns,
+            model,
+            endpoints: Vec::new(),
+            unknown_endpoints: Vec::new(),
+        }
+    }
+
+    /// The endpoint with `id`.
+    pub fn endpoint_mut(&mut self, id: &EndpointId) -> Option<&mut EndpointRecord> {
+        self.endpoints.iter_mut().find(|e| &e.id == id)
+    }
+}
+
+/// Why a document cannot be read (the store adds the file's name).
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Not JSON, or cut short.
+    #[error("not a valid JSON document (line {line}, column {column}): {reason}")]
+    Json {
+        /// Where the parser stopped.
+        line: usize,
+        /// Where the parser stopped.
+        column: usize,
+        /// What it found.
+        reason: String,
+    },
+    /// Written by a newer version of this module.
+    #[error(
+        "schema version {found} is newer than the {supported} this version reads; upgrade sandbox-net to handle it"
+    )]
+    NewerVersion {
+        /// The document's version.
+        found: u64,
+        /// The newest this code reads.
+        supported: u32,
+    },
+    /// JSON, but not a sandbox state.
+    #[error("not a sandbox state document: {0}")]
+    Shape(String),
+}
+
+/// A loaded document, and what was set aside while loading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The state.
+    pub state: SandboxState,
+    /// One line per endpoint kept aside (unknown kind), for the caller to log.
+    pub warnings: Vec<String>,
+}
+
+/// Parses a state document. Never panics, whatever the bytes.
+pub fn parse_document(bytes: &[u8]) -> Result<Loaded, DocumentError> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| DocumentError::Json {
+        line: e.line(),
+        column: e.column(),
+        reason: e.to_string(),
+    })?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| DocumentError::Shape("the top level is not an object".into()))?;
+    let version = object
+        .get("schema_version")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| DocumentError::Shape("schema_version is missing or not a number".into()))?;
+    if version > u64::from(SCHEMA_VERSION) {
+        return Err(DocumentError::NewerVersion {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Endpoints of kinds this version does not know are set aside before the typed parse.
+    let mut warnings = Vec::new();
+    let mut unknown = Vec::new();
+    if let Some(Value::Array(endpoints)) = object.get_mut("endpoints") {
+        let mut known = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints.drain(..) {
+            let kind = endpoint.get("kind").cloned().unwrap_or(Value::Null);
+            if serde_json::from_value::<EndpointKind>(kind.clone()).is_ok() {
+                known.push(endpoint);
+            } else {
+                let id = endpoint
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                warnings.push(format!(
+                    "endpoint {id} of unknown kind {kind} kept aside, untouched"
+                ));
+                unknown.push(endpoint);
+            }
+        }
+        *endpoints = known;
+    }
+    let mut state: SandboxState =
+        serde_json::from_value(value).map_err(|e| DocumentError::Shape(e.to_string()))?;
+    state.unknown_endpoints.extend(unknown);
+    Ok(Loaded { state, warnings })
+}
+
+/// The document's bytes (pretty JSON, newline-terminated).
+pub fn render_document(state: &SandboxState) -> Vec<u8> {
+    // Serializing our own types to a Vec cannot fail: every map key is a string.
+    let mut bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}

@@ -1,0 +1,369 @@
+//! The state document and its store: round trips, bad input, locking, atomic writes.
+
+// Test code: an unwrap that fails is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+
+use proptest::prelude::*;
+use sandbox_net_persist::{
+    AddressScope, IfName, NeighbourState, NetnsId, RouteProtocol, RouteType,
+    endpoint::{EndpointId, EndpointKind},
+    scan::{Address, Interface, Link, Neighbour, Route},
+    state::{
+        EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, VfioRecord, parse_document,
+    },
+    steps::{InterworkingModel, Step},
+    store::{StateStore, StoreError},
+};
+
+const KINDS: [EndpointKind; 8] = [
+    EndpointKind::Veth,
+    EndpointKind::Macvlan,
+    EndpointKind::Ipvlan,
+    EndpointKind::Macvtap,
+    EndpointKind::Tap,
+    EndpointKind::Tuntap,
+    EndpointKind::Physical,
+    EndpointKind::VhostUser,
+];
+const MODELS: [Option<InterworkingModel>; 4] = [
+    None,
+    Some(InterworkingModel::TcFilter),
+    Some(InterworkingModel::Macvtap),
+    Some(InterworkingModel::None),
+];
+
+fn name(n: &str) -> IfName {
+    IfName::new(n).unwrap()
+}
+
+fn interface() -> Interface {
+    Interface {
+        link: Link {
+            name: name("eth0"),
+            index: 2,
+            kind: Some("veth".into()),
+            mtu: 1500,
+            mac: Some("02:00:0a:c8:00:02".parse().unwrap()),
+            up: true,
+            lower_up: true,
+            loopback: false,
+            parent_index: Some(3),
+            parent_netnsid: Some(0),
+            txqueuelen: 1000,
+            tuntap: None,
+        },
+        addresses: vec![Address {
+            prefix: "10.200.0.2/24".parse().unwrap(),
+            peer: None,
+            broadcast: None,
+            scope: AddressScope::GLOBAL,
+            flags: 0x80,
+            label: Some("eth0".into()),
+        }],
+        routes: vec![Route {
+            destination: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("10.200.0.1".parse().unwrap()),
+            device_index: Some(2),
+            source: None,
+            scope: AddressScope::GLOBAL,
+            protocol: RouteProtocol::BOOT,
+            kind: RouteType::UNICAST,
+            table: 254,
+            metric: None,
+        }],
+        neighbours: vec![Neighbour {
+            ip: "10.200.0.1".parse().unwrap(),
+            mac: Some("02:00:0a:c8:00:01".parse().unwrap()),
+            state: NeighbourState::PERMANENT,
+            device_index: 2,
+        }],
+    }
+}
+
+/// One of each step.
+fn all_steps() -> Vec<Step> {
+    let iface = interface();
+    vec![
+        Step::CreateTap {
+            name: name("tap0_kata"),
+            queues: 4,
+            vnet_hdr: true,
+            owner: Some(1000),
+            group: None,
+            persist: true,
+        },
+        Step::CreateMacvtap {
+            name: name("tap1_kata"),
+            parent: name("eth1"),
+            mac: "02:00:00:00:00:09".parse().unwrap(),
+        },
+        Step::SetMtu {
+            link: name("tap0_kata"),
+            mtu: 9000,
+            original: 1500,
+        },
+        Step::SetMac {
+            link: name("eth1"),
+            mac: "06:00:00:00:00:01".parse().unwrap(),
+            original: "02:00:00:00:00:09".parse().unwrap(),
+        },
+        Step::SetUp {
+            link: name("tap0_kata"),
+            original_up: false,
+        },
+        Step::SetAllmulticast {
+            link: name("tap1_kata"),
+        },
+        Step::AddIngressQdisc { link: name("eth0") },
+        Step::AddRedirect {
+            from: name("eth0"),
+            to: name("tap0_kata"),
+        },
+        Step::CreateIfb {
+            name: name("sbx0123456789ab"),
+        },
+        Step::AddHtb {
+            link: name("sbx0123456789ab"),
+            rate_bits: 40_000_000_000,
+        },
+        Step::ClearAddresses {
+            link: name("eth1"),
+            addresses: iface.addresses,
+            routes: iface.routes,
+            neighbours: iface.neighbours,
+        },
+    ]
+}
+
+fn record(
+    id: [u8; 8],
+    kind: EndpointKind,
+    model: Option<InterworkingModel>,
+    steps: Vec<Step>,
+    rates: (u64, u64),
+    attached: bool,
+) -> EndpointRecord {
+    EndpointRecord {
+        id: EndpointId::from_bytes(id),
+        index: 0,
+        kind,
+        model,
+        interface: interface(),
+        guest_mac: Some("02:00:0a:c8:00:02".parse().unwrap()),
+        queues: 4,
+        rx_rate_bits: rates.0,
+        tx_rate_bits: rates.1,
+        pci: (kind == EndpointKind::Physical).then(|| "0000:00:03.0".into()),
+        vhost_user_socket: (kind == EndpointKind::VhostUser)
+            .then(|| "/tmp/vhostuser_10.200.0.2/vhu.sock".into()),
+        steps,
+        vfio: (kind == EndpointKind::Physical).then(|| VfioRecord {
+            bdf: "0000:00:03.0".into(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        }),
+        attached,
+    }
+}
+
+fn state(endpoints: Vec<EndpointRecord>) -> SandboxState {
+    let netns = NetnsRecord {
+        path: "/run/netns/pod".into(),
+        id: NetnsId {
+            dev: 4,
+            ino: 4026532177,
+        },
+        created_by_us: false,
+    };
+    let mut state = SandboxState::new("sandbox-1", netns, InterworkingModel::TcFilter);
+    state.endpoints = endpoints;
+    state
+}
+
+proptest! {
+    #[test]
+    fn every_kind_and_model_round_trips(
+        picks in proptest::collection::vec((0usize..8, 0usize..4, any::<[u8; 8]>(), proptest::sample::subsequence(all_steps(), 0..=11), any::<(u64, u64)>(), any::<bool>()), 0..6),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path().join("state.json")).unwrap();
+        let endpoints = picks
+            .into_iter()
+            .map(|(k, m, id, steps, rates, attached)| record(id, KINDS[k], MODELS[m], steps, rates, attached))
+            .collect();
+        let original = state(endpoints);
+        store.save(&original).unwrap();
+        let loaded = store.load().unwrap();
+        prop_assert_eq!(loaded.state, original);
+        prop_assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn the_loader_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_document(&bytes);
+    }
+
+    #[test]
+    fn the_loader_never_panics_on_mangled_documents(cut in 0usize..4000, flip in any::<(usize, u8)>()) {
+        let mut bytes = serde_json::to_vec(&state(vec![record([1; 8], EndpointKind::Veth, MODELS[1], all_steps(), (1, 2), true)])).unwrap();
+        let at = flip.0 % bytes.len();
+        bytes[at] = flip.1;
+        bytes.truncate(cut.min(bytes.len()));
+        let _ = parse_document(&bytes);
+    }
+}
+
+fn saved(dir: &Path) -> (StateStore, std::path::PathBuf) {
+    let path = dir.join("state.json");
+    let store = StateStore::open(&path).unwrap();
+    store
+        .save(&state(vec![record(
+            [7; 8],
+            EndpointKind::Veth,
+            MODELS[1],
+            all_steps(),
+            (0, 0),
+            true,
+        )]))
+        .unwrap();
+    (store, path)
+}
+
+#[test]
+fn the_document_is_private_and_no_temporary_file_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, path) = saved(dir.path());
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["state.json", "state.json.lock"]);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("{\n  \"schema_version\": 1,"), "{text}");
+}
+
+#[test]
+fn bad_documents_are_errors_naming_the_file_and_nothing_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = saved(dir.path());
+    let good = fs::read_to_string(&path).unwrap();
+    let p = path.display();
+    let cases: Vec<(String, String)> = vec![
+        (
+            good[..good.len() / 2].to_string(),
+            format!("state file {p} cannot be loaded"),
+        ),
+        (
+            "{ this is not json".to_string(),
+            format!("state file {p} cannot be loaded"),
+        ),
+        (
+            good.replacen("\"schema_version\": 1", "\"schema_version\": 2", 1),
+            format!("state file {p} cannot be loaded"),
+        ),
+        (
+            "[1, 2, 3]".to_string(),
+            format!("state file {p} cannot be loaded"),
+        ),
+    ];
+    let causes = [
+        "not a valid JSON document",
+        "not a valid JSON document",
+        "schema version 2 is newer than the 1 this version reads; upgrade sandbox-net to handle it",
+        "not a sandbox state document: the top level is not an object",
+    ];
+    for ((content, message), cause) in cases.into_iter().zip(causes) {
+        fs::write(&path, &content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = store.load().unwrap_err();
+        assert_eq!(err.to_string(), message);
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.starts_with(cause), "{source}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            content,
+            "the file is left as it was"
+        );
+    }
+
+    fs::write(&path, &good).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = store.load().unwrap_err();
+    assert!(matches!(err, StoreError::TooOpen { mode: 0o644, .. }));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state file {p} has mode 644; it must not be readable or writable by others (chmod 600)"
+        )
+    );
+    assert!(path.exists());
+
+    fs::remove_file(&path).unwrap();
+    let err = store.load().unwrap_err();
+    assert_eq!(err.to_string(), format!("state file {p} does not exist"));
+}
+
+#[test]
+fn a_second_process_cannot_take_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = saved(dir.path());
+    let err = StateStore::open(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state file {} is locked by another process (lock {}.lock)",
+            path.display(),
+            path.display()
+        )
+    );
+    drop(store);
+    assert!(
+        StateStore::open(&path).is_ok(),
+        "the lock goes with the store"
+    );
+}
+
+#[test]
+fn endpoints_of_unknown_kinds_are_kept_aside_and_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = saved(dir.path());
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut alien = doc["endpoints"][0].clone();
+    alien["kind"] = "quantum_link".into();
+    alien["id"] = "00000000000000aa".into();
+    doc["endpoints"].as_array_mut().unwrap().push(alien.clone());
+    fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.state.endpoints.len(), 1);
+    assert_eq!(
+        loaded.warnings,
+        ["endpoint 00000000000000aa of unknown kind \"quantum_link\" kept aside, untouched"]
+    );
+    store.save(&loaded.state).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(again["unknown_endpoints"][0], alien, "nothing is lost");
+}
+
+#[test]
+fn fields_added_after_version_one_may_be_absent() {
+    let doc = serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
+        "sandbox_id": "s",
+        "netns": { "path": "/run/netns/x", "id": { "dev": 4, "ino": 5 }, "created_by_us": true },
+        "model": "macvtap",
+        "endpoints": [{ "id": "0102030405060708", "index": 0, "kind": "veth", "interface": serde_json::to_value(interface()).unwrap() }]
+    });
+    let loaded = parse_document(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let e = &loaded.state.endpoints[0];
+    assert!(e.steps.is_empty() && !e.attached && e.model.is_none() && e.rx_rate_bits == 0);
+}
