@@ -69,6 +69,9 @@ pub enum EndpointFailure {
     /// The VMM refused the device.
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
+    /// The plan could not be recorded before it was applied; nothing was changed.
+    #[error("the plan could not be recorded")]
+    Record(#[source] BoxError),
 }
 
 impl From<AttachError> for EndpointFailure {
@@ -115,6 +118,21 @@ pub struct Endpoint {
     pub vfio: Option<VfioBinding>,
     /// Whether it is attached.
     pub attached: bool,
+    /// What the current attach gave the VM (queues, guest MAC, model, host-side limits).
+    pub device: DeviceRecord,
+}
+
+/// What an attach gave the VM, kept with the endpoint's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The model used, when the endpoint has a pair.
+    pub model: Option<InterworkingModel>,
+    /// Queue pairs.
+    pub queues: u32,
+    /// The guest's MAC.
+    pub guest_mac: Option<MacAddr>,
+    /// Host-side limits applied.
+    pub limits: RateLimits,
 }
 
 impl Endpoint {
@@ -130,6 +148,7 @@ impl Endpoint {
             steps: Vec::new(),
             vfio: None,
             attached: false,
+            device: DeviceRecord::default(),
         }
     }
 
@@ -202,7 +221,22 @@ impl Endpoint {
         options: &AttachOptions,
         hot: bool,
     ) -> Result<(), EndpointError> {
-        let device = match self.build_device(kernel, hypervisor, options).await {
+        self.attach_recorded(kernel, hypervisor, options, hot, &mut |_| Ok(()))
+            .await
+    }
+
+    /// Like [`Endpoint::attach`], calling `record` with the endpoint once its plan (the
+    /// kernel steps, the VFIO binding it will make) is known and before anything changes, so
+    /// that the plan is persisted before it is applied. If `record` fails, nothing is changed.
+    pub async fn attach_recorded<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+        record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
+    ) -> Result<(), EndpointError> {
+        let device = match self.build_device(kernel, hypervisor, options, record).await {
             Ok(device) => device,
             Err(e) => return Err(self.error("attach", e, Vec::new())),
         };
@@ -240,6 +274,10 @@ impl Endpoint {
         }
         failures.extend(self.unwind(kernel, options).await);
         self.attached = false;
+        if failures.is_empty() {
+            // Undone: a second detach has nothing left to do.
+            self.steps.clear();
+        }
         let mut failures = failures.into_iter();
         match failures.next() {
             None => {
@@ -250,14 +288,48 @@ impl Endpoint {
         }
     }
 
+    /// Tears the endpoint down from its recorded state alone, without a VMM (after a restart,
+    /// or once the VM is gone): undoes the kernel steps in the namespace (`None` when the
+    /// namespace no longer exists) and gives a PCI function back to its driver. Goes on past
+    /// failures and reports them all; safe to run twice.
+    #[tracing::instrument(name = "endpoint.teardown", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    pub async fn teardown(
+        &mut self,
+        kernel: Option<Kernel<'_>>,
+        options: &AttachOptions,
+    ) -> Result<(), EndpointError> {
+        let failures = self.unwind_in(kernel, options).await;
+        self.attached = false;
+        let mut failures = failures.into_iter();
+        match failures.next() {
+            None => {
+                self.steps.clear();
+                Ok(())
+            }
+            Some(first) => Err(self.error("tear down", first, failures.collect())),
+        }
+    }
+
     /// Undoes the kernel steps and the VFIO binding; returns what failed.
     async fn unwind(
         &mut self,
         kernel: Kernel<'_>,
         options: &AttachOptions,
     ) -> Vec<EndpointFailure> {
+        self.unwind_in(Some(kernel), options).await
+    }
+
+    /// Undoes the kernel steps (when the namespace still exists: `kernel` is `None` when it is
+    /// gone, and everything in it with it) and the VFIO binding (host sysfs, always).
+    async fn unwind_in(
+        &mut self,
+        kernel: Option<Kernel<'_>>,
+        options: &AttachOptions,
+    ) -> Vec<EndpointFailure> {
         let mut failures = Vec::new();
-        if let Err(e) = undo(kernel, &self.steps).await {
+        if let Some(kernel) = kernel
+            && let Err(e) = undo(kernel, &self.steps).await
+        {
             failures.push(e.into());
         }
         if let Some(binding) = self.vfio.take()
@@ -276,6 +348,7 @@ impl Endpoint {
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
+        record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<NetDevice, EndpointFailure> {
         let config = hypervisor.config();
         // Kata Go hands a non-multi-queue VMM zero queues; one is the least a device has.
@@ -315,6 +388,12 @@ impl Endpoint {
             _ => None,
         };
         let limiter = limiter_steps(self.kind, vm_link, &self.id, limits)?;
+        self.device = DeviceRecord {
+            model,
+            queues: queues as u32,
+            guest_mac: self.interface.link.mac,
+            limits,
+        };
         let (mac, mtu, backend) = match (self.kind, model) {
             (_, Some(model)) => {
                 let tap = TapOptions {
@@ -324,6 +403,7 @@ impl Endpoint {
                 let pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;
                 self.steps = pair.plan(random_local_mac());
                 self.steps.extend(limiter);
+                record(self).map_err(EndpointFailure::Record)?;
                 let applied = apply(kernel, &self.steps, options.hooks).await?;
                 let backend = match self
                     .finish_pair(kernel, &pair, applied.tap, queues, vhost)
@@ -340,6 +420,7 @@ impl Endpoint {
             }
             (EndpointKind::Macvtap, None) => {
                 self.steps = limiter;
+                record(self).map_err(EndpointFailure::Record)?;
                 apply(kernel, &self.steps, options.hooks).await?;
                 let opened = async {
                     let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
@@ -364,19 +445,21 @@ impl Endpoint {
                 }
             }
             (EndpointKind::Physical, None) => {
+                let vfio = |e: crate::physical::VfioError| EndpointFailure::Vfio(Box::new(e));
                 let bdf = self
                     .facts
                     .pci
                     .clone()
                     .ok_or(EndpointFailure::Incomplete("no PCI address was found"))?;
-                let device = options
-                    .sysfs
-                    .vfio_device_path(&bdf)
-                    .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
-                let binding = options
-                    .sysfs
-                    .bind_vfio(&bdf)
-                    .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
+                let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
+                // What will be given back is recorded before the device is touched.
+                self.vfio = Some(VfioBinding {
+                    bdf: bdf.clone(),
+                    original_driver: options.sysfs.driver(&bdf).map_err(vfio)?,
+                    original_override: options.sysfs.driver_override(&bdf).map_err(vfio)?,
+                });
+                record(self).map_err(EndpointFailure::Record)?;
+                let binding = options.sysfs.bind_vfio(&bdf).map_err(vfio)?;
                 self.vfio = Some(binding);
                 let mac = self
                     .interface

@@ -19,15 +19,17 @@ pub mod endpoint;
 pub mod hypervisor;
 pub mod limiter;
 pub mod physical;
+pub mod record;
 pub mod vhost_user;
 
 pub use classify::{
     ClassifyOptions, Facts, SkippedInterface, Unsupported, classify, endpoints_from_scan,
     gather_facts,
 };
-pub use endpoint::{AttachOptions, Endpoint, EndpointError, EndpointFailure};
+pub use endpoint::{AttachOptions, DeviceRecord, Endpoint, EndpointError, EndpointFailure};
 pub use hypervisor::{
     Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
 };
 pub use limiter::{RateLimits, ifb_name};
+pub use record::RecordError;
 pub use sandbox_net_persist::endpoint::{EndpointId, EndpointKind};

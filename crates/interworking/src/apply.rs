@@ -1,5 +1,7 @@
 //! Applying a plan, with rollback on failure.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sandbox_net_netns::{NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
 use sandbox_net_persist::{scan::Link, steps::Step};
 use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
@@ -23,13 +25,16 @@ impl Kernel<'_> {
     }
 }
 
-/// Test-only fault point: make [`apply`] fail before a given step, as if the kernel had
-/// refused it, to prove that every partial attach rolls back. `ApplyHooks::default()` injects
-/// nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Test-only fault points, to prove that every partial attach is undone: `ApplyHooks::default()`
+/// injects nothing.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyHooks {
-    /// Fail instead of applying the step at this position.
+    /// Fail instead of applying the step at this position, as if the kernel had refused it.
     pub fail_before: Option<usize>,
+    /// Counts down once per step about to be applied, across every `apply` that shares it;
+    /// when it is at zero the process kills itself with SIGKILL before the step, as a shim
+    /// crashing at that point would.
+    pub kill_countdown: Option<&'static AtomicUsize>,
 }
 
 /// What applying a plan produced that the VMM needs.
@@ -111,6 +116,15 @@ pub async fn apply(
 ) -> Result<AppliedPair, AttachError> {
     let mut applied = AppliedPair::default();
     for (position, step) in steps.iter().enumerate() {
+        if let Some(countdown) = hooks.kill_countdown {
+            match countdown.load(Ordering::SeqCst) {
+                0 => {
+                    tracing::warn!(step = %step.describe(), "test fault point: killing this process");
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                }
+                left => countdown.store(left - 1, Ordering::SeqCst),
+            }
+        }
         let result = if hooks.fail_before == Some(position) {
             Err(StepError::Injected)
         } else {

@@ -172,6 +172,7 @@ async fn a_failure_at_any_step_rolls_back_to_the_snapshot() {
                 &steps,
                 ApplyHooks {
                     fail_before: Some(at),
+                    ..ApplyHooks::default()
                 },
             )
             .await

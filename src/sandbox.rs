@@ -1,0 +1,346 @@
+//! A sandbox's network with its state on disk: attach with the plan persisted before it is
+//! applied, restore in a new process, check, and tear down from the record alone.
+
+use std::path::{Path, PathBuf};
+
+use sandbox_net_endpoints::{AttachOptions, Endpoint, EndpointError, Hypervisor, RecordError};
+use sandbox_net_interworking::{Drift, Kernel, check};
+use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
+use sandbox_net_persist::{
+    endpoint::EndpointId,
+    state::{EndpointRecord, NetnsRecord, SandboxState},
+    steps::InterworkingModel,
+    store::{StateStore, StoreError},
+};
+
+/// A failure of a sandbox-level operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The state file could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state file already exists where a new sandbox was to start.
+    #[error("state file {0} already exists: restore the sandbox, or tear it down first")]
+    Exists(PathBuf),
+    /// The recorded namespace could not be opened.
+    #[error("state file {file}: the recorded namespace cannot be opened")]
+    Netns {
+        /// The state file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: NetnsError,
+    },
+    /// The recorded path now holds another namespace.
+    #[error(
+        "state file {file}: {path} is now namespace {found}, not the recorded {expected}; refusing to touch it"
+    )]
+    IdentityMismatch {
+        /// The state file.
+        file: PathBuf,
+        /// The namespace path.
+        path: PathBuf,
+        /// The identity recorded.
+        expected: NetnsId,
+        /// The identity found.
+        found: NetnsId,
+    },
+    /// A netlink handle in the namespace could not be made.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// An endpoint failed to attach (and was rolled back).
+    #[error(transparent)]
+    Endpoint(Box<EndpointError>),
+    /// A recorded endpoint is not valid.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Teardown went on past failures; these are all of them.
+    #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
+    Teardown {
+        /// The state file.
+        file: PathBuf,
+        /// Every failure, in order.
+        failures: Vec<EndpointError>,
+    },
+}
+
+impl From<EndpointError> for SandboxError {
+    fn from(e: EndpointError) -> Self {
+        Self::Endpoint(Box::new(e))
+    }
+}
+
+fn list(failures: &[EndpointError]) -> String {
+    failures
+        .iter()
+        .map(|f| {
+            let mut text = f.to_string();
+            let mut source = std::error::Error::source(f);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A sandbox's network and its state file, locked for this process.
+#[derive(Debug)]
+pub struct Sandbox {
+    store: StateStore,
+    state: SandboxState,
+    netns: Option<Netns>,
+}
+
+impl Sandbox {
+    /// Starts the state of a new sandbox in the given namespace (CNI's), written to
+    /// `state_path`. The namespace is not the sandbox's to delete. Refuses to overwrite an
+    /// existing state file.
+    pub fn create(
+        state_path: impl AsRef<Path>,
+        sandbox_id: &str,
+        netns: Netns,
+        model: InterworkingModel,
+    ) -> Result<Self, SandboxError> {
+        Self::start(state_path, sandbox_id, netns, model, false)
+    }
+
+    /// Creates a new namespace at `netns_path` for a new sandbox; teardown deletes it.
+    pub fn create_in_new_netns(
+        state_path: impl AsRef<Path>,
+        sandbox_id: &str,
+        netns_path: impl AsRef<Path>,
+        model: InterworkingModel,
+    ) -> Result<Self, SandboxError> {
+        let file = state_path.as_ref().to_path_buf();
+        let store = StateStore::open(&file)?;
+        if store.exists() {
+            return Err(SandboxError::Exists(file));
+        }
+        drop(store);
+        let netns = Netns::create(netns_path).map_err(|source| SandboxError::Netns {
+            file: file.clone(),
+            source,
+        })?;
+        match Self::start(&file, sandbox_id, netns.clone(), model, true) {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                // Nothing may be left behind: the namespace was made for this sandbox.
+                let _ = netns.delete();
+                Err(e)
+            }
+        }
+    }
+
+    fn start(
+        state_path: impl AsRef<Path>,
+        sandbox_id: &str,
+        netns: Netns,
+        model: InterworkingModel,
+        created_by_us: bool,
+    ) -> Result<Self, SandboxError> {
+        let store = StateStore::open(state_path)?;
+        if store.exists() {
+            return Err(SandboxError::Exists(store.path().to_path_buf()));
+        }
+        let record = NetnsRecord {
+            path: netns.path().to_path_buf(),
+            id: netns.id(),
+            created_by_us,
+        };
+        let state = SandboxState::new(sandbox_id, record, model);
+        store.save(&state)?;
+        Ok(Self {
+            store,
+            state,
+            netns: Some(netns),
+        })
+    }
+
+    /// Loads a sandbox's state in a new process. The recorded namespace must still be the
+    /// same one (by device and inode); a namespace that no longer exists is fine: everything
+    /// that was in it went with it. Returns the loader's warnings (endpoints of unknown kinds
+    /// kept aside).
+    pub fn restore(state_path: impl AsRef<Path>) -> Result<(Self, Vec<String>), SandboxError> {
+        let store = StateStore::open(state_path)?;
+        let loaded = store.load()?;
+        let record = &loaded.state.netns;
+        let file = store.path().to_path_buf();
+        let netns = match Netns::open(&record.path) {
+            Ok(found) if found.id() != record.id => {
+                return Err(SandboxError::IdentityMismatch {
+                    file,
+                    path: record.path.clone(),
+                    expected: record.id,
+                    found: found.id(),
+                });
+            }
+            Ok(found) if record.created_by_us => Some(
+                Netns::open_created(found.path(), record.id)
+                    .map_err(|source| SandboxError::Netns { file, source })?,
+            ),
+            Ok(found) => Some(found),
+            Err(NetnsError::NotFound { .. }) => None,
+            Err(source) => return Err(SandboxError::Netns { file, source }),
+        };
+        Ok((
+            Self {
+                store,
+                state: loaded.state,
+                netns,
+            },
+            loaded.warnings,
+        ))
+    }
+
+    /// The recorded state.
+    pub fn state(&self) -> &SandboxState {
+        &self.state
+    }
+
+    /// The namespace, unless it no longer exists.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    /// The state file.
+    pub fn state_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Attaches `endpoint`: its plan is written to the state file before anything changes,
+    /// and the record is marked attached once it is. On failure the attach is rolled back and
+    /// the record says so.
+    pub async fn attach<H: Hypervisor>(
+        &mut self,
+        mut endpoint: Endpoint,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<Endpoint, SandboxError> {
+        let Some(netns) = self.netns.clone() else {
+            return Err(SandboxError::Netns {
+                file: self.store.path().to_path_buf(),
+                source: NetnsError::NotFound {
+                    path: self.state.netns.path.clone(),
+                },
+            });
+        };
+        let rtnl = netns.rtnl().await?;
+        let kernel = Kernel {
+            netns: &netns,
+            rtnl: &rtnl,
+        };
+        let (store, state) = (&self.store, &mut self.state);
+        let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            upsert(state, EndpointRecord::from(e));
+            store.save(state)?;
+            Ok(())
+        };
+        let result = endpoint
+            .attach_recorded(kernel, hypervisor, options, hot, &mut record)
+            .await;
+        // Whatever happened, the record now says it (attached, or rolled back).
+        if result.is_err() {
+            endpoint.steps.clear();
+        }
+        upsert(&mut self.state, EndpointRecord::from(&endpoint));
+        self.store.save(&self.state)?;
+        result?;
+        Ok(endpoint)
+    }
+
+    /// Compares the kernel with every attached endpoint's recorded steps.
+    pub async fn check(&self) -> Result<Vec<(EndpointId, Drift)>, SandboxError> {
+        let Some(netns) = &self.netns else {
+            return Ok(self
+                .state
+                .endpoints
+                .iter()
+                .filter(|e| !e.steps.is_empty())
+                .map(|e| {
+                    let drift = Drift {
+                        step: "the sandbox's namespace".into(),
+                        expected: self.state.netns.path.display().to_string(),
+                        found: "no such namespace".into(),
+                    };
+                    (e.id.clone(), drift)
+                })
+                .collect());
+        };
+        let rtnl = netns.rtnl().await?;
+        let kernel = Kernel { netns, rtnl: &rtnl };
+        let mut drifts = Vec::new();
+        for record in &self.state.endpoints {
+            for drift in check(kernel, &record.steps).await? {
+                drifts.push((record.id.clone(), drift));
+            }
+        }
+        Ok(drifts)
+    }
+
+    /// Tears down every endpoint from the record alone, last attached first, saving after
+    /// each; goes on past failures and reports them all. What is already gone (objects, or
+    /// the whole namespace) counts as done. Safe to run twice. When everything is undone and
+    /// this module created the namespace, the namespace is deleted too.
+    pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
+        let rtnl = match &self.netns {
+            Some(netns) => Some(netns.rtnl().await?),
+            None => None,
+        };
+        let mut failures = Vec::new();
+        let ids: Vec<EndpointId> = self
+            .state
+            .endpoints
+            .iter()
+            .rev()
+            .map(|e| e.id.clone())
+            .collect();
+        for id in ids {
+            let Some(record) = self.state.endpoint_mut(&id) else {
+                continue;
+            };
+            let mut endpoint = Endpoint::try_from(&*record)?;
+            let kernel = match (&self.netns, &rtnl) {
+                (Some(netns), Some(rtnl)) => Some(Kernel { netns, rtnl }),
+                _ => None,
+            };
+            if let Err(e) = endpoint.teardown(kernel, options).await {
+                failures.push(e);
+            }
+            *record = EndpointRecord::from(&endpoint);
+            self.store.save(&self.state)?;
+        }
+        if !failures.is_empty() {
+            return Err(SandboxError::Teardown {
+                file: self.store.path().to_path_buf(),
+                failures,
+            });
+        }
+        if self.state.netns.created_by_us
+            && let Some(netns) = self.netns.take_if(|n| n.created_by_us())
+        {
+            drop(rtnl);
+            netns.delete().map_err(|source| SandboxError::Netns {
+                file: self.store.path().to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the state file (after a complete teardown).
+    pub fn forget(self) -> Result<(), SandboxError> {
+        Ok(self.store.remove()?)
+    }
+}
+
+fn upsert(state: &mut SandboxState, record: EndpointRecord) {
+    match state.endpoint_mut(&record.id) {
+        Some(existing) => *existing = record,
+        None => state.endpoints.push(record),
+    }
+}
