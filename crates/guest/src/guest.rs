@@ -92,12 +92,12 @@ impl Guest {
     pub fn stats(&self) -> GuestStats {
         let c = &self.counters;
         GuestStats {
-            frames_in: c.frames_in.load(Ordering::Relaxed),
-            bytes_in: c.bytes_in.load(Ordering::Relaxed),
-            arp_replies: c.arp.load(Ordering::Relaxed),
-            icmp_echo_replies: c.icmp.load(Ordering::Relaxed),
-            neighbour_adverts: c.nd.load(Ordering::Relaxed),
-            icmpv6_echo_replies: c.icmp6.load(Ordering::Relaxed),
+            frames_in: c.frames_in.load(Ordering::SeqCst),
+            bytes_in: c.bytes_in.load(Ordering::SeqCst),
+            arp_replies: c.arp.load(Ordering::SeqCst),
+            icmp_echo_replies: c.icmp.load(Ordering::SeqCst),
+            neighbour_adverts: c.nd.load(Ordering::SeqCst),
+            icmpv6_echo_replies: c.icmp6.load(Ordering::SeqCst),
         }
     }
 
@@ -152,25 +152,27 @@ fn serve(mut queue: File, config: &GuestConfig, stop: &AtomicBool, counters: &Co
         if n <= header {
             continue;
         }
-        counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        counters.frames_in.fetch_add(1, Ordering::SeqCst);
         counters
             .bytes_in
-            .fetch_add((n - header) as u64, Ordering::Relaxed);
+            .fetch_add((n - header) as u64, Ordering::SeqCst);
         let Some((kind, frame)) = reply(&config.identity, &buf[header..n]) else {
             continue;
         };
         let mut out = vec![0u8; header];
         out.extend_from_slice(&frame);
-        if queue.write_all(&out).is_err() {
-            continue;
-        }
         let counter = match kind {
             ReplyKind::Arp => &counters.arp,
             ReplyKind::IcmpEcho => &counters.icmp,
             ReplyKind::NeighbourAdvert => &counters.nd,
             ReplyKind::Icmpv6Echo => &counters.icmp6,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        // Counted before it is sent: whoever sees the reply must see it counted (a pinger can
+        // return and read the counters before this thread runs again).
+        counter.fetch_add(1, Ordering::SeqCst);
+        if queue.write_all(&out).is_err() {
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
     }
     queue
 }
