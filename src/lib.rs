@@ -6,7 +6,12 @@
 //! [`Sandbox`] (state on disk, restore after a restart, teardown) and what the `sandbox-net`
 //! binary shows to people.
 
+pub mod demo;
+pub mod handover;
+pub mod network;
 pub mod render;
 pub mod sandbox;
+pub mod telemetry;
 
+pub use network::{NetnsSource, Network, NetworkConfig};
 pub use sandbox::{Sandbox, SandboxError};

@@ -1,27 +1,39 @@
 //! The `sandbox-net` command line.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sandbox_net::{
+    NetnsSource, Network, NetworkConfig, SandboxError, demo,
+    handover::{DeviceInfo, HandOver},
+};
+use sandbox_net_interworking::{InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions};
 
-/// Exit status for a failed operation; usage errors exit with 2 (from the argument parser).
+/// Exit status of a failed operation.
 const EXIT_FAILURE: u8 = 1;
+/// Exit status of `check` when the kernel differs from the state.
+const EXIT_DRIFT: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sandbox-net",
     version,
     about = "Network wiring for microVM sandboxes",
-    after_help = "Exit status: 0 on success, 1 when the operation failed (the error names the \
-                  namespace, device or file and the cause), 2 on a usage error.\n\
-                  Logging: -v for info, -vv for debug; RUST_LOG overrides (e.g. RUST_LOG=sandbox_net_netns=trace)."
+    after_help = "Exit status: 0 on success; 1 when the operation failed (the error names the \
+                  namespace, device or file and the cause); 2 on a usage error; 3 when `check` \
+                  finds the kernel different from the state.\n\
+                  Logging: -v for info, -vv for debug; RUST_LOG overrides (e.g. RUST_LOG=sandbox_net_netns=trace).\n\
+                  Tracing: --otel-stdout prints spans; OTEL_EXPORTER_OTLP_ENDPOINT exports them over OTLP."
 )]
 struct Cli {
     /// More logging on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print OpenTelemetry spans to stdout as they end.
+    #[arg(long, global = true)]
+    otel_stdout: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,13 +55,68 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Attach every endpoint of a pod namespace, for a VMM that opens the taps by name.
+    ///
+    /// Taps are persistent; the state file records everything `detach` needs, and the
+    /// devices a VMM needs are printed.
+    Attach {
+        /// The pod's namespace: a name under /run/netns, or a path.
+        #[arg(long, value_name = "PATH-OR-NAME")]
+        netns: String,
+        /// The state file to write (it must not exist).
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// How interfaces reach the VM.
+        #[arg(long, default_value = "tcfilter", value_parser = parse_model)]
+        model: InterworkingModel,
+        /// Queue pairs per device (1..=256).
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+        /// Host-side limit into the VM, bits/s (0: none).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        rx_rate: u64,
+        /// Host-side limit out of the VM, bits/s (0: none).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        tx_rate: u64,
+        /// The user allowed to open the taps (a jailed VMM).
+        #[arg(long, value_name = "UID")]
+        owner: Option<u32>,
+        /// The group allowed to open the taps.
+        #[arg(long, value_name = "GID")]
+        group: Option<u32>,
+        /// The sandbox's id, recorded in the state (default: the namespace's name).
+        #[arg(long)]
+        sandbox_id: Option<String>,
+        /// Print the devices as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach everything recorded in a state file and restore the pod's own configuration.
+    Detach {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
+    /// Compare the kernel with a state file; exit status 3 when they differ.
+    Check {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
+    /// Run a self-contained demonstration in throwaway namespaces (needs root only).
+    Demo,
+}
+
+fn parse_model(text: &str) -> Result<InterworkingModel, String> {
+    text.parse()
+        .map_err(|e: sandbox_net_interworking::UnknownModel| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.otel_stdout);
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // The chain is printed once, here: "error: what failed: why: deeper cause".
             let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
@@ -59,21 +126,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, _otel_stdout: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
+    use tracing_subscriber::{
+        Layer,
+        filter::{FilterExt, filter_fn},
+        layer::SubscriberExt,
+        util::SubscriberInitExt,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Errors returned by instrumented operations are recorded on their spans (`err`, as an
+    // `error` field) and printed once by `main`; the log does not repeat them.
+    let not_returned_errors =
+        filter_fn(|meta| !(meta.is_event() && meta.fields().field("error").is_some()));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(not_returned_errors.and(filter));
+    tracing_subscriber::registry().with(fmt).init();
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -81,7 +158,47 @@ fn run(command: Command) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match command {
-            Command::Scan { netns, json, all } => scan(&netns, json, all).await,
+            Command::Scan { netns, json, all } => {
+                scan(&netns, json, all).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Attach {
+                netns,
+                state,
+                model,
+                queues,
+                rx_rate,
+                tx_rate,
+                owner,
+                group,
+                sandbox_id,
+                json,
+            } => {
+                let tap = TapOptions {
+                    queues: 1,
+                    vnet_hdr: true,
+                    owner,
+                    group,
+                    persist: true,
+                };
+                let request = AttachRequest {
+                    netns,
+                    state,
+                    model,
+                    queues,
+                    rx_rate,
+                    tx_rate,
+                    tap,
+                    sandbox_id,
+                    json,
+                };
+                attach(request).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Detach { state } => detach(state).await.map(|()| ExitCode::SUCCESS),
+            Command::Check { state } => check(state).await,
+            Command::Demo => demo::run().await.map(|report| {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }),
         }
     })
 }
@@ -104,4 +221,106 @@ async fn scan(netns: &str, json: bool, all: bool) -> anyhow::Result<()> {
         print!("{}", sandbox_net::render::scan_table(&scan));
     }
     Ok(())
+}
+
+struct AttachRequest {
+    netns: String,
+    state: PathBuf,
+    model: InterworkingModel,
+    queues: usize,
+    rx_rate: u64,
+    tx_rate: u64,
+    tap: TapOptions,
+    sandbox_id: Option<String>,
+    json: bool,
+}
+
+async fn attach(request: AttachRequest) -> anyhow::Result<()> {
+    let netns = Netns::open_path_or_name(&request.netns)?;
+    let sandbox_id = request.sandbox_id.clone().unwrap_or_else(|| {
+        netns
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sandbox".into())
+    });
+    let config = NetworkConfig {
+        model: request.model,
+        tap: request.tap.clone(),
+        ..NetworkConfig::default()
+    };
+    let mut network = Network::create(
+        &request.state,
+        &sandbox_id,
+        NetnsSource::Given(netns),
+        config,
+    )?;
+    let vmm = HandOver::new(request.queues, request.rx_rate, request.tx_rate);
+    let (_, skipped) = match network.add_endpoints(&vmm, None).await {
+        Ok(added) => added,
+        Err(e) => {
+            // Everything this attach did is undone; leave no state file either.
+            network
+                .teardown()
+                .await
+                .context("cannot remove the state of the failed attach")?;
+            return Err(e.into());
+        }
+    };
+    for s in &skipped {
+        eprintln!("warning: {} skipped: {}", s.link, s.reason);
+    }
+    let devices = vmm.devices();
+    if request.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&devices).context("cannot encode the devices as JSON")?
+        );
+    } else {
+        print!("{}", device_table(&devices));
+        println!("state: {}", request.state.display());
+    }
+    Ok(())
+}
+
+fn device_table(devices: &[DeviceInfo]) -> String {
+    let mut out = format!(
+        "{:<18} {:<8} {:<9} {:<16} {:<19} {:>5} {:>6}\n",
+        "ENDPOINT", "GUEST", "BACKEND", "DEVICE", "MAC", "MTU", "QUEUES"
+    );
+    for d in devices {
+        out.push_str(&format!(
+            "{:<18} {:<8} {:<9} {:<16} {:<19} {:>5} {:>6}\n",
+            d.endpoint, d.guest_name, d.backend, d.device, d.mac, d.mtu, d.queues
+        ));
+    }
+    out
+}
+
+async fn detach(state: PathBuf) -> anyhow::Result<()> {
+    let network = Network::restore(&state, NetworkConfig::default())?;
+    let count = network.sandbox().state().endpoints.len();
+    network.teardown().await?;
+    println!("detached {count} endpoint(s); {} removed", state.display());
+    Ok(())
+}
+
+async fn check(state: PathBuf) -> anyhow::Result<ExitCode> {
+    let network = Network::restore(&state, NetworkConfig::default())?;
+    let drifts = network
+        .check()
+        .await
+        .map_err(|e: SandboxError| anyhow::Error::from(e))?;
+    if drifts.is_empty() {
+        println!(
+            "{}: the kernel matches the state ({} endpoint(s))",
+            state.display(),
+            network.sandbox().state().endpoints.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (endpoint, drift) in &drifts {
+        println!("endpoint {endpoint}: {drift}");
+    }
+    Ok(ExitCode::from(EXIT_DRIFT))
 }

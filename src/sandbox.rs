@@ -54,6 +54,23 @@ pub enum SandboxError {
     /// A recorded endpoint is not valid.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// An interface could not be classified (strict mode).
+    #[error("state file {file}: an interface cannot be attached")]
+    Classify {
+        /// The state file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: sandbox_net_endpoints::Unsupported,
+    },
+    /// No endpoint has this id.
+    #[error("state file {file}: no endpoint {id}")]
+    UnknownEndpoint {
+        /// The state file.
+        file: PathBuf,
+        /// The id asked for.
+        id: EndpointId,
+    },
     /// Teardown went on past failures; these are all of them.
     #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
     Teardown {
@@ -251,6 +268,64 @@ impl Sandbox {
         self.store.save(&self.state)?;
         result?;
         Ok(endpoint)
+    }
+
+    /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
+    /// record stays, with what is left to undo.
+    pub async fn detach<H: Hypervisor>(
+        &mut self,
+        id: &EndpointId,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<(), SandboxError> {
+        let file = self.store.path().to_path_buf();
+        let Some(record) = self.state.endpoint_mut(id) else {
+            return Err(SandboxError::UnknownEndpoint {
+                file,
+                id: id.clone(),
+            });
+        };
+        let mut endpoint = Endpoint::try_from(&*record)?;
+        let rtnl = match &self.netns {
+            Some(netns) => Some(netns.rtnl().await?),
+            None => None,
+        };
+        let result = match (&self.netns, &rtnl) {
+            (Some(netns), Some(rtnl)) => {
+                endpoint
+                    .detach(Kernel { netns, rtnl }, hypervisor, options, hot)
+                    .await
+            }
+            _ => endpoint.teardown(None, options).await,
+        };
+        match result {
+            Ok(()) => self.state.endpoints.retain(|e| &e.id != id),
+            Err(_) => upsert(&mut self.state, EndpointRecord::from(&endpoint)),
+        }
+        self.store.save(&self.state)?;
+        Ok(result?)
+    }
+
+    /// Runs `f` on a thread inside the sandbox's namespace (see `Netns::run`).
+    pub async fn run<F, T>(&self, f: F) -> Result<T, SandboxError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let file = self.store.path().to_path_buf();
+        let Some(netns) = &self.netns else {
+            return Err(SandboxError::Netns {
+                file,
+                source: NetnsError::NotFound {
+                    path: self.state.netns.path.clone(),
+                },
+            });
+        };
+        netns
+            .run(f)
+            .await
+            .map_err(|source| SandboxError::Netns { file, source })
     }
 
     /// Compares the kernel with every attached endpoint's recorded steps.

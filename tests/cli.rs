@@ -131,3 +131,140 @@ fn scan_errors_name_the_namespace_and_exit_non_zero() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(stderr(&usage).contains("--netns"), "{}", stderr(&usage));
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+fn attach_check_detach_round_trip_through_the_cli() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap();
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--queues",
+        "2",
+        "--rx-rate",
+        "10000000",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(devices[0]["guest_name"], "eth0");
+    assert_eq!(devices[0]["backend"], "tap");
+    assert_eq!(devices[0]["device"], "tap0_kata");
+    assert_eq!(devices[0]["mac"], PodFixture::POD_MAC);
+    assert_eq!(devices[0]["queues"], 2);
+    // The tap outlives the CLI, for a VMM that opens it by name.
+    let tap = &fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"];
+    assert_eq!(tap["persist"], true);
+
+    let check = sandbox_net(&["check", "--state", state_arg]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    fx.pod.tc(&["filter", "del", "dev", "eth0", "ingress"]);
+    let check = sandbox_net(&["check", "--state", state_arg]);
+    assert_eq!(check.status.code(), Some(3), "drift exits 3");
+    let text = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        text.contains("redirect eth0 -> tap0_kata: expected a redirect to tap0_kata"),
+        "{text}"
+    );
+
+    let out = sandbox_net(&["detach", "--state", state_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!state.exists());
+    sandbox_net_netns::testing::assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+fn attach_refuses_bad_input_and_leaves_nothing() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap();
+    let usage = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--model",
+        "bridge",
+    ]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(
+        stderr(&usage)
+            .contains("unknown interworking model \"bridge\": expected tcfilter, macvtap or none"),
+        "{}",
+        stderr(&usage)
+    );
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--queues",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("endpoint eth0: 300 queues requested; 1 to 256 are supported"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state.exists(), "a failed attach leaves no state file");
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--tx-rate",
+        "18446744073709551615",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("invalid tx rate"), "{}", stderr(&out));
+    sandbox_net_netns::testing::assert_same_snapshot(&before, &fx.pod.snapshot());
+    let out = sandbox_net(&["detach", "--state", state_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!("error: state file {state_arg} does not exist")
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+fn the_demo_runs_and_reports_real_figures() {
+    sandbox_net_netns::testing::require_root();
+    let out = sandbox_net(&["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("  ping         5/5 echo replies from the guest"),
+        "{text}"
+    );
+    let shaped = text.lines().find(|l| l.starts_with("  shaped rx")).unwrap();
+    let mbit: f64 = shaped.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        (45.0..=55.0).contains(&mbit),
+        "the shaper holds the configured 50 Mbit/s within 10 %: {shaped}"
+    );
+    assert!(text.contains("leftovers    none"), "{text}");
+}

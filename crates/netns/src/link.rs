@@ -100,6 +100,32 @@ impl Rtnl {
         self.link_by_name(name.as_str()).await
     }
 
+    /// Creates a veth pair (`ip link add NAME type veth peer name PEER`) in this namespace
+    /// and returns the first end.
+    pub async fn add_veth(
+        &self,
+        name: &sandbox_net_persist::IfName,
+        peer: &sandbox_net_persist::IfName,
+    ) -> Result<Link, NetlinkError> {
+        self.handle()
+            .link()
+            .add(rtnetlink::LinkVeth::new(name.as_str(), peer.as_str()).build())
+            .execute()
+            .await
+            .map_err(|e| self.request_error("add", format!("veth pair {name}/{peer}"), e))?;
+        self.link_by_name(name.as_str()).await
+    }
+
+    /// Moves the link into another namespace (`ip link set DEV netns NS`).
+    pub async fn move_link(&self, link: &Link, to: &crate::Netns) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .setns_by_fd(to.fd().as_raw_fd())
+            .build();
+        self.change_link(link, "move to another namespace", msg)
+            .await
+    }
+
     /// Deletes the link (`ip link del DEV`); a veth takes its peer with it.
     pub async fn delete_link(&self, link: &Link) -> Result<(), NetlinkError> {
         self.handle()

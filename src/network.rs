@@ -1,0 +1,276 @@
+//! `Network`: what a shim links to give a sandbox its network.
+//!
+//! It holds the sandbox's namespace, state file and configuration, and offers the operations
+//! of a sandbox's life: add the pod's endpoints (all of a scan, or given interfaces), remove
+//! them (all, or by id), hot-plug one, restore after a restart, check for drift, run code in
+//! the namespace. Every operation is a tracing span carrying the namespace and model.
+
+use std::path::{Path, PathBuf};
+
+use sandbox_net_endpoints::{
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, Hypervisor, SkippedInterface,
+    endpoints_from_scan, physical::SysfsPci,
+};
+use sandbox_net_interworking::{ApplyHooks, Drift, InterworkingModel, TapOptions};
+use sandbox_net_netns::{Netns, ScanOptions};
+use sandbox_net_persist::scan::Interface;
+
+use crate::sandbox::{Sandbox, SandboxError};
+
+/// How a sandbox's network is built.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The interworking model (ipvlan endpoints always use tcfilter).
+    pub model: InterworkingModel,
+    /// How taps are made (the queue count comes from the hypervisor).
+    pub tap: TapOptions,
+    /// How interfaces are classified (strict mode, vhost-user socket directory).
+    pub classify: ClassifyOptions,
+    /// Which interfaces a scan keeps (Kata's rules by default).
+    pub scan: ScanOptions,
+    /// Where PCI functions are bound to vfio-pci.
+    pub sysfs: SysfsPci,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            model: InterworkingModel::TcFilter,
+            tap: TapOptions::default(),
+            classify: ClassifyOptions::default(),
+            scan: ScanOptions::default(),
+            sysfs: SysfsPci::host(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    fn attach_options(&self) -> AttachOptions {
+        AttachOptions {
+            model: self.model,
+            tap: self.tap.clone(),
+            sysfs: self.sysfs.clone(),
+            hooks: ApplyHooks::default(),
+        }
+    }
+}
+
+/// Where the sandbox's namespace comes from.
+#[derive(Debug)]
+pub enum NetnsSource {
+    /// An existing namespace (CNI's): never deleted by sandbox-net.
+    Given(Netns),
+    /// A namespace to create at this path; deleted at teardown.
+    Create(PathBuf),
+}
+
+/// A sandbox's network.
+#[derive(Debug)]
+pub struct Network {
+    sandbox: Sandbox,
+    config: NetworkConfig,
+}
+
+impl Network {
+    /// Starts a new sandbox network with its state in `state_path`.
+    #[tracing::instrument(name = "network.create", skip_all, fields(sandbox = sandbox_id, model = %config.model), err)]
+    pub fn create(
+        state_path: impl AsRef<Path>,
+        sandbox_id: &str,
+        netns: NetnsSource,
+        config: NetworkConfig,
+    ) -> Result<Self, SandboxError> {
+        let sandbox = match netns {
+            NetnsSource::Given(netns) => {
+                Sandbox::create(state_path, sandbox_id, netns, config.model)?
+            }
+            NetnsSource::Create(path) => {
+                Sandbox::create_in_new_netns(state_path, sandbox_id, path, config.model)?
+            }
+        };
+        Ok(Self { sandbox, config })
+    }
+
+    /// Loads a sandbox's network from its state file, in a new process.
+    #[tracing::instrument(name = "network.restore", skip_all, fields(state = %state_path.as_ref().display()), err)]
+    pub fn restore(
+        state_path: impl AsRef<Path>,
+        config: NetworkConfig,
+    ) -> Result<Self, SandboxError> {
+        let (sandbox, warnings) = Sandbox::restore(state_path)?;
+        for warning in warnings {
+            tracing::warn!(%warning, "state file");
+        }
+        Ok(Self { sandbox, config })
+    }
+
+    /// The sandbox underneath (state, namespace).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Attaches the pod's endpoints: those of a scan (`None`) or the given interfaces. If one
+    /// fails, the ones this call attached are detached again before the error is returned.
+    /// Returns the new endpoints' ids and the interfaces skipped as unsupported.
+    #[tracing::instrument(name = "network.add_endpoints", skip_all, fields(netns = %self.netns_label(), model = %self.config.model), err)]
+    pub async fn add_endpoints<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        interfaces: Option<Vec<Interface>>,
+    ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
+        let netns = self.live_netns()?;
+        let interfaces = match interfaces {
+            Some(given) => given,
+            None => {
+                netns
+                    .rtnl()
+                    .await?
+                    .scan(&self.config.scan)
+                    .await?
+                    .interfaces
+            }
+        };
+        let first_index = self
+            .sandbox
+            .state()
+            .endpoints
+            .iter()
+            .map(|e| e.index + 1)
+            .max()
+            .unwrap_or(0);
+        let (endpoints, skipped) =
+            endpoints_from_scan(&netns, &interfaces, first_index, &self.config.classify)
+                .await
+                .map_err(|source| SandboxError::Classify {
+                    file: self.sandbox.state_path().to_path_buf(),
+                    source,
+                })?;
+        let options = self.config.attach_options();
+        let mut added = Vec::new();
+        for endpoint in endpoints {
+            match self
+                .sandbox
+                .attach(endpoint, hypervisor, &options, false)
+                .await
+            {
+                Ok(endpoint) => added.push(endpoint.id),
+                Err(e) => {
+                    for id in added.iter().rev() {
+                        if let Err(undo) =
+                            self.sandbox.detach(id, hypervisor, &options, false).await
+                        {
+                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed add");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((added, skipped))
+    }
+
+    /// Detaches endpoints: all (`None`, last attached first) or those with the given ids.
+    /// Works on a copy of the id list, so every one asked for is detached (Kata's
+    /// remove-while-iterating skipped some); goes on past failures and reports them all.
+    #[tracing::instrument(name = "network.remove_endpoints", skip_all, fields(netns = %self.netns_label()), err)]
+    pub async fn remove_endpoints<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        ids: Option<&[EndpointId]>,
+    ) -> Result<(), SandboxError> {
+        let ids: Vec<EndpointId> = match ids {
+            Some(ids) => ids.to_vec(),
+            None => self
+                .sandbox
+                .state()
+                .endpoints
+                .iter()
+                .rev()
+                .map(|e| e.id.clone())
+                .collect(),
+        };
+        let options = self.config.attach_options();
+        let mut failures = Vec::new();
+        for id in &ids {
+            match self.sandbox.detach(id, hypervisor, &options, false).await {
+                Ok(()) => {}
+                Err(SandboxError::Endpoint(e)) => failures.push(*e),
+                Err(other) => return Err(other),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                file: self.sandbox.state_path().to_path_buf(),
+                failures,
+            })
+        }
+    }
+
+    /// Hot-plugs one endpoint into the running VM.
+    #[tracing::instrument(name = "network.hot_add", skip_all, fields(netns = %self.netns_label(), endpoint = %endpoint.id), err)]
+    pub async fn hot_add<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        endpoint: Endpoint,
+    ) -> Result<EndpointId, SandboxError> {
+        let options = self.config.attach_options();
+        Ok(self
+            .sandbox
+            .attach(endpoint, hypervisor, &options, true)
+            .await?
+            .id)
+    }
+
+    /// Hot-unplugs one endpoint from the running VM.
+    #[tracing::instrument(name = "network.hot_remove", skip_all, fields(netns = %self.netns_label(), endpoint = %id), err)]
+    pub async fn hot_remove<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        id: &EndpointId,
+    ) -> Result<(), SandboxError> {
+        let options = self.config.attach_options();
+        self.sandbox.detach(id, hypervisor, &options, true).await
+    }
+
+    /// Differences between the kernel and the recorded state (empty when intact).
+    #[tracing::instrument(name = "network.check", skip_all, fields(netns = %self.netns_label()), err)]
+    pub async fn check(&self) -> Result<Vec<(EndpointId, Drift)>, SandboxError> {
+        self.sandbox.check().await
+    }
+
+    /// Tears everything down from the record (no VMM needed), deletes a namespace the
+    /// sandbox created, and removes the state file. Goes on past failures and reports them
+    /// all; on failure the state file stays, for another try.
+    #[tracing::instrument(name = "network.teardown", skip_all, fields(netns = %self.netns_label()), err)]
+    pub async fn teardown(mut self) -> Result<(), SandboxError> {
+        self.sandbox.teardown(&self.config.attach_options()).await?;
+        self.sandbox.forget()
+    }
+
+    /// Runs `f` on a thread inside the sandbox's namespace.
+    pub async fn run<F, T>(&self, f: F) -> Result<T, SandboxError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.sandbox.run(f).await
+    }
+
+    fn live_netns(&self) -> Result<Netns, SandboxError> {
+        self.sandbox
+            .netns()
+            .cloned()
+            .ok_or_else(|| SandboxError::Netns {
+                file: self.sandbox.state_path().to_path_buf(),
+                source: sandbox_net_netns::NetnsError::NotFound {
+                    path: self.sandbox.state().netns.path.clone(),
+                },
+            })
+    }
+
+    fn netns_label(&self) -> String {
+        self.sandbox.state().netns.path.display().to_string()
+    }
+}
