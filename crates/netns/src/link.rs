@@ -126,6 +126,31 @@ impl Rtnl {
             .await
     }
 
+    /// Puts the link in device group `group` (`ip link set DEV group N`).
+    pub async fn set_link_group(&self, link: &Link, group: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .link_group(group)
+            .build();
+        self.change_link(link, "set the device group of", msg).await
+    }
+
+    /// Deletes every link of device group `group` in one request (`ip link del group N`):
+    /// the kernel unregisters them together and waits for one RCU grace period for all of
+    /// them, where deleting them one by one waits once per link.
+    pub async fn delete_link_group(&self, group: u32) -> Result<(), NetlinkError> {
+        let mut msg = netlink_packet_route::link::LinkMessage::default();
+        msg.attributes
+            .push(netlink_packet_route::link::LinkAttribute::Group(group));
+        self.handle()
+            .link()
+            .del_with_message(msg)
+            .execute()
+            .await
+            .map_err(|e| {
+                self.request_error("delete", format!("the links of device group {group}"), e)
+            })
+    }
+
     /// Deletes the link (`ip link del DEV`); a veth takes its peer with it.
     pub async fn delete_link(&self, link: &Link) -> Result<(), NetlinkError> {
         self.handle()

@@ -126,3 +126,44 @@ async fn errors_name_the_link_the_namespace_and_keep_the_errno() {
     // Nothing changed.
     assert_eq!(rtnl.link_by_name("eth0").await.unwrap(), eth0);
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_device_group_is_deleted_in_one_request_and_only_it() {
+    let ns = sandbox_net_netns::testing::TestNetns::new();
+    for i in 0..3 {
+        ns.ip(&[
+            "link",
+            "add",
+            &format!("a{i}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("b{i}"),
+        ]);
+    }
+    let rtnl = ns.netns().rtnl().await.unwrap();
+    for name in ["a0", "a1"] {
+        let link = rtnl.link_by_name(name).await.unwrap();
+        rtnl.set_link_group(&link, 4242).await.unwrap();
+    }
+    assert_eq!(ns.ip_json(&["link", "show", "a0"])[0]["group"], "4242");
+    rtnl.delete_link_group(4242).await.unwrap();
+    let mut names: Vec<String> = rtnl
+        .links()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.name.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a2", "b2", "lo"],
+        "a0 and a1 went, with their peers; a2 stayed"
+    );
+}

@@ -98,6 +98,10 @@ pub struct SandboxState {
     pub netns: NetnsRecord,
     /// The model endpoints are attached with unless they say otherwise.
     pub model: InterworkingModel,
+    /// The device group (`IFLA_GROUP`) of every link this sandbox created, so that teardown
+    /// deletes them in one request; 0 for none.
+    #[serde(default)]
+    pub link_group: u32,
     /// Its endpoints, in attach order.
     #[serde(default)]
     pub endpoints: Vec<EndpointRecord>,
@@ -118,6 +122,7 @@ impl SandboxState {
             sandbox_id: sandbox_id.into(),
             netns,
             model,
+            link_group: 0,
             endpoints: Vec::new(),
             unknown_endpoints: Vec::new(),
         }
