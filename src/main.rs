@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use sandbox_net::{
     NetnsSource, Network, NetworkConfig, SandboxError, demo,
     handover::{DeviceInfo, HandOver},
+    telemetry,
 };
 use sandbox_net_interworking::{InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions};
@@ -114,7 +115,15 @@ fn parse_model(text: &str) -> Result<InterworkingModel, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.otel_stdout);
+    let export = telemetry::export_from_env(cli.otel_stdout);
+    // The guard flushes the spans when main returns.
+    let _telemetry = match telemetry::install(cli.verbose, export) {
+        Ok(guard) => Some(guard),
+        Err(err) => {
+            eprintln!("warning: spans will not be exported: {err:#}");
+            telemetry::install(cli.verbose, telemetry::Export::None).ok()
+        }
+    };
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -124,30 +133,6 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-fn init_logging(verbose: u8, _otel_stdout: bool) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    use tracing_subscriber::{
-        Layer,
-        filter::{FilterExt, filter_fn},
-        layer::SubscriberExt,
-        util::SubscriberInitExt,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Errors returned by instrumented operations are recorded on their spans (`err`, as an
-    // `error` field) and printed once by `main`; the log does not repeat them.
-    let not_returned_errors =
-        filter_fn(|meta| !(meta.is_event() && meta.fields().field("error").is_some()));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(not_returned_errors.and(filter));
-    tracing_subscriber::registry().with(fmt).init();
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

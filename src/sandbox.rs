@@ -400,6 +400,16 @@ impl Sandbox {
             Some(netns) => Some(netns.rtnl().await?),
             None => None,
         };
+        // All created links at once first: one RCU grace period for the sandbox instead of one
+        // per link. The per-endpoint undo below then finds them gone, and does the rest.
+        if let Some(rtnl) = &rtnl
+            && self.state.link_group != 0
+            && self.state.endpoints.iter().any(|e| !e.steps.is_empty())
+            && let Err(e) = rtnl.delete_link_group(self.state.link_group).await
+            && !matches!(e.errno(), Some(libc::ENODEV | libc::ENOENT))
+        {
+            tracing::warn!(group = self.state.link_group, error = %e, "links not deleted as a group; deleting them one by one");
+        }
         let mut failures = Vec::new();
         let ids: Vec<EndpointId> = self
             .state

@@ -213,7 +213,6 @@ impl Endpoint {
     /// Attaches the endpoint: makes the kernel changes its kind and model need (rolled back if
     /// anything fails), builds the device and hands it to the hypervisor (`hot`: to a running
     /// VM). On failure nothing of this attach is left.
-    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model), err)]
     pub async fn attach<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
@@ -228,7 +227,27 @@ impl Endpoint {
     /// Like [`Endpoint::attach`], calling `record` with the endpoint once its plan (the
     /// kernel steps, the VFIO binding it will make) is known and before anything changes, so
     /// that the plan is persisted before it is applied. If `record` fails, nothing is changed.
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn attach_recorded<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+        record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
+    ) -> Result<(), EndpointError> {
+        let result = self
+            .attach_span_body(kernel, hypervisor, options, hot, record)
+            .await;
+        if let Err(e) = &result {
+            // As `instrument(err)` would, with the whole chain: the span's status then names
+            // the step that failed, not only the endpoint.
+            tracing::error!(error = %crate::physical::error_chain(e));
+        }
+        result
+    }
+
+    async fn attach_span_body<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
         hypervisor: &H,

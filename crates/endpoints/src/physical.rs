@@ -252,7 +252,7 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 /// An error and its sources joined with `: `.
-fn error_chain(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

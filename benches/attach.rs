@@ -1,0 +1,236 @@
+//! Benchmark of attach and detach of 1, 16 and 128 endpoints in one namespace, with the
+//! tcfilter model and rx/tx limits, against the raw netlink work they consist of; and the peak
+//! memory of `sandbox-net attach` for 128 endpoints.
+//!
+//! Run as root: `cargo bench --bench attach`.
+//!
+//! - `attach`: `Network::add_endpoints` (scan, classification, per endpoint: the plan written
+//!   to the state file, 7 kernel steps and 2 HTB trees, links grouped), divided by N.
+//! - `raw attach`: the same kernel changes made directly with the primitives (persistent
+//!   tap, MTU, up, 2 ingress qdiscs, 2 redirects, 2 HTB trees), nothing looked up or recorded.
+//! - `detach`: `Network::teardown` (the sandbox's links deleted as one device group, then
+//!   every endpoint's steps undone from the record), divided by N.
+//! - `raw detach`: the taps deleted one by one and the pod links' qdiscs removed, divided by N.
+//!
+//! The state file lives in /run (tmpfs, as shims keep it). Only runs with `--bench`.
+
+use std::{
+    os::fd::OwnedFd,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use sandbox_net::{NetnsSource, Network, NetworkConfig};
+use sandbox_net_endpoints::{
+    Backend, Capabilities, EndpointId, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
+};
+use sandbox_net_interworking::TapOptions;
+use sandbox_net_netns::{Rtnl, TapConfig, testing::TestNetns};
+use sandbox_net_persist::IfName;
+use sandbox_net_ratelimit::{HtbRate, PschedClock, add_htb_tree, del_htb_tree};
+
+const RATE: u64 = 100_000_000;
+
+/// A stand-in VMM (none can run here) without a limiter, which lets go of the descriptors
+/// (the taps are persistent, as for a VMM that opens them by name).
+struct DropVmm;
+
+impl Hypervisor for DropVmm {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_queue: false,
+            rate_limiter: false,
+        }
+    }
+    fn config(&self) -> HypervisorConfig {
+        HypervisorConfig {
+            disable_vhost_net: true,
+            rx_rate_limiter_max_rate: RATE,
+            tx_rate_limiter_max_rate: RATE,
+            ..HypervisorConfig::default()
+        }
+    }
+    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        if let Backend::Tap { queues, .. } = device.backend {
+            drop::<Vec<OwnedFd>>(queues);
+        }
+        Ok(())
+    }
+    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        self.add_device(device).await
+    }
+    async fn hot_remove_device(&self, _: &EndpointId) -> Result<(), HypervisorError> {
+        Ok(())
+    }
+}
+
+/// A pod namespace with `n` addressed veths `vb{i}` (peers in `peers`).
+fn pod(n: usize) -> (TestNetns, TestNetns) {
+    let pod = TestNetns::new();
+    let peers = TestNetns::new();
+    let mut script = String::new();
+    for i in 0..n {
+        script.push_str(&format!(
+            "link add vb{i} type veth peer name vp{i} netns {}\naddr add 10.{}.{}.{}/30 dev vb{i}\nlink set vb{i} up\n",
+            peers.name(),
+            64 + i / 16384,
+            (i / 64) % 256,
+            (i % 64) * 4 + 1
+        ));
+    }
+    pod.ip_batch(&script);
+    (pod, peers)
+}
+
+fn state_path(tag: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/run/sandbox-net-bench-{}/{tag}.json",
+        std::process::id()
+    ))
+}
+
+fn config() -> NetworkConfig {
+    NetworkConfig {
+        tap: TapOptions {
+            persist: true,
+            ..TapOptions::default()
+        },
+        ..NetworkConfig::default()
+    }
+}
+
+async fn ours(n: usize) -> anyhow::Result<(Duration, Duration)> {
+    let (pod, _peers) = pod(n);
+    let state = state_path(&format!("ours-{n}"));
+    let mut network = Network::create(
+        &state,
+        "bench",
+        NetnsSource::Given(pod.netns().clone()),
+        config(),
+    )?;
+    let started = Instant::now();
+    let (ids, _) = network.add_endpoints(&DropVmm, None).await?;
+    let attach = started.elapsed();
+    if ids.len() != n {
+        bail!("attached {} endpoints, expected {n}", ids.len());
+    }
+    let started = Instant::now();
+    network.teardown().await?;
+    Ok((attach, started.elapsed()))
+}
+
+async fn raw(n: usize) -> anyhow::Result<(Duration, Duration)> {
+    let (pod, _peers) = pod(n);
+    let rtnl: Rtnl = pod.netns().rtnl().await?;
+    let clock = PschedClock::read()?;
+    let rate = HtbRate::from_bits(RATE)?;
+    let links = rtnl.links().await?;
+    let veths: Vec<_> = links
+        .iter()
+        .filter(|l| l.name.as_str().starts_with("vb"))
+        .cloned()
+        .collect();
+    let started = Instant::now();
+    let mut taps = Vec::new();
+    for (i, veth) in veths.iter().enumerate() {
+        let name = IfName::new(format!("tap{i}_kata"))?;
+        let config = TapConfig {
+            persist: true,
+            ..TapConfig::new(name.clone(), 1)
+        };
+        drop(pod.netns().create_tap(&config).await?);
+        let tap = rtnl.link_by_name(name.as_str()).await?;
+        rtnl.set_link_mtu(&tap, veth.mtu).await?;
+        rtnl.set_link_up(&tap).await?;
+        rtnl.add_ingress_qdisc(veth).await?;
+        rtnl.add_ingress_qdisc(&tap).await?;
+        rtnl.add_redirect(veth, &tap).await?;
+        rtnl.add_redirect(&tap, veth).await?;
+        add_htb_tree(&rtnl, &tap, rate, &clock).await?;
+        add_htb_tree(&rtnl, veth, rate, &clock).await?;
+        taps.push(tap);
+    }
+    let attach = started.elapsed();
+    let started = Instant::now();
+    for (tap, veth) in taps.iter().zip(&veths) {
+        rtnl.delete_link(tap).await?;
+        del_htb_tree(&rtnl, veth).await?;
+        rtnl.del_ingress_qdisc(veth).await?;
+    }
+    Ok((attach, started.elapsed()))
+}
+
+/// Peak resident memory of `sandbox-net attach` for `n` endpoints, in KiB.
+fn peak_memory_of_cli_attach(n: usize) -> anyhow::Result<i64> {
+    let (pod, _peers) = pod(n);
+    let state = state_path("cli");
+    let exe = env!("CARGO_BIN_EXE_sandbox-net");
+    let attach = Command::new(exe)
+        .args(["attach", "--netns", pod.name(), "--state"])
+        .arg(&state)
+        .args(["--rx-rate", "100000000", "--tx-rate", "100000000"])
+        .output()?;
+    if !attach.status.success() {
+        bail!(
+            "sandbox-net attach failed: {}",
+            String::from_utf8_lossy(&attach.stderr)
+        );
+    }
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    let detach = Command::new(exe)
+        .args(["detach", "--state"])
+        .arg(&state)
+        .output()?;
+    if !detach.status.success() {
+        bail!(
+            "sandbox-net detach failed: {}",
+            String::from_utf8_lossy(&detach.stderr)
+        );
+    }
+    Ok(usage.max_rss())
+}
+
+fn per(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e3 / n as f64
+}
+
+fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("attach: run with `cargo bench --bench attach` (as root)");
+        return Ok(());
+    }
+    sandbox_net_netns::testing::require_root();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "endpoints  attach ms/ep  raw ms/ep  ratio   detach ms/ep  raw detach ms/ep  (detach total ms)"
+    );
+    for n in [1usize, 16, 128] {
+        let (attach, detach) = runtime
+            .block_on(ours(n))
+            .with_context(|| format!("{n} endpoints"))?;
+        let (raw_attach, raw_detach) = runtime
+            .block_on(raw(n))
+            .with_context(|| format!("{n} endpoints, raw"))?;
+        println!(
+            "{n:<10} {:>11.3} {:>10.3} {:>6.2} {:>13.3} {:>17.3}  ({:.1})",
+            per(attach, n),
+            per(raw_attach, n),
+            attach.as_secs_f64() / raw_attach.as_secs_f64(),
+            per(detach, n),
+            per(raw_detach, n),
+            detach.as_secs_f64() * 1e3
+        );
+    }
+    let kib = peak_memory_of_cli_attach(128)?;
+    println!(
+        "peak memory of `sandbox-net attach` for 128 endpoints: {:.1} MiB (max RSS)",
+        kib as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(state_path("x").parent().context("no state dir")?);
+    Ok(())
+}
