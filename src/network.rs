@@ -51,6 +51,7 @@ impl NetworkConfig {
             tap: self.tap.clone(),
             sysfs: self.sysfs.clone(),
             hooks: ApplyHooks::default(),
+            link_group: None,
         }
     }
 }

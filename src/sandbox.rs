@@ -11,7 +11,6 @@ use sandbox_net_persist::{
     endpoint::EndpointId,
     state::{EndpointRecord, NetnsRecord, SandboxState},
     steps::InterworkingModel,
-    steps::Step,
     store::{StateStore, StoreError},
 };
 
@@ -256,6 +255,11 @@ impl Sandbox {
             netns: &netns,
             rtnl: &rtnl,
         };
+        // Created links go in the sandbox's device group as they are made.
+        let options = AttachOptions {
+            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
+            ..options.clone()
+        };
         let (store, state) = (&self.store, &mut self.state);
         let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             upsert(state, EndpointRecord::from(e));
@@ -263,7 +267,7 @@ impl Sandbox {
             Ok(())
         };
         let result = endpoint
-            .attach_recorded(kernel, hypervisor, options, hot, &mut record)
+            .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
             .await;
         // Whatever happened, the record now says it (attached, or rolled back).
         if result.is_err() {
@@ -272,36 +276,7 @@ impl Sandbox {
         upsert(&mut self.state, EndpointRecord::from(&endpoint));
         self.store.save(&self.state)?;
         result?;
-        self.group_created_links(kernel, &endpoint).await;
         Ok(endpoint)
-    }
-
-    /// Puts the links `endpoint` created in the sandbox's device group. Only an optimisation
-    /// of teardown: a link left out is still deleted on its own, so failures are logged.
-    async fn group_created_links(&self, kernel: Kernel<'_>, endpoint: &Endpoint) {
-        if self.state.link_group == 0 {
-            return;
-        }
-        for step in &endpoint.steps {
-            let (Step::CreateTap { name, .. }
-            | Step::CreateMacvtap { name, .. }
-            | Step::CreateIfb { name }) = step
-            else {
-                continue;
-            };
-            let grouped = match kernel.rtnl.link_by_name(name.as_str()).await {
-                Ok(link) => {
-                    kernel
-                        .rtnl
-                        .set_link_group(&link, self.state.link_group)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = grouped {
-                tracing::warn!(link = %name, error = %e, "link not put in the sandbox's device group");
-            }
-        }
     }
 
     /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the

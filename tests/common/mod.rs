@@ -71,6 +71,7 @@ pub fn options(model: InterworkingModel, hooks: ApplyHooks) -> AttachOptions {
         },
         sysfs: SysfsPci::host(),
         hooks,
+        link_group: None,
     }
 }
 

@@ -120,6 +120,7 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
         tap: TapOptions::default(),
         sysfs: SysfsPci::host(),
         hooks: ApplyHooks::default(),
+        link_group: None,
     };
     ep.attach(kernel, &vmm, &options, false).await?;
     let device = vmm

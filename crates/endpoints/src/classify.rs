@@ -232,8 +232,15 @@ pub async fn endpoints_from_scan(
 ) -> Result<(Vec<crate::Endpoint>, Vec<SkippedInterface>), Unsupported> {
     let mut endpoints = Vec::new();
     let mut skipped = Vec::new();
-    for iface in interfaces {
-        let facts = gather_facts(netns, iface, options).await;
+    // One thread in the namespace for every interface's ethtool query.
+    let names = interfaces.iter().map(|i| i.link.name.clone()).collect();
+    let infos = crate::physical::ethtool_bus_infos(netns, names).await;
+    for (iface, info) in interfaces.iter().zip(infos) {
+        let addresses: Vec<IpAddr> = iface.addresses.iter().map(|a| a.prefix.addr()).collect();
+        let facts = Facts {
+            pci: info.and_then(|i| pci_address_from_bus_info(&i.bus_info)),
+            vhost_user_socket: find_vhost_user_socket(&options.vhost_user_dir, &addresses),
+        };
         match classify(iface, &facts) {
             Ok(kind) => {
                 let index = first_index + endpoints.len() as u32;

@@ -5,7 +5,7 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 use rand::RngExt;
 use sandbox_net_interworking::{
     ApplyHooks, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply, random_local_mac, undo, vm_link_name,
+    UndoError, apply_grouped, random_local_mac, undo, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -34,6 +34,9 @@ pub struct AttachOptions {
     pub sysfs: SysfsPci,
     /// Test-only fault point of the kernel steps.
     pub hooks: ApplyHooks,
+    /// The device group every link the attach creates is put in (the sandbox's), so that a
+    /// teardown deletes them in one request; `None` for none.
+    pub link_group: Option<u32>,
 }
 
 /// One step of attaching or detaching that failed.
@@ -423,7 +426,8 @@ impl Endpoint {
                 self.steps = pair.plan(random_local_mac());
                 self.steps.extend(limiter);
                 record(self).map_err(EndpointFailure::Record)?;
-                let applied = apply(kernel, &self.steps, options.hooks).await?;
+                let applied =
+                    apply_grouped(kernel, &self.steps, options.hooks, options.link_group).await?;
                 let backend = match self
                     .finish_pair(kernel, &pair, applied.tap, queues, vhost)
                     .await
@@ -440,7 +444,7 @@ impl Endpoint {
             (EndpointKind::Macvtap, None) => {
                 self.steps = limiter;
                 record(self).map_err(EndpointFailure::Record)?;
-                apply(kernel, &self.steps, options.hooks).await?;
+                apply_grouped(kernel, &self.steps, options.hooks, options.link_group).await?;
                 let opened = async {
                     let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
                     let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;

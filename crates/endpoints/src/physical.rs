@@ -216,6 +216,27 @@ pub async fn ethtool_bus_info(netns: &Netns, ifname: &IfName) -> Option<DriverIn
     }
 }
 
+/// Like [`ethtool_bus_info`] for several interfaces, all on one thread in the namespace
+/// (one thread instead of one per interface, which counts for pods with many interfaces).
+pub async fn ethtool_bus_infos(netns: &Netns, ifnames: Vec<IfName>) -> Vec<Option<DriverInfo>> {
+    let count = ifnames.len();
+    match netns
+        .run(move || {
+            ifnames
+                .iter()
+                .map(|name| driver_info_here(name).ok())
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Ok(infos) => infos,
+        Err(error) => {
+            tracing::debug!(error = %error_chain(&error), "ETHTOOL_GDRVINFO not run: not physical NICs");
+            vec![None; count]
+        }
+    }
+}
+
 /// Runs inside the namespace: `SIOCETHTOOL` with `ETHTOOL_GDRVINFO` on a fresh socket.
 fn driver_info_here(ifname: &IfName) -> io::Result<DriverInfo> {
     let socket = nix::sys::socket::socket(

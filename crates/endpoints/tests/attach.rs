@@ -151,6 +151,7 @@ fn options(model: InterworkingModel) -> AttachOptions {
         tap: TapOptions::default(),
         sysfs: SysfsPci::new("/nonexistent-sysfs"),
         hooks: ApplyHooks::default(),
+        link_group: None,
     }
 }
 

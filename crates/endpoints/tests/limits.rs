@@ -68,6 +68,7 @@ fn options(model: InterworkingModel) -> AttachOptions {
         tap: TapOptions::default(),
         sysfs: SysfsPci::host(),
         hooks: ApplyHooks::default(),
+        link_group: None,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Applying a plan, with rollback on failure.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use sandbox_net_netns::{NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
-use sandbox_net_persist::{scan::Link, steps::Step};
+use sandbox_net_persist::{IfName, scan::Link, steps::Step};
 use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
 
 use crate::undo::{UndoFailure, undo};
@@ -108,13 +111,30 @@ fn rollback_summary(failures: &[UndoFailure]) -> String {
 
 /// Applies `steps` in order. On the first failure the steps already applied are undone in
 /// reverse, and the error says which step failed and what the rollback could not undo.
-#[tracing::instrument(name = "interworking.apply", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
 pub async fn apply(
     kernel: Kernel<'_>,
     steps: &[Step],
     hooks: ApplyHooks,
 ) -> Result<AppliedPair, AttachError> {
+    apply_grouped(kernel, steps, hooks, None).await
+}
+
+/// Like [`apply`], putting every link the steps create in device group `group` as soon as it
+/// exists, so that a teardown can delete them all in one request.
+#[tracing::instrument(name = "interworking.apply", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
+pub async fn apply_grouped(
+    kernel: Kernel<'_>,
+    steps: &[Step],
+    hooks: ApplyHooks,
+    group: Option<u32>,
+) -> Result<AppliedPair, AttachError> {
     let mut applied = AppliedPair::default();
+    let mut links = Links {
+        kernel,
+        known: HashMap::new(),
+        group,
+        clock: None,
+    };
     for (position, step) in steps.iter().enumerate() {
         if let Some(countdown) = hooks.kill_countdown {
             match countdown.load(Ordering::SeqCst) {
@@ -128,7 +148,7 @@ pub async fn apply(
         let result = if hooks.fail_before == Some(position) {
             Err(StepError::Injected)
         } else {
-            apply_one(kernel, step, &mut applied).await
+            apply_one(&mut links, step, &mut applied).await
         };
         if let Err(source) = result {
             // The tap's descriptors close before the undo, so that a non-persistent tap can go.
@@ -150,11 +170,52 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// The links the steps name, each looked up once per apply (an index does not change while
+/// its link exists), the device group for created links, and the psched clock, read once.
+struct Links<'a> {
+    kernel: Kernel<'a>,
+    known: HashMap<IfName, Link>,
+    group: Option<u32>,
+    clock: Option<PschedClock>,
+}
+
+impl Links<'_> {
+    async fn get(&mut self, name: &IfName) -> Result<Link, NetlinkError> {
+        if let Some(link) = self.known.get(name) {
+            return Ok(link.clone());
+        }
+        let link = self.kernel.link(name.as_str()).await?;
+        self.known.insert(name.clone(), link.clone());
+        Ok(link)
+    }
+
+    /// Records a link the steps just created and puts it in the device group.
+    async fn created(&mut self, link: Link) -> Result<(), NetlinkError> {
+        if let Some(group) = self.group {
+            self.kernel.rtnl.set_link_group(&link, group).await?;
+        }
+        self.known.insert(link.name.clone(), link);
+        Ok(())
+    }
+
+    fn clock(&mut self) -> Result<PschedClock, RateError> {
+        match &self.clock {
+            Some(clock) => Ok(*clock),
+            None => {
+                let clock = PschedClock::read()?;
+                self.clock = Some(clock);
+                Ok(clock)
+            }
+        }
+    }
+}
+
 async fn apply_one(
-    kernel: Kernel<'_>,
+    links: &mut Links<'_>,
     step: &Step,
     applied: &mut AppliedPair,
 ) -> Result<(), StepError> {
+    let kernel = links.kernel;
     let rtnl = kernel.rtnl;
     match step {
         Step::CreateTap {
@@ -174,48 +235,40 @@ async fn apply_one(
                 persist: *persist,
             };
             applied.tap = Some(kernel.netns.create_tap(&config).await?);
+            let tap = kernel.link(name.as_str()).await?;
+            links.created(tap).await?;
         }
         Step::CreateMacvtap { name, parent, mac } => {
-            let parent = kernel.link(parent.as_str()).await?;
-            rtnl.add_macvtap(name, &parent, Some(*mac), None).await?;
+            let parent = links.get(parent).await?;
+            let macvtap = rtnl.add_macvtap(name, &parent, Some(*mac), None).await?;
+            links.created(macvtap).await?;
         }
-        Step::SetMtu { link, mtu, .. } => {
-            rtnl.set_link_mtu(&kernel.link(link.as_str()).await?, *mtu)
-                .await?
-        }
-        Step::SetMac { link, mac, .. } => {
-            rtnl.set_link_mac(&kernel.link(link.as_str()).await?, *mac)
-                .await?
-        }
-        Step::SetUp { link, .. } => rtnl.set_link_up(&kernel.link(link.as_str()).await?).await?,
+        Step::SetMtu { link, mtu, .. } => rtnl.set_link_mtu(&links.get(link).await?, *mtu).await?,
+        Step::SetMac { link, mac, .. } => rtnl.set_link_mac(&links.get(link).await?, *mac).await?,
+        Step::SetUp { link, .. } => rtnl.set_link_up(&links.get(link).await?).await?,
         Step::SetAllmulticast { link } => {
-            rtnl.set_link_allmulticast(&kernel.link(link.as_str()).await?, true)
+            rtnl.set_link_allmulticast(&links.get(link).await?, true)
                 .await?
         }
-        Step::AddIngressQdisc { link } => {
-            rtnl.add_ingress_qdisc(&kernel.link(link.as_str()).await?)
-                .await?
-        }
+        Step::AddIngressQdisc { link } => rtnl.add_ingress_qdisc(&links.get(link).await?).await?,
         Step::AddRedirect { from, to } => {
-            let (from, to) = (
-                kernel.link(from.as_str()).await?,
-                kernel.link(to.as_str()).await?,
-            );
+            let (from, to) = (links.get(from).await?, links.get(to).await?);
             rtnl.add_redirect(&from, &to).await?;
         }
         Step::CreateIfb { name } => {
             let ifb = rtnl.add_ifb(name).await?;
             rtnl.set_link_up(&ifb).await?;
+            links.created(ifb).await?;
         }
         Step::AddHtb { link, rate_bits } => {
             let rate = HtbRate::from_bits(*rate_bits)?;
-            let clock = PschedClock::read()?;
-            add_htb_tree(rtnl, &kernel.link(link.as_str()).await?, rate, &clock).await?;
+            let clock = links.clock()?;
+            add_htb_tree(rtnl, &links.get(link).await?, rate, &clock).await?;
         }
         Step::ClearAddresses {
             link, addresses, ..
         } => {
-            let link = kernel.link(link.as_str()).await?;
+            let link = links.get(link).await?;
             for address in addresses {
                 match rtnl.del_address(&link, address.prefix).await {
                     // Already gone: removing it again is what was asked.

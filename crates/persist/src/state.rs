@@ -220,10 +220,11 @@ pub fn parse_document(bytes: &[u8]) -> Result<Loaded, DocumentError> {
     Ok(Loaded { state, warnings })
 }
 
-/// The document's bytes (pretty JSON, newline-terminated).
+/// The document's bytes: compact JSON, newline-terminated (it is rewritten at every endpoint
+/// of an attach, so its size counts; `jq . FILE` shows it indented).
 pub fn render_document(state: &SandboxState) -> Vec<u8> {
     // Serializing our own types to a Vec cannot fail: every map key is a string.
-    let mut bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(state).unwrap_or_default();
     bytes.push(b'\n');
     bytes
 }

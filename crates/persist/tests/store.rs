@@ -247,7 +247,7 @@ fn the_document_is_private_and_no_temporary_file_is_left() {
     names.sort();
     assert_eq!(names, ["state.json", "state.json.lock"]);
     let text = fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("{\n  \"schema_version\": 1,"), "{text}");
+    assert!(text.starts_with("{\"schema_version\":1,"), "{text}");
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn bad_documents_are_errors_naming_the_file_and_nothing_is_deleted() {
             format!("state file {p} cannot be loaded"),
         ),
         (
-            good.replacen("\"schema_version\": 1", "\"schema_version\": 2", 1),
+            good.replacen("\"schema_version\":1", "\"schema_version\":2", 1),
             format!("state file {p} cannot be loaded"),
         ),
         (
