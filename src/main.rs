@@ -35,6 +35,9 @@ struct Cli {
     /// Print OpenTelemetry spans to stdout as they end.
     #[arg(long, global = true)]
     otel_stdout: bool,
+    /// At exit, print this process's peak resident memory (VmHWM) to stderr.
+    #[arg(long, global = true)]
+    report_peak_memory: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,7 +127,8 @@ fn main() -> ExitCode {
             telemetry::install(cli.verbose, telemetry::Export::None).ok()
         }
     };
-    match run(cli.command) {
+    let report_peak = cli.report_peak_memory;
+    let code = match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
             // The chain is printed once, here: "error: what failed: why: deeper cause".
@@ -132,12 +136,23 @@ fn main() -> ExitCode {
             eprintln!("error: {}", chain.join(": "));
             ExitCode::from(EXIT_FAILURE)
         }
+    };
+    if report_peak {
+        // VmHWM is this process's own peak: unlike getrusage's maxrss it does not include the
+        // memory of the parent this process was spawned from.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+            eprintln!("peak memory: {}", line.trim_start_matches("VmHWM:").trim());
+        }
     }
+    code
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is enough for a CLI: the work is netlink round trips, and namespace work runs
+    // on threads of its own. It keeps the footprint small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

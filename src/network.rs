@@ -151,7 +151,7 @@ impl Network {
         for endpoint in endpoints {
             match self
                 .sandbox
-                .attach(endpoint, hypervisor, &options, false)
+                .attach_deferred(endpoint, hypervisor, &options)
                 .await
             {
                 Ok(endpoint) => added.push(endpoint.id),
@@ -167,6 +167,7 @@ impl Network {
                 }
             }
         }
+        self.sandbox.save()?;
         Ok((added, skipped))
     }
 

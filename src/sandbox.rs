@@ -111,6 +111,8 @@ pub struct Sandbox {
     store: StateStore,
     state: SandboxState,
     netns: Option<Netns>,
+    /// The netlink connection attaches share, made on first use.
+    rtnl: Option<sandbox_net_netns::Rtnl>,
 }
 
 impl Sandbox {
@@ -178,6 +180,7 @@ impl Sandbox {
             store,
             state,
             netns: Some(netns),
+            rtnl: None,
         })
     }
 
@@ -212,6 +215,7 @@ impl Sandbox {
                 store,
                 state: loaded.state,
                 netns,
+                rtnl: None,
             },
             loaded.warnings,
         ))
@@ -237,10 +241,40 @@ impl Sandbox {
     /// the record says so.
     pub async fn attach<H: Hypervisor>(
         &mut self,
+        endpoint: Endpoint,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<Endpoint, SandboxError> {
+        self.attach_inner(endpoint, hypervisor, options, hot, true)
+            .await
+    }
+
+    /// [`Sandbox::attach`], leaving the "attached" mark of a successful endpoint to the next
+    /// save (the next endpoint's plan, or [`Sandbox::save`]): the plan itself is always written
+    /// before anything changes, so a crash in between loses nothing teardown needs.
+    pub(crate) async fn attach_deferred<H: Hypervisor>(
+        &mut self,
+        endpoint: Endpoint,
+        hypervisor: &H,
+        options: &AttachOptions,
+    ) -> Result<Endpoint, SandboxError> {
+        self.attach_inner(endpoint, hypervisor, options, false, false)
+            .await
+    }
+
+    /// Writes the state file.
+    pub(crate) fn save(&self) -> Result<(), SandboxError> {
+        Ok(self.store.save(&self.state)?)
+    }
+
+    async fn attach_inner<H: Hypervisor>(
+        &mut self,
         mut endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
         hot: bool,
+        save_after_success: bool,
     ) -> Result<Endpoint, SandboxError> {
         let Some(netns) = self.netns.clone() else {
             return Err(SandboxError::Netns {
@@ -250,7 +284,11 @@ impl Sandbox {
                 },
             });
         };
-        let rtnl = netns.rtnl().await?;
+        // One netlink connection for the sandbox's life, made on first use.
+        let rtnl = match self.rtnl.take() {
+            Some(rtnl) => rtnl,
+            None => netns.rtnl().await?,
+        };
         let kernel = Kernel {
             netns: &netns,
             rtnl: &rtnl,
@@ -269,12 +307,15 @@ impl Sandbox {
         let result = endpoint
             .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
             .await;
+        self.rtnl = Some(rtnl);
         // Whatever happened, the record now says it (attached, or rolled back).
         if result.is_err() {
             endpoint.steps.clear();
         }
         upsert(&mut self.state, EndpointRecord::from(&endpoint));
-        self.store.save(&self.state)?;
+        if result.is_err() || save_after_success {
+            self.store.save(&self.state)?;
+        }
         result?;
         Ok(endpoint)
     }
