@@ -42,19 +42,7 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
                 found,
             })
         };
-        let link_name = match step {
-            Step::CreateTap { name, .. }
-            | Step::CreateMacvtap { name, .. }
-            | Step::CreateIfb { name } => name,
-            Step::SetMtu { link, .. }
-            | Step::SetMac { link, .. }
-            | Step::SetUp { link, .. }
-            | Step::SetAllmulticast { link }
-            | Step::AddIngressQdisc { link }
-            | Step::AddHtb { link, .. }
-            | Step::ClearAddresses { link, .. } => link,
-            Step::AddRedirect { from, .. } => from,
-        };
+        let link_name = step.link();
         let link = match rtnl.link_by_name(link_name.as_str()).await {
             Ok(link) => link,
             Err(NetlinkError::LinkNotFound { .. }) => {

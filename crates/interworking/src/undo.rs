@@ -110,19 +110,7 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
 
 async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
     let rtnl = kernel.rtnl;
-    let name = match step {
-        Step::CreateTap { name, .. }
-        | Step::CreateMacvtap { name, .. }
-        | Step::CreateIfb { name } => name,
-        Step::SetMtu { link, .. }
-        | Step::SetMac { link, .. }
-        | Step::SetUp { link, .. }
-        | Step::SetAllmulticast { link }
-        | Step::AddIngressQdisc { link }
-        | Step::AddHtb { link, .. }
-        | Step::ClearAddresses { link, .. } => link,
-        Step::AddRedirect { from, .. } => from,
-    };
+    let name = step.link();
     // A link that no longer exists has nothing left to undo.
     let link = match kernel.link(name.as_str()).await {
         Ok(link) => link,

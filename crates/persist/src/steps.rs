@@ -119,6 +119,23 @@ pub enum Step {
 }
 
 impl Step {
+    /// The link the step creates or acts on (for a redirect, the one frames arrive at).
+    pub fn link(&self) -> &IfName {
+        match self {
+            Self::CreateTap { name, .. }
+            | Self::CreateMacvtap { name, .. }
+            | Self::CreateIfb { name } => name,
+            Self::SetMtu { link, .. }
+            | Self::SetMac { link, .. }
+            | Self::SetUp { link, .. }
+            | Self::SetAllmulticast { link }
+            | Self::AddIngressQdisc { link }
+            | Self::AddHtb { link, .. }
+            | Self::ClearAddresses { link, .. } => link,
+            Self::AddRedirect { from, .. } => from,
+        }
+    }
+
     /// A short human description, as `ip`/`tc` would phrase the change.
     pub fn describe(&self) -> String {
         match self {
