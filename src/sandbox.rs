@@ -263,6 +263,15 @@ impl Sandbox {
             .await
     }
 
+    /// The sandbox's netlink connection, made on first use; give it back with
+    /// `self.rtnl = Some(..)` when done (one connection for the sandbox's life).
+    async fn take_rtnl(&mut self, netns: &Netns) -> Result<sandbox_net_netns::Rtnl, SandboxError> {
+        match self.rtnl.take() {
+            Some(rtnl) => Ok(rtnl),
+            None => Ok(netns.rtnl().await?),
+        }
+    }
+
     /// Writes the state file.
     pub(crate) fn save(&self) -> Result<(), SandboxError> {
         Ok(self.store.save(&self.state)?)
@@ -284,11 +293,7 @@ impl Sandbox {
                 },
             });
         };
-        // One netlink connection for the sandbox's life, made on first use.
-        let rtnl = match self.rtnl.take() {
-            Some(rtnl) => rtnl,
-            None => netns.rtnl().await?,
-        };
+        let rtnl = self.take_rtnl(&netns).await?;
         let kernel = Kernel {
             netns: &netns,
             rtnl: &rtnl,
@@ -337,8 +342,8 @@ impl Sandbox {
             });
         };
         let mut endpoint = Endpoint::try_from(&*record)?;
-        let rtnl = match &self.netns {
-            Some(netns) => Some(netns.rtnl().await?),
+        let rtnl = match self.netns.clone() {
+            Some(netns) => Some(self.take_rtnl(&netns).await?),
             None => None,
         };
         let result = match (&self.netns, &rtnl) {
@@ -349,6 +354,7 @@ impl Sandbox {
             }
             _ => endpoint.teardown(None, options).await,
         };
+        self.rtnl = rtnl;
         match result {
             Ok(()) => self.state.endpoints.retain(|e| &e.id != id),
             Err(_) => upsert(&mut self.state, EndpointRecord::from(&endpoint)),
@@ -412,8 +418,8 @@ impl Sandbox {
     /// the whole namespace) counts as done. Safe to run twice. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
     pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
-        let rtnl = match &self.netns {
-            Some(netns) => Some(netns.rtnl().await?),
+        let rtnl = match self.netns.clone() {
+            Some(netns) => Some(self.take_rtnl(&netns).await?),
             None => None,
         };
         // All created links at once first: one RCU grace period for the sandbox instead of one
@@ -450,6 +456,7 @@ impl Sandbox {
             self.store.save(&self.state)?;
         }
         if !failures.is_empty() {
+            self.rtnl = rtnl;
             return Err(SandboxError::Teardown {
                 file: self.store.path().to_path_buf(),
                 failures,
@@ -458,11 +465,14 @@ impl Sandbox {
         if self.state.netns.created_by_us
             && let Some(netns) = self.netns.take_if(|n| n.created_by_us())
         {
+            // The connection goes with the namespace.
             drop(rtnl);
             netns.delete().map_err(|source| SandboxError::Netns {
                 file: self.store.path().to_path_buf(),
                 source,
             })?;
+        } else {
+            self.rtnl = rtnl;
         }
         Ok(())
     }

@@ -66,14 +66,20 @@ impl Default for ClassifyOptions {
 /// Looks for the facts of `iface`: ethtool's bus info (inside the namespace; any failure
 /// means "not physical") and a vhost-user socket for one of its addresses.
 pub async fn gather_facts(netns: &Netns, iface: &Interface, options: &ClassifyOptions) -> Facts {
-    let pci = ethtool_bus_info(netns, &iface.link.name)
-        .await
-        .and_then(|info| pci_address_from_bus_info(&info.bus_info));
+    let info = ethtool_bus_info(netns, &iface.link.name).await;
+    facts_from(iface, info, options)
+}
+
+/// The facts of `iface` from its ethtool answer and the vhost-user socket directory.
+fn facts_from(
+    iface: &Interface,
+    info: Option<crate::physical::DriverInfo>,
+    options: &ClassifyOptions,
+) -> Facts {
     let addresses: Vec<IpAddr> = iface.addresses.iter().map(|a| a.prefix.addr()).collect();
-    let vhost_user_socket = find_vhost_user_socket(&options.vhost_user_dir, &addresses);
     Facts {
-        pci,
-        vhost_user_socket,
+        pci: info.and_then(|i| pci_address_from_bus_info(&i.bus_info)),
+        vhost_user_socket: find_vhost_user_socket(&options.vhost_user_dir, &addresses),
     }
 }
 
@@ -236,11 +242,7 @@ pub async fn endpoints_from_scan(
     let names = interfaces.iter().map(|i| i.link.name.clone()).collect();
     let infos = crate::physical::ethtool_bus_infos(netns, names).await;
     for (iface, info) in interfaces.iter().zip(infos) {
-        let addresses: Vec<IpAddr> = iface.addresses.iter().map(|a| a.prefix.addr()).collect();
-        let facts = Facts {
-            pci: info.and_then(|i| pci_address_from_bus_info(&i.bus_info)),
-            vhost_user_socket: find_vhost_user_socket(&options.vhost_user_dir, &addresses),
-        };
+        let facts = facts_from(iface, info, options);
         match classify(iface, &facts) {
             Ok(kind) => {
                 let index = first_index + endpoints.len() as u32;

@@ -76,17 +76,11 @@ pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
 /// The link whose settings a step changes (not for steps that create or connect links).
 fn touched_link(step: &Step) -> Option<&IfName> {
     match step {
-        Step::SetMtu { link, .. }
-        | Step::SetMac { link, .. }
-        | Step::SetUp { link, .. }
-        | Step::SetAllmulticast { link }
-        | Step::AddIngressQdisc { link }
-        | Step::AddHtb { link, .. } => Some(link),
-        Step::AddRedirect { from, .. } => Some(from),
         Step::CreateTap { .. }
         | Step::CreateMacvtap { .. }
         | Step::CreateIfb { .. }
         | Step::ClearAddresses { .. } => None,
+        _ => Some(step.link()),
     }
 }
 
