@@ -1,7 +1,7 @@
 //! The packet-scheduler clock (`/proc/net/psched`) and the time computations of iproute2's
 //! `tc_core.c` that depend on it.
 
-use std::path::Path;
+use std::{path::Path, sync::OnceLock};
 
 use crate::RateError;
 
@@ -72,9 +72,16 @@ impl PschedClock {
         Ok(Self { tick_in_usec, hz })
     }
 
-    /// Reads and parses [`PSCHED_PATH`].
+    /// Reads and parses [`PSCHED_PATH`], once per process: the kernel computes the file from
+    /// constants fixed at boot (tick length, hrtimer resolution), so the first successful read
+    /// holds for the process's life. A failed read is not kept, and is tried again next time.
     pub fn read() -> Result<Self, RateError> {
-        Self::read_from(Path::new(PSCHED_PATH))
+        static HOST: OnceLock<PschedClock> = OnceLock::new();
+        if let Some(clock) = HOST.get() {
+            return Ok(*clock);
+        }
+        let clock = Self::read_from(Path::new(PSCHED_PATH))?;
+        Ok(*HOST.get_or_init(|| clock))
     }
 
     /// Reads and parses a file in the format of `/proc/net/psched`.
