@@ -4,8 +4,8 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 
 use rand::RngExt;
 use sandbox_net_interworking::{
-    ApplyHooks, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply_grouped, random_local_mac, undo, vm_link_name,
+    ApplyHooks, ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step,
+    TapOptions, UndoError, apply_with, random_local_mac, undo, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -37,6 +37,16 @@ pub struct AttachOptions {
     /// The device group every link the attach creates is put in (the sandbox's), so that a
     /// teardown deletes them in one request; `None` for none.
     pub link_group: Option<u32>,
+}
+
+impl AttachOptions {
+    /// How plans are applied under these options.
+    fn apply_options(&self) -> ApplyOptions {
+        ApplyOptions {
+            hooks: self.hooks,
+            link_group: self.link_group,
+        }
+    }
 }
 
 /// One step of attaching or detaching that failed.
@@ -426,8 +436,7 @@ impl Endpoint {
                 self.steps = pair.plan(random_local_mac());
                 self.steps.extend(limiter);
                 record(self).map_err(EndpointFailure::Record)?;
-                let applied =
-                    apply_grouped(kernel, &self.steps, options.hooks, options.link_group).await?;
+                let applied = apply_with(kernel, &self.steps, options.apply_options()).await?;
                 let backend = match self
                     .finish_pair(kernel, &pair, applied.tap, queues, vhost)
                     .await
@@ -444,7 +453,7 @@ impl Endpoint {
             (EndpointKind::Macvtap, None) => {
                 self.steps = limiter;
                 record(self).map_err(EndpointFailure::Record)?;
-                apply_grouped(kernel, &self.steps, options.hooks, options.link_group).await?;
+                apply_with(kernel, &self.steps, options.apply_options()).await?;
                 let opened = async {
                     let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
                     let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;

@@ -5,7 +5,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use sandbox_net_netns::{NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
+use sandbox_net_netns::{LinkChange, NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
 use sandbox_net_persist::{IfName, scan::Link, steps::Step};
 use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
 
@@ -109,6 +109,16 @@ fn rollback_summary(failures: &[UndoFailure]) -> String {
     }
 }
 
+/// How [`apply_with`] runs a plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Test-only fault points.
+    pub hooks: ApplyHooks,
+    /// The device group every link the steps create is put in, as it is created, so that a
+    /// teardown can delete them all in one request.
+    pub link_group: Option<u32>,
+}
+
 /// Applies `steps` in order. On the first failure the steps already applied are undone in
 /// reverse, and the error says which step failed and what the rollback could not undo.
 pub async fn apply(
@@ -116,25 +126,41 @@ pub async fn apply(
     steps: &[Step],
     hooks: ApplyHooks,
 ) -> Result<AppliedPair, AttachError> {
-    apply_grouped(kernel, steps, hooks, None).await
+    apply_with(
+        kernel,
+        steps,
+        ApplyOptions {
+            hooks,
+            ..ApplyOptions::default()
+        },
+    )
+    .await
 }
 
-/// Like [`apply`], putting every link the steps create in device group `group` as soon as it
-/// exists, so that a teardown can delete them all in one request.
+/// [`apply`] with a device group for the links the steps create.
+///
+/// Every link a step names is looked up by name once per apply, never taken from the scan the
+/// plan came from: the recorded steps name links, and the requests must reach the links of
+/// those names, even if one was renamed or replaced since.
+///
+/// The attribute steps (MTU, MAC, allmulticast, up) that follow the creation of a link and act
+/// on it go to the kernel as one request, with the device group: on a link this plan created a
+/// partial change is harmless, since undoing the creation deletes the link.
 #[tracing::instrument(name = "interworking.apply", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
-pub async fn apply_grouped(
+pub async fn apply_with(
     kernel: Kernel<'_>,
     steps: &[Step],
-    hooks: ApplyHooks,
-    group: Option<u32>,
+    options: ApplyOptions,
 ) -> Result<AppliedPair, AttachError> {
+    let hooks = options.hooks;
     let mut applied = AppliedPair::default();
     let mut links = Links {
         kernel,
         known: HashMap::new(),
-        group,
-        clock: None,
+        group: options.link_group,
+        pending: None,
     };
+    let mut failure = None;
     for (position, step) in steps.iter().enumerate() {
         if let Some(countdown) = hooks.kill_countdown {
             match countdown.load(Ordering::SeqCst) {
@@ -145,38 +171,90 @@ pub async fn apply_grouped(
                 left => countdown.store(left - 1, Ordering::SeqCst),
             }
         }
-        let result = if hooks.fail_before == Some(position) {
-            Err(StepError::Injected)
-        } else {
-            apply_one(&mut links, step, &mut applied).await
-        };
-        if let Err(source) = result {
-            // The tap's descriptors close before the undo, so that a non-persistent tap can go.
-            drop(applied.tap.take());
-            let rollback = match undo(kernel, &steps[..position]).await {
-                Ok(()) => Vec::new(),
-                Err(e) => e.failures,
-            };
-            return Err(AttachError {
-                step: step.describe(),
-                position: position + 1,
-                total: steps.len(),
-                source,
-                rollback,
-            });
+        if hooks.fail_before == Some(position) {
+            failure = Some(Failure::at(position, StepError::Injected));
+            break;
+        }
+        if links.defer(position, step) {
+            continue;
+        }
+        if let Err(e) = links.flush().await {
+            failure = Some(e);
+            break;
+        }
+        if let Err(source) = apply_one(&mut links, position, step, &mut applied).await {
+            failure = Some(Failure::at(position, source));
+            break;
         }
         tracing::debug!(step = %step.describe(), "applied");
     }
-    Ok(applied)
+    if failure.is_none()
+        && let Err(e) = links.flush().await
+    {
+        failure = Some(e);
+    }
+    let Some(failure) = failure else {
+        return Ok(applied);
+    };
+    // The tap's descriptors close before the undo, so that a non-persistent tap can go.
+    drop(applied.tap.take());
+    let rollback = match undo(kernel, &steps[..failure.undo_to]).await {
+        Ok(()) => Vec::new(),
+        Err(e) => e.failures,
+    };
+    let step = steps[failure.first..=failure.last]
+        .iter()
+        .map(Step::describe)
+        .collect::<Vec<_>>()
+        .join(", then ");
+    Err(AttachError {
+        step,
+        position: failure.first + 1,
+        total: steps.len(),
+        source: failure.source,
+        rollback,
+    })
+}
+
+/// A request that failed: the steps it stood for, and how far the rollback goes.
+struct Failure {
+    first: usize,
+    last: usize,
+    /// The steps before this position are undone.
+    undo_to: usize,
+    source: StepError,
+}
+
+impl Failure {
+    /// One step failed: the steps before it are undone.
+    fn at(position: usize, source: StepError) -> Self {
+        Self {
+            first: position,
+            last: position,
+            undo_to: position,
+            source,
+        }
+    }
 }
 
 /// The links the steps name, each looked up once per apply (an index does not change while
-/// its link exists), the device group for created links, and the psched clock, read once.
+/// its link exists), the device group for created links, and the attribute changes of a link
+/// just created that wait to go out as one request.
 struct Links<'a> {
     kernel: Kernel<'a>,
     known: HashMap<IfName, Link>,
     group: Option<u32>,
-    clock: Option<PschedClock>,
+    pending: Option<PendingChange>,
+}
+
+/// Changes to a link this plan created, not yet sent.
+struct PendingChange {
+    link: Link,
+    change: LinkChange,
+    /// The step that created the link.
+    created_at: usize,
+    /// The first and last attribute steps folded in, if any.
+    folded: Option<(usize, usize)>,
 }
 
 impl Links<'_> {
@@ -189,29 +267,81 @@ impl Links<'_> {
         Ok(link)
     }
 
-    /// Records a link the steps just created and puts it in the device group.
-    async fn created(&mut self, link: Link) -> Result<(), NetlinkError> {
-        if let Some(group) = self.group {
-            self.kernel.rtnl.set_link_group(&link, group).await?;
-        }
-        self.known.insert(link.name.clone(), link);
-        Ok(())
+    /// Records a link the steps just created; its device group goes out with the attribute
+    /// changes that follow, or alone before the next other step. `grouped`: the creation
+    /// request carried the group already.
+    fn created(&mut self, position: usize, link: Link, grouped: bool) {
+        self.known.insert(link.name.clone(), link.clone());
+        let change = LinkChange {
+            group: if grouped { None } else { self.group },
+            ..LinkChange::default()
+        };
+        self.pending = Some(PendingChange {
+            link,
+            change,
+            created_at: position,
+            folded: None,
+        });
     }
 
-    fn clock(&mut self) -> Result<PschedClock, RateError> {
-        match &self.clock {
-            Some(clock) => Ok(*clock),
-            None => {
-                let clock = PschedClock::read()?;
-                self.clock = Some(clock);
-                Ok(clock)
-            }
+    /// Folds `step` into the pending change when it is an attribute change of the link just
+    /// created; false when it must be applied on its own.
+    fn defer(&mut self, position: usize, step: &Step) -> bool {
+        let Some(pending) = &mut self.pending else {
+            return false;
+        };
+        if step.link() != &pending.link.name {
+            return false;
         }
+        let change = &mut pending.change;
+        match step {
+            Step::SetMtu { mtu, .. } if change.mtu.is_none() => change.mtu = Some(*mtu),
+            Step::SetMac { mac, .. } if change.mac.is_none() => change.mac = Some(*mac),
+            Step::SetAllmulticast { .. } if change.allmulticast.is_none() => {
+                change.allmulticast = Some(true)
+            }
+            Step::SetUp { .. } if change.up.is_none() => change.up = Some(true),
+            _ => return false,
+        }
+        pending.folded = Some(match pending.folded {
+            Some((first, _)) => (first, position),
+            None => (position, position),
+        });
+        true
+    }
+
+    /// Sends the pending change, if any. On failure the error stands for the steps folded in
+    /// (the creation itself when there were none), and the rollback takes back everything up
+    /// to the last of them, the creation included, whatever part of the request the kernel
+    /// took.
+    async fn flush(&mut self) -> Result<(), Failure> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        if pending.change.is_empty() {
+            return Ok(());
+        }
+        let (first, last) = pending
+            .folded
+            .unwrap_or((pending.created_at, pending.created_at));
+        self.kernel
+            .rtnl
+            .change_link_attributes(&pending.link, &pending.change)
+            .await
+            .map_err(|e| Failure {
+                first,
+                last,
+                undo_to: last + 1,
+                source: e.into(),
+            })?;
+        tracing::debug!(link = %pending.link.name, first = first + 1, last = last + 1, "applied as one request");
+        Ok(())
     }
 }
 
 async fn apply_one(
     links: &mut Links<'_>,
+    position: usize,
     step: &Step,
     applied: &mut AppliedPair,
 ) -> Result<(), StepError> {
@@ -236,12 +366,12 @@ async fn apply_one(
             };
             applied.tap = Some(kernel.netns.create_tap(&config).await?);
             let tap = kernel.link(name.as_str()).await?;
-            links.created(tap).await?;
+            links.created(position, tap, false);
         }
         Step::CreateMacvtap { name, parent, mac } => {
             let parent = links.get(parent).await?;
             let macvtap = rtnl.add_macvtap(name, &parent, Some(*mac), None).await?;
-            links.created(macvtap).await?;
+            links.created(position, macvtap, false);
         }
         Step::SetMtu { link, mtu, .. } => rtnl.set_link_mtu(&links.get(link).await?, *mtu).await?,
         Step::SetMac { link, mac, .. } => rtnl.set_link_mac(&links.get(link).await?, *mac).await?,
@@ -256,13 +386,12 @@ async fn apply_one(
             rtnl.add_redirect(&from, &to).await?;
         }
         Step::CreateIfb { name } => {
-            let ifb = rtnl.add_ifb(name).await?;
-            rtnl.set_link_up(&ifb).await?;
-            links.created(ifb).await?;
+            let ifb = rtnl.add_ifb(name, true, links.group).await?;
+            links.created(position, ifb, true);
         }
         Step::AddHtb { link, rate_bits } => {
             let rate = HtbRate::from_bits(*rate_bits)?;
-            let clock = links.clock()?;
+            let clock = PschedClock::read()?;
             add_htb_tree(rtnl, &links.get(link).await?, rate, &clock).await?;
         }
         Step::ClearAddresses {

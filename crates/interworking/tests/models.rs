@@ -8,13 +8,14 @@ use std::{net::IpAddr, time::Duration};
 
 use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
 use sandbox_net_interworking::{
-    ApplyHooks, InterworkingModel, Kernel, NetworkPair, Step, TapOptions, apply, check,
-    random_local_mac, undo,
+    ApplyHooks, ApplyOptions, InterworkingModel, Kernel, NetworkPair, Step, TapOptions, apply,
+    apply_with, check, random_local_mac, undo,
 };
 use sandbox_net_netns::{
     ScanOptions,
     testing::{PodFixture, TestNetns, assert_same_snapshot},
 };
+use sandbox_net_persist::IfName;
 
 const MODELS: [InterworkingModel; 3] = [
     InterworkingModel::TcFilter,
@@ -230,6 +231,97 @@ async fn a_real_kernel_refusal_rolls_back_too() {
     assert_eq!(err.source.errno(), Some(libc::EEXIST));
     assert_same_snapshot(&squatted, &fx.pod.snapshot());
     fx.pod.ip(&["link", "del", "tap0_kata"]);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+/// The device group of `link`, as `ip -d link` reports it (`default` is group 0).
+fn group_of(ns: &TestNetns, link: &str) -> String {
+    let out = ns.ip(&["-j", "-d", "link", "show", link]);
+    let links: serde_json::Value = serde_json::from_str(&out).unwrap();
+    links[0]["group"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_created_link_gets_its_attributes_and_group_in_one_request() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = Kernel {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let pair = pair_for(&fx.pod, "eth0", 0, InterworkingModel::TcFilter, 1).await;
+    let mut steps = pair.plan(random_local_mac());
+    steps.push(Step::CreateIfb {
+        name: IfName::new("sbxifb0").unwrap(),
+    });
+    let options = ApplyOptions {
+        link_group: Some(4242),
+        ..ApplyOptions::default()
+    };
+    // Held until the end: the tap is not persistent and goes with its descriptors.
+    let applied = apply_with(kernel, &steps, options).await.unwrap();
+    // The tap's MTU, up and group went out together; the IFB was created up, in the group.
+    let tap = rtnl.link_by_name("tap0_kata").await.unwrap();
+    assert_eq!(tap.mtu, 1500);
+    assert!(tap.up);
+    assert_eq!(group_of(&fx.pod, "tap0_kata"), "4242");
+    assert!(rtnl.link_by_name("sbxifb0").await.unwrap().up);
+    assert_eq!(group_of(&fx.pod, "sbxifb0"), "4242");
+    // The pod's own link is not ours: it stays in the default group.
+    assert_eq!(group_of(&fx.pod, "eth0"), "default");
+    // One request deletes both.
+    rtnl.delete_link_group(4242).await.unwrap();
+    drop(applied);
+    undo(kernel, &steps).await.unwrap();
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_refused_combined_change_takes_the_created_link_back() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = Kernel {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let pair = pair_for(&fx.pod, "eth0", 0, InterworkingModel::TcFilter, 1).await;
+    let mut steps = pair.plan(random_local_mac());
+    // A persistent tap, which outlives its descriptors: only the rollback can delete it.
+    let Step::CreateTap { persist, .. } = &mut steps[0] else {
+        panic!("a tcfilter plan starts with the tap: {:?}", steps[0]);
+    };
+    *persist = true;
+    // An MTU no tap takes (its maximum is 65521): the tap's combined MTU + up + group request
+    // is refused after the tap exists.
+    let Step::SetMtu { mtu, .. } = &mut steps[1] else {
+        panic!(
+            "step 2 of a tcfilter plan sets the tap's MTU: {:?}",
+            steps[1]
+        );
+    };
+    *mtu = 70_000;
+    let options = ApplyOptions {
+        link_group: Some(4243),
+        ..ApplyOptions::default()
+    };
+    let err = apply_with(kernel, &steps, options).await.unwrap_err();
+    assert_eq!(err.position, 2, "{err}");
+    assert_eq!(err.source.errno(), Some(libc::EINVAL), "{err}");
+    assert!(
+        err.step.contains("MTU") && err.step.contains("up"),
+        "the error names every step of the request: {err}"
+    );
+    assert!(err.rollback.is_empty(), "{err}");
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 

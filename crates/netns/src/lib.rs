@@ -36,6 +36,7 @@ pub mod testing;
 mod vhost;
 
 pub use error::{MacvtapError, NetlinkError, NetnsError, TapError};
+pub use link::LinkChange;
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
 pub use namespace::{NETNS_RUN_DIR, Netns, named_path};
 pub use rtnl::Rtnl;

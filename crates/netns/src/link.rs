@@ -20,6 +20,53 @@ fn without_stats(request: rtnetlink::LinkGetRequest) -> rtnetlink::LinkGetReques
     )
 }
 
+/// Attribute changes of one link made by a single request (`ip link set DEV mtu M address A
+/// allmulticast on group G up`). The kernel applies them one after the other and stops at the
+/// first it refuses, keeping those before it: use one where a partial change is harmless, such
+/// as on a link just created, whose undo is its deletion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    /// `IFLA_MTU`.
+    pub mtu: Option<u32>,
+    /// `IFLA_ADDRESS`.
+    pub mac: Option<MacAddr>,
+    /// `IFF_ALLMULTI`, on or off.
+    pub allmulticast: Option<bool>,
+    /// `IFLA_GROUP`: the device group.
+    pub group: Option<u32>,
+    /// `IFF_UP`: administratively up or down.
+    pub up: Option<bool>,
+}
+
+impl LinkChange {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn message(&self, index: u32) -> netlink_packet_route::link::LinkMessage {
+        let mut builder = LinkUnspec::new_with_index(index);
+        if let Some(mtu) = self.mtu {
+            builder = builder.mtu(mtu);
+        }
+        if let Some(mac) = self.mac {
+            builder = builder.address(mac.octets().to_vec());
+        }
+        if let Some(on) = self.allmulticast {
+            builder = builder.allmulticast(on);
+        }
+        if let Some(group) = self.group {
+            builder = builder.link_group(group);
+        }
+        builder = match self.up {
+            Some(true) => builder.up(),
+            Some(false) => builder.down(),
+            None => builder,
+        };
+        builder.build()
+    }
+}
+
 impl Rtnl {
     /// Every link of the namespace (`ip -d link show`).
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
@@ -87,13 +134,36 @@ impl Rtnl {
         self.change_link(link, "set MAC of", msg).await
     }
 
-    /// Creates an IFB device (`ip link add NAME type ifb`), down, and returns it. Frames
+    /// Makes every change of `change` to the link in one request (see [`LinkChange`]).
+    pub async fn change_link_attributes(
+        &self,
+        link: &Link,
+        change: &LinkChange,
+    ) -> Result<(), NetlinkError> {
+        self.change_link(link, "change the attributes of", change.message(link.index))
+            .await
+    }
+
+    /// Creates an IFB device (`ip link add NAME type ifb [group G] [up]`) and returns it. Frames
     /// redirected to an IFB's egress pass its qdiscs and then continue where they came from,
-    /// which is how ingress traffic gets shaped.
-    pub async fn add_ifb(&self, name: &sandbox_net_persist::IfName) -> Result<Link, NetlinkError> {
+    /// which is how ingress traffic gets shaped. `up` and `group` are part of the creation
+    /// request, so the device never exists without them.
+    pub async fn add_ifb(
+        &self,
+        name: &sandbox_net_persist::IfName,
+        up: bool,
+        group: Option<u32>,
+    ) -> Result<Link, NetlinkError> {
+        let mut builder = rtnetlink::LinkIfb::new(name.as_str());
+        if let Some(group) = group {
+            builder = builder.link_group(group);
+        }
+        if up {
+            builder = builder.up();
+        }
         self.handle()
             .link()
-            .add(rtnetlink::LinkIfb::new(name.as_str()).build())
+            .add(builder.build())
             .execute()
             .await
             .map_err(|e| self.request_error("add", format!("ifb {name}"), e))?;
