@@ -5,10 +5,10 @@
 //! refused, because dropping what it says could leak kernel objects. An endpoint of a kind this
 //! version does not know is kept aside, verbatim, and written back unchanged.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use crate::{
     MacAddr, NetnsId,
@@ -227,4 +227,78 @@ pub fn render_document(state: &SandboxState) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(state).unwrap_or_default();
     bytes.push(b'\n');
     bytes
+}
+
+/// Renders documents as [`render_document`] does, byte for byte, keeping the JSON of each
+/// endpoint record between renders and reusing it while the record is unchanged. An attach of
+/// N endpoints rewrites the document N times, each time with one record new or changed:
+/// serializing every record every time made the attach quadratic in N.
+#[derive(Debug, Default)]
+pub struct DocumentRenderer {
+    rendered: HashMap<EndpointId, (EndpointRecord, Box<RawValue>)>,
+}
+
+impl DocumentRenderer {
+    /// The document's bytes.
+    pub fn render(&mut self, state: &SandboxState) -> Vec<u8> {
+        // Destructured field by field, so that a field added to the state cannot be forgotten
+        // here: the compiler refuses the pattern until it is listed.
+        let SandboxState {
+            schema_version,
+            sandbox_id,
+            netns,
+            model,
+            link_group,
+            endpoints,
+            unknown_endpoints,
+        } = state;
+        // The records of this state only: a record dropped since the last render goes.
+        let mut previous = std::mem::take(&mut self.rendered);
+        for record in endpoints {
+            let entry = match previous.remove(&record.id) {
+                Some((cached, json)) if &cached == record => (cached, json),
+                // As in `render_document`: our own types always serialize.
+                _ => match serde_json::value::to_raw_value(record) {
+                    Ok(json) => (record.clone(), json),
+                    Err(_) => (record.clone(), RawValue::NULL.to_owned()),
+                },
+            };
+            self.rendered.insert(record.id.clone(), entry);
+        }
+        if self.rendered.len() != endpoints.len() {
+            // Two records share an id: not a state this code makes; rendered whole, as is.
+            self.rendered.clear();
+            return render_document(state);
+        }
+        let view = DocumentView {
+            schema_version: *schema_version,
+            sandbox_id,
+            netns,
+            model: *model,
+            link_group: *link_group,
+            endpoints: endpoints
+                .iter()
+                .filter_map(|e| self.rendered.get(&e.id).map(|(_, json)| &**json))
+                .collect(),
+            unknown_endpoints,
+        };
+        let mut bytes = serde_json::to_vec(&view).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// [`SandboxState`] as serialized, with the endpoint records already rendered. The fields,
+/// their order and attributes are those of `SandboxState`
+/// (`renderer_writes_what_render_document_writes` holds them together).
+#[derive(Serialize)]
+struct DocumentView<'a> {
+    schema_version: u32,
+    sandbox_id: &'a str,
+    netns: &'a NetnsRecord,
+    model: InterworkingModel,
+    link_group: u32,
+    endpoints: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    unknown_endpoints: &'a [Value],
 }

@@ -13,9 +13,10 @@ use std::{
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
-use crate::state::{DocumentError, Loaded, SandboxState, parse_document, render_document};
+use crate::state::{DocumentError, DocumentRenderer, Loaded, SandboxState, parse_document};
 
 /// A failure of the store, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,8 @@ const fn libc_enoent() -> i32 {
 pub struct StateStore {
     path: PathBuf,
     _lock: File,
+    /// The JSON of the endpoint records saved last, reused while they are unchanged.
+    renderer: Mutex<DocumentRenderer>,
 }
 
 impl StateStore {
@@ -113,7 +116,11 @@ impl StateStore {
             .open(&lock_path)
             .map_err(io("open the lock", &lock_path))?;
         match lock.try_lock() {
-            Ok(()) => Ok(Self { path, _lock: lock }),
+            Ok(()) => Ok(Self {
+                path,
+                _lock: lock,
+                renderer: Mutex::default(),
+            }),
             Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
                 path,
                 lock: lock_path,
@@ -190,8 +197,17 @@ impl StateStore {
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(&dir)
             .map_err(io("create a temporary file for"))?;
-        temp.write_all(&render_document(state))
-            .map_err(io("write"))?;
+        let bytes = match self.renderer.lock() {
+            Ok(mut renderer) => renderer.render(state),
+            // A panic mid-render (none is known) leaves a cache that cannot be trusted.
+            Err(poisoned) => {
+                self.renderer.clear_poison();
+                let mut renderer = poisoned.into_inner();
+                *renderer = DocumentRenderer::default();
+                renderer.render(state)
+            }
+        };
+        temp.write_all(&bytes).map_err(io("write"))?;
         temp.as_file().sync_all().map_err(io("sync"))?;
         temp.persist(path).map_err(|e| StoreError::Io {
             op: "replace",
