@@ -202,6 +202,16 @@ mod tests {
     }
 
     #[test]
+    fn only_links_without_a_software_kind_are_asked_for_a_pci_bus() {
+        for kind in SOFTWARE_KINDS {
+            assert!(!may_be_pci(&iface(Some(kind)).link), "{kind}");
+        }
+        // A NIC driver registers no kind; a kind we do not know may be anything.
+        assert!(may_be_pci(&iface(None).link));
+        assert!(may_be_pci(&iface(Some("ipoib")).link));
+    }
+
+    #[test]
     fn tun_mode_and_unknown_kinds_are_refused_with_the_reason() {
         assert_eq!(
             classify(&tun(TunTapMode::Tun), &Facts::default())
@@ -216,6 +226,18 @@ mod tests {
             "link eth0 of kind bridge cannot be attached to a VM"
         );
     }
+}
+
+/// Link kinds of software devices, whose drivers report no bus to ethtool: asking is a thread
+/// in the namespace and an ioctl for an answer known in advance.
+const SOFTWARE_KINDS: [&str; 5] = ["veth", "macvlan", "macvtap", "tun", "ipvlan"];
+
+/// Whether ethtool may report a PCI bus for `link`: a device without a kind (a NIC driver
+/// registers none) or of a kind other than the software ones we know.
+fn may_be_pci(link: &sandbox_net_persist::scan::Link) -> bool {
+    link.kind
+        .as_deref()
+        .is_none_or(|kind| !SOFTWARE_KINDS.contains(&kind))
 }
 
 /// An interface of the scan that did not become an endpoint.
@@ -238,10 +260,22 @@ pub async fn endpoints_from_scan(
 ) -> Result<(Vec<crate::Endpoint>, Vec<SkippedInterface>), Unsupported> {
     let mut endpoints = Vec::new();
     let mut skipped = Vec::new();
-    // One thread in the namespace for every interface's ethtool query.
-    let names = interfaces.iter().map(|i| i.link.name.clone()).collect();
-    let infos = crate::physical::ethtool_bus_infos(netns, names).await;
-    for (iface, info) in interfaces.iter().zip(infos) {
+    // One thread in the namespace for the ethtool queries, and none when no interface can be a
+    // PCI function.
+    let queried: Vec<&Interface> = interfaces.iter().filter(|i| may_be_pci(&i.link)).collect();
+    let mut infos = if queried.is_empty() {
+        Vec::new()
+    } else {
+        let names = queried.iter().map(|i| i.link.name.clone()).collect();
+        crate::physical::ethtool_bus_infos(netns, names).await
+    }
+    .into_iter();
+    for iface in interfaces {
+        let info = if may_be_pci(&iface.link) {
+            infos.next().flatten()
+        } else {
+            None
+        };
         let facts = facts_from(iface, info, options);
         match classify(iface, &facts) {
             Ok(kind) => {
