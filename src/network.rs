@@ -119,17 +119,10 @@ impl Network {
         hypervisor: &H,
         interfaces: Option<Vec<Interface>>,
     ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
-        let netns = self.live_netns()?;
+        let netns = self.sandbox.live_netns()?;
         let interfaces = match interfaces {
             Some(given) => given,
-            None => {
-                netns
-                    .rtnl()
-                    .await?
-                    .scan(&self.config.scan)
-                    .await?
-                    .interfaces
-            }
+            None => self.sandbox.scan(&self.config.scan).await?.interfaces,
         };
         let first_index = self
             .sandbox
@@ -258,18 +251,6 @@ impl Network {
         T: Send + 'static,
     {
         self.sandbox.run(f).await
-    }
-
-    fn live_netns(&self) -> Result<Netns, SandboxError> {
-        self.sandbox
-            .netns()
-            .cloned()
-            .ok_or_else(|| SandboxError::Netns {
-                file: self.sandbox.state_path().to_path_buf(),
-                source: sandbox_net_netns::NetnsError::NotFound {
-                    path: self.sandbox.state().netns.path.clone(),
-                },
-            })
     }
 
     fn netns_label(&self) -> String {

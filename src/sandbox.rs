@@ -272,6 +272,29 @@ impl Sandbox {
         }
     }
 
+    /// Scans the namespace over the sandbox's netlink connection (the one attaches use next).
+    pub(crate) async fn scan(
+        &mut self,
+        options: &sandbox_net_netns::ScanOptions,
+    ) -> Result<sandbox_net_persist::scan::NamespaceScan, SandboxError> {
+        let netns = self.live_netns()?;
+        let rtnl = self.take_rtnl(&netns).await?;
+        let scan = rtnl.scan(options).await;
+        self.rtnl = Some(rtnl);
+        Ok(scan?)
+    }
+
+    /// The namespace, or the error that names the state file and the recorded path when it no
+    /// longer exists.
+    pub(crate) fn live_netns(&self) -> Result<Netns, SandboxError> {
+        self.netns.clone().ok_or_else(|| SandboxError::Netns {
+            file: self.store.path().to_path_buf(),
+            source: NetnsError::NotFound {
+                path: self.state.netns.path.clone(),
+            },
+        })
+    }
+
     /// Writes the state file.
     pub(crate) fn save(&self) -> Result<(), SandboxError> {
         Ok(self.store.save(&self.state)?)
@@ -285,14 +308,7 @@ impl Sandbox {
         hot: bool,
         save_after_success: bool,
     ) -> Result<Endpoint, SandboxError> {
-        let Some(netns) = self.netns.clone() else {
-            return Err(SandboxError::Netns {
-                file: self.store.path().to_path_buf(),
-                source: NetnsError::NotFound {
-                    path: self.state.netns.path.clone(),
-                },
-            });
-        };
+        let netns = self.live_netns()?;
         let rtnl = self.take_rtnl(&netns).await?;
         let kernel = Kernel {
             netns: &netns,
@@ -369,15 +385,8 @@ impl Sandbox {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        let netns = self.live_netns()?;
         let file = self.store.path().to_path_buf();
-        let Some(netns) = &self.netns else {
-            return Err(SandboxError::Netns {
-                file,
-                source: NetnsError::NotFound {
-                    path: self.state.netns.path.clone(),
-                },
-            });
-        };
         netns
             .run(f)
             .await
