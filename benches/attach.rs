@@ -4,10 +4,17 @@
 //!
 //! Run as root: `cargo bench --bench attach`.
 //!
-//! - `attach`: `Network::add_endpoints` (scan, classification, per endpoint: the plan written
-//!   to the state file, 7 kernel steps and 2 HTB trees, links grouped), divided by N.
-//! - `raw attach`: the same kernel changes made directly with the primitives (persistent
-//!   tap, MTU, up, 2 ingress qdiscs, 2 redirects, 2 HTB trees), nothing looked up or recorded.
+//! - `attach`: `Network::create` (state file and lock) and `Network::add_endpoints` (netlink
+//!   socket, scan, classification, per endpoint: the plan written to the state file, 7 kernel
+//!   steps and 2 HTB trees, links grouped), divided by N.
+//! - `raw attach`: a netlink socket in the namespace, one link dump to find the veths, and the
+//!   same kernel changes made directly with the primitives (persistent tap, looked up, MTU, up,
+//!   2 ingress qdiscs, 2 redirects, 2 HTB trees), nothing recorded: what any attach must do.
+//!   In parentheses, the changes alone.
+//!
+//! Each size is measured several times, ours and raw alternately, each on a fresh pod after a
+//! pause that lets the kernel finish dismantling the previous run's namespaces; the medians are
+//! printed. One untimed round first warms both up.
 //! - `detach`: `Network::teardown` (the sandbox's links deleted as one device group, then
 //!   every endpoint's steps undone from the record), divided by N.
 //! - `raw detach`: the taps deleted one by one and the pod links' qdiscs removed, divided by N.
@@ -83,7 +90,15 @@ fn pod(n: usize) -> (TestNetns, TestNetns) {
         ));
     }
     pod.ip_batch(&script);
+    settle(n);
     (pod, peers)
+}
+
+/// Lets the kernel finish the work a previous run left it (the namespaces it dropped are
+/// dismantled by a kernel worker after they are deleted, on the same two CPUs) and this pod's
+/// creation started, so that it is not charged to the next timed section.
+fn settle(n: usize) {
+    std::thread::sleep(Duration::from_millis(100 + 4 * n as u64));
 }
 
 fn state_path(tag: &str) -> PathBuf {
@@ -106,13 +121,13 @@ fn config() -> NetworkConfig {
 async fn ours(n: usize) -> anyhow::Result<(Duration, Duration)> {
     let (pod, _peers) = pod(n);
     let state = state_path(&format!("ours-{n}"));
+    let started = Instant::now();
     let mut network = Network::create(
         &state,
         "bench",
         NetnsSource::Given(pod.netns().clone()),
         config(),
     )?;
-    let started = Instant::now();
     let (ids, _) = network.add_endpoints(&DropVmm, None).await?;
     let attach = started.elapsed();
     if ids.len() != n {
@@ -123,11 +138,14 @@ async fn ours(n: usize) -> anyhow::Result<(Duration, Duration)> {
     Ok((attach, started.elapsed()))
 }
 
-async fn raw(n: usize) -> anyhow::Result<(Duration, Duration)> {
+/// The raw work, timed as: (attach including the netlink socket in the namespace and the link
+/// dump that finds the veths, attach of the changes alone, detach).
+async fn raw(n: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     let (pod, _peers) = pod(n);
-    let rtnl: Rtnl = pod.netns().rtnl().await?;
     let clock = PschedClock::read()?;
     let rate = HtbRate::from_bits(RATE)?;
+    let started_with_lookup = Instant::now();
+    let rtnl: Rtnl = pod.netns().rtnl().await?;
     let links = rtnl.links().await?;
     let veths: Vec<_> = links
         .iter()
@@ -155,13 +173,14 @@ async fn raw(n: usize) -> anyhow::Result<(Duration, Duration)> {
         taps.push(tap);
     }
     let attach = started.elapsed();
+    let attach_with_lookup = started_with_lookup.elapsed();
     let started = Instant::now();
     for (tap, veth) in taps.iter().zip(&veths) {
         rtnl.delete_link(tap).await?;
         del_htb_tree(&rtnl, veth).await?;
         rtnl.del_ingress_qdisc(veth).await?;
     }
-    Ok((attach, started.elapsed()))
+    Ok((attach_with_lookup, attach, started.elapsed()))
 }
 
 /// Peak resident memory of `sandbox-net attach` for `n` endpoints, in KiB.
@@ -211,6 +230,21 @@ fn per(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e3 / n as f64
 }
 
+/// The median of `runs`, each a fresh pod (these VMs' timings jump from run to run).
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+/// How many times each size is measured: small pods are quick and noisy.
+fn repetitions(n: usize) -> usize {
+    match n {
+        1 => 15,
+        16 => 7,
+        _ => 5,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         println!("attach: run with `cargo bench --bench attach` (as root)");
@@ -221,20 +255,39 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // One untimed round of each, so that neither side pays the process's first-use costs.
+    runtime.block_on(ours(2)).context("warm-up")?;
+    runtime.block_on(raw(2)).context("warm-up, raw")?;
+    println!("median of runs, ms per endpoint; raw = socket + link dump + changes (changes alone)");
     println!(
-        "endpoints  attach ms/ep  raw ms/ep  ratio   detach ms/ep  raw detach ms/ep  (detach total ms)"
+        "endpoints runs  attach      raw           ratio   detach  raw detach  (detach total ms)"
     );
     for n in [1usize, 16, 128] {
-        let (attach, detach) = runtime
-            .block_on(ours(n))
-            .with_context(|| format!("{n} endpoints"))?;
-        let (raw_attach, raw_detach) = runtime
-            .block_on(raw(n))
-            .with_context(|| format!("{n} endpoints, raw"))?;
+        let runs = repetitions(n);
+        let (mut attach, mut detach) = (Vec::new(), Vec::new());
+        let (mut raw_attach, mut raw_changes, mut raw_detach) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (a, d) = runtime
+                .block_on(ours(n))
+                .with_context(|| format!("{n} endpoints"))?;
+            let (ra, rc, rd) = runtime
+                .block_on(raw(n))
+                .with_context(|| format!("{n} endpoints, raw"))?;
+            attach.push(a);
+            detach.push(d);
+            raw_attach.push(ra);
+            raw_changes.push(rc);
+            raw_detach.push(rd);
+        }
+        let (attach, detach) = (median(attach), median(detach));
+        let (raw_attach, raw_changes, raw_detach) =
+            (median(raw_attach), median(raw_changes), median(raw_detach));
         println!(
-            "{n:<10} {:>11.3} {:>10.3} {:>6.2} {:>13.3} {:>17.3}  ({:.1})",
+            "{n:<9} {runs:>4} {:>7.3} {:>7.3} ({:.3}) {:>6.2} {:>8.3} {:>11.3}  ({:.1})",
             per(attach, n),
             per(raw_attach, n),
+            per(raw_changes, n),
             attach.as_secs_f64() / raw_attach.as_secs_f64(),
             per(detach, n),
             per(raw_detach, n),
