@@ -321,8 +321,9 @@ impl Sandbox {
         };
         let (store, state) = (&self.store, &mut self.state);
         let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            upsert(state, EndpointRecord::from(e));
-            store.save(state)?;
+            let record = EndpointRecord::from(e);
+            state.upsert_endpoint(record.clone());
+            store.save_endpoint(state, &record)?;
             Ok(())
         };
         let result = endpoint
@@ -333,7 +334,7 @@ impl Sandbox {
         if result.is_err() {
             endpoint.steps.clear();
         }
-        upsert(&mut self.state, EndpointRecord::from(&endpoint));
+        self.state.upsert_endpoint(EndpointRecord::from(&endpoint));
         if result.is_err() || save_after_success {
             self.store.save(&self.state)?;
         }
@@ -373,7 +374,7 @@ impl Sandbox {
         self.rtnl = rtnl;
         match result {
             Ok(()) => self.state.endpoints.retain(|e| &e.id != id),
-            Err(_) => upsert(&mut self.state, EndpointRecord::from(&endpoint)),
+            Err(_) => self.state.upsert_endpoint(EndpointRecord::from(&endpoint)),
         }
         self.store.save(&self.state)?;
         Ok(result?)
@@ -489,12 +490,5 @@ impl Sandbox {
     /// Removes the state file (after a complete teardown).
     pub fn forget(self) -> Result<(), SandboxError> {
         Ok(self.store.remove()?)
-    }
-}
-
-fn upsert(state: &mut SandboxState, record: EndpointRecord) {
-    match state.endpoint_mut(&record.id) {
-        Some(existing) => *existing = record,
-        None => state.endpoints.push(record),
     }
 }

@@ -132,6 +132,25 @@ impl SandboxState {
     pub fn endpoint_mut(&mut self, id: &EndpointId) -> Option<&mut EndpointRecord> {
         self.endpoints.iter_mut().find(|e| &e.id == id)
     }
+
+    /// Replaces the record with `record`'s id, or appends `record` when there is none.
+    pub fn upsert_endpoint(&mut self, record: EndpointRecord) {
+        match self.endpoint_mut(&record.id) {
+            Some(existing) => *existing = record,
+            None => self.endpoints.push(record),
+        }
+    }
+}
+
+/// One line of the journal next to a document (`<file>.journal`): an endpoint record written
+/// since the document was, numbered. A document says up to which number it includes the
+/// journal (`journal_seq`); the lines after that number are applied over it, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Its number, increasing across the sandbox's life.
+    pub seq: u64,
+    /// The endpoint's record as of this entry.
+    pub endpoint: EndpointRecord,
 }
 
 /// Why a document cannot be read (the store adds the file's name).
@@ -169,6 +188,8 @@ pub struct Loaded {
     pub state: SandboxState,
     /// One line per endpoint kept aside (unknown kind), for the caller to log.
     pub warnings: Vec<String>,
+    /// The last journal entry the document includes (0: none).
+    pub journal_seq: u64,
 }
 
 /// Parses a state document. Never panics, whatever the bytes.
@@ -191,6 +212,12 @@ pub fn parse_document(bytes: &[u8]) -> Result<Loaded, DocumentError> {
             supported: SCHEMA_VERSION,
         });
     }
+    let journal_seq = match object.remove("journal_seq") {
+        None => 0,
+        Some(seq) => seq
+            .as_u64()
+            .ok_or_else(|| DocumentError::Shape("journal_seq is not a number".into()))?,
+    };
     // Endpoints of kinds this version does not know are set aside before the typed parse.
     let mut warnings = Vec::new();
     let mut unknown = Vec::new();
@@ -217,7 +244,11 @@ pub fn parse_document(bytes: &[u8]) -> Result<Loaded, DocumentError> {
     let mut state: SandboxState =
         serde_json::from_value(value).map_err(|e| DocumentError::Shape(e.to_string()))?;
     state.unknown_endpoints.extend(unknown);
-    Ok(Loaded { state, warnings })
+    Ok(Loaded {
+        state,
+        warnings,
+        journal_seq,
+    })
 }
 
 /// The document's bytes: compact JSON, newline-terminated (it is rewritten at every endpoint
@@ -239,8 +270,45 @@ pub struct DocumentRenderer {
 }
 
 impl DocumentRenderer {
-    /// The document's bytes.
-    pub fn render(&mut self, state: &SandboxState) -> Vec<u8> {
+    /// The document's bytes, saying that it includes the journal up to entry `journal_seq`
+    /// (0: written without a journal, as [`render_document`] writes).
+    pub fn render(&mut self, state: &SandboxState, journal_seq: u64) -> Vec<u8> {
+        // The records of this state only: a record dropped since the last render goes.
+        let mut previous = std::mem::take(&mut self.rendered);
+        for record in &state.endpoints {
+            let entry = match previous.remove(&record.id) {
+                Some((cached, json)) if &cached == record => (cached, json),
+                _ => (record.clone(), render_record(record)),
+            };
+            self.rendered.insert(record.id.clone(), entry);
+        }
+        let bytes = if self.rendered.len() == state.endpoints.len() {
+            let endpoints = state
+                .endpoints
+                .iter()
+                .filter_map(|e| self.rendered.get(&e.id).map(|(_, json)| &**json))
+                .collect();
+            serde_json::to_vec(&DocumentView::new(state, endpoints, journal_seq))
+        } else {
+            // Two records share an id (not a state this code makes): rendered without the cache.
+            self.rendered.clear();
+            let rendered: Vec<Box<RawValue>> = state.endpoints.iter().map(render_record).collect();
+            let endpoints = rendered.iter().map(|json| &**json).collect();
+            serde_json::to_vec(&DocumentView::new(state, endpoints, journal_seq))
+        };
+        let mut bytes = bytes.unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// One record's JSON. As in [`render_document`], our own types always serialize.
+fn render_record(record: &EndpointRecord) -> Box<RawValue> {
+    serde_json::value::to_raw_value(record).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+impl<'a> DocumentView<'a> {
+    fn new(state: &'a SandboxState, endpoints: Vec<&'a RawValue>, journal_seq: u64) -> Self {
         // Destructured field by field, so that a field added to the state cannot be forgotten
         // here: the compiler refuses the pattern until it is listed.
         let SandboxState {
@@ -249,42 +317,19 @@ impl DocumentRenderer {
             netns,
             model,
             link_group,
-            endpoints,
+            endpoints: _,
             unknown_endpoints,
         } = state;
-        // The records of this state only: a record dropped since the last render goes.
-        let mut previous = std::mem::take(&mut self.rendered);
-        for record in endpoints {
-            let entry = match previous.remove(&record.id) {
-                Some((cached, json)) if &cached == record => (cached, json),
-                // As in `render_document`: our own types always serialize.
-                _ => match serde_json::value::to_raw_value(record) {
-                    Ok(json) => (record.clone(), json),
-                    Err(_) => (record.clone(), RawValue::NULL.to_owned()),
-                },
-            };
-            self.rendered.insert(record.id.clone(), entry);
-        }
-        if self.rendered.len() != endpoints.len() {
-            // Two records share an id: not a state this code makes; rendered whole, as is.
-            self.rendered.clear();
-            return render_document(state);
-        }
-        let view = DocumentView {
+        Self {
             schema_version: *schema_version,
             sandbox_id,
             netns,
             model: *model,
             link_group: *link_group,
-            endpoints: endpoints
-                .iter()
-                .filter_map(|e| self.rendered.get(&e.id).map(|(_, json)| &**json))
-                .collect(),
+            endpoints,
             unknown_endpoints,
-        };
-        let mut bytes = serde_json::to_vec(&view).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
+            journal_seq,
+        }
     }
 }
 
@@ -301,4 +346,11 @@ struct DocumentView<'a> {
     endpoints: Vec<&'a RawValue>,
     #[serde(skip_serializing_if = "<[Value]>::is_empty")]
     unknown_endpoints: &'a [Value],
+    /// Not a field of the state: the store's account of its journal.
+    #[serde(skip_serializing_if = "is_zero")]
+    journal_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -7,6 +7,12 @@
 //!   document or the new one, never a torn one.
 //! - Loading refuses a document others can read or write (it names the pod's addresses and
 //!   the host's devices), and never deletes anything it cannot read.
+//! - A journal (`<file>.journal`, mode 0600) for the records of an attach under way: each is
+//!   one appended, `fdatasync`ed line, where rewriting the document would cost a write of every
+//!   record. The next full save includes the journal (the document says up to which entry) and
+//!   empties it. Loading applies the entries the document does not include; a last line cut
+//!   short by a crash was never acted on (the write returns before the step is applied) and is
+//!   ignored.
 
 use std::{
     fs::{self, File, OpenOptions, TryLockError},
@@ -16,7 +22,10 @@ use std::{
     sync::Mutex,
 };
 
-use crate::state::{DocumentError, DocumentRenderer, Loaded, SandboxState, parse_document};
+use crate::state::{
+    DocumentError, DocumentRenderer, EndpointRecord, JournalEntry, Loaded, SandboxState,
+    parse_document,
+};
 
 /// A failure of the store, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +63,17 @@ pub enum StoreError {
         #[source]
         source: DocumentError,
     },
+    /// A complete line of the journal cannot be understood.
+    #[error("state journal {path}: line {line} cannot be read")]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A file operation failed.
     #[error("failed to {op} {path}")]
     Io {
@@ -87,8 +107,22 @@ const fn libc_enoent() -> i32 {
 pub struct StateStore {
     path: PathBuf,
     _lock: File,
+    /// The rendering cache and the journal.
+    inner: Mutex<Inner>,
+}
+
+/// What a store remembers between writes.
+#[derive(Debug, Default)]
+struct Inner {
     /// The JSON of the endpoint records saved last, reused while they are unchanged.
-    renderer: Mutex<DocumentRenderer>,
+    renderer: DocumentRenderer,
+    /// The journal, open for appending once a first entry was written.
+    journal: Option<File>,
+    /// The last journal entry written (or read back), and the last one the document includes.
+    last_seq: u64,
+    included_seq: u64,
+    /// Whether a document exists that journal entries can be read over.
+    document_written: bool,
 }
 
 impl StateStore {
@@ -119,7 +153,7 @@ impl StateStore {
             Ok(()) => Ok(Self {
                 path,
                 _lock: lock,
-                renderer: Mutex::default(),
+                inner: Mutex::default(),
             }),
             Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
                 path,
@@ -172,10 +206,118 @@ impl StateStore {
             path: path.clone(),
             source,
         })?;
-        parse_document(&bytes).map_err(|source| StoreError::Document {
+        let mut loaded = parse_document(&bytes).map_err(|source| StoreError::Document {
             path: path.clone(),
             source,
-        })
+        })?;
+        let last_seq = self.apply_journal(&mut loaded)?;
+        let mut inner = self.inner();
+        inner.document_written = true;
+        inner.included_seq = loaded.journal_seq;
+        inner.last_seq = last_seq.max(loaded.journal_seq);
+        Ok(loaded)
+    }
+
+    /// Applies the journal's entries after `loaded.journal_seq` to the loaded state; returns
+    /// the last entry's number (0 when there is no journal).
+    fn apply_journal(&self, loaded: &mut Loaded) -> Result<u64, StoreError> {
+        let path = journal_path(&self.path);
+        let text = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let mode = fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(StoreError::TooOpen { path, mode });
+        }
+        let mut last = 0;
+        let mut lines = text.split_inclusive(|b| *b == b'\n').enumerate().peekable();
+        while let Some((number, line)) = lines.next() {
+            let complete = line.ends_with(b"\n");
+            if !complete && lines.peek().is_none() {
+                tracing::warn!(journal = %path.display(), line = number + 1, "journal line cut short by a crash ignored");
+                break;
+            }
+            let entry: JournalEntry =
+                serde_json::from_slice(line).map_err(|source| StoreError::Journal {
+                    path: path.clone(),
+                    line: number + 1,
+                    source,
+                })?;
+            last = last.max(entry.seq);
+            if entry.seq > loaded.journal_seq {
+                loaded.state.upsert_endpoint(entry.endpoint);
+            }
+        }
+        Ok(last)
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(inner) => inner,
+            // A panic mid-write (none is known) leaves a cache that cannot be trusted; the
+            // journal's numbers stay good.
+            Err(poisoned) => {
+                self.inner.clear_poison();
+                let mut inner = poisoned.into_inner();
+                inner.renderer = DocumentRenderer::default();
+                inner
+            }
+        }
+    }
+
+    /// Records `record`, the new or changed record of one endpoint of `state`, durably: one
+    /// line appended to the journal once a document exists, the whole document before that.
+    pub fn save_endpoint(
+        &self,
+        state: &SandboxState,
+        record: &EndpointRecord,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        if !inner.document_written {
+            drop(inner);
+            return self.save(state);
+        }
+        let path = journal_path(&self.path);
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { op, path, source }
+        };
+        if inner.journal.is_none() {
+            let journal = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io("open the journal", &path))?;
+            // The journal's own entry in the directory must outlive a crash too.
+            sync_dir(&self.path).map_err(io("sync the directory of", &self.path))?;
+            inner.journal = Some(journal);
+        }
+        let entry = JournalEntry {
+            seq: inner.last_seq + 1,
+            endpoint: record.clone(),
+        };
+        // Serializing our own types cannot fail: every map key is a string.
+        let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+        line.push(b'\n');
+        if let Some(journal) = inner.journal.as_mut() {
+            journal
+                .write_all(&line)
+                .and_then(|()| journal.sync_data())
+                .map_err(io("append to", &path))?;
+        }
+        inner.last_seq = entry.seq;
+        Ok(())
     }
 
     /// Writes the document atomically and durably (see the module documentation).
@@ -197,16 +339,25 @@ impl StateStore {
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(&dir)
             .map_err(io("create a temporary file for"))?;
-        let bytes = match self.renderer.lock() {
-            Ok(mut renderer) => renderer.render(state),
-            // A panic mid-render (none is known) leaves a cache that cannot be trusted.
-            Err(poisoned) => {
-                self.renderer.clear_poison();
-                let mut renderer = poisoned.into_inner();
-                *renderer = DocumentRenderer::default();
-                renderer.render(state)
+        let mut inner = self.inner();
+        if !inner.document_written {
+            // A new sandbox: a journal left at this path by another one (a teardown cut short
+            // between removing its document and its journal) must not be read over ours.
+            match fs::remove_file(journal_path(path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "remove the stale journal of",
+                        path: path.clone(),
+                        source,
+                    });
+                }
             }
-        };
+        }
+        // The document includes every entry written so far: `state` holds them all.
+        let included = inner.last_seq;
+        let bytes = inner.renderer.render(state, included);
         temp.write_all(&bytes).map_err(io("write"))?;
         temp.as_file().sync_all().map_err(io("sync"))?;
         temp.persist(path).map_err(|e| StoreError::Io {
@@ -217,6 +368,25 @@ impl StateStore {
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io("sync the directory of"))?;
+        inner.document_written = true;
+        if included > inner.included_seq {
+            inner.included_seq = included;
+            // The document now includes every entry: the journal can be emptied. Not synced:
+            // entries left by a crash before this point are numbered at most `included`, and
+            // loading skips them.
+            let emptied = match &inner.journal {
+                Some(journal) => journal.set_len(0),
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(journal_path(path))
+                    .and_then(|j| j.set_len(0)),
+            };
+            if let Err(e) = emptied
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::debug!(journal = %journal_path(path).display(), error = %e, "journal not emptied (its entries are included in the document)");
+            }
+        }
         Ok(())
     }
 
@@ -233,9 +403,39 @@ impl StateStore {
                 });
             }
         }
+        match fs::remove_file(journal_path(&self.path)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "remove",
+                    path: journal_path(&self.path),
+                    source,
+                });
+            }
+        }
         let _ = fs::remove_file(lock_path(&self.path));
         Ok(())
     }
+}
+
+/// `fsync` of the directory holding `path`.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// The journal of the document at `path`: `<file>.journal`.
+fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".journal");
+    path.with_file_name(name)
 }
 
 fn lock_path(path: &Path) -> PathBuf {

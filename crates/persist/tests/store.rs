@@ -229,7 +229,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(
-                String::from_utf8(renderer.render(&current)).unwrap(),
+                String::from_utf8(renderer.render(&current, 0)).unwrap(),
                 String::from_utf8(render_document(&current)).unwrap()
             );
         }
@@ -401,4 +401,163 @@ fn fields_added_after_version_one_may_be_absent() {
     let loaded = parse_document(&serde_json::to_vec(&doc).unwrap()).unwrap();
     let e = &loaded.state.endpoints[0];
     assert!(e.steps.is_empty() && !e.attached && e.model.is_none() && e.rx_rate_bits == 0);
+}
+
+fn journal_of(path: &Path) -> std::path::PathBuf {
+    path.with_file_name("state.json.journal")
+}
+
+#[test]
+fn journal_entries_are_read_over_the_document_and_folded_into_the_next_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let first = record(
+        [1; 8],
+        EndpointKind::Veth,
+        MODELS[1],
+        all_steps(),
+        (0, 0),
+        false,
+    );
+    let second = record(
+        [2; 8],
+        EndpointKind::Tap,
+        MODELS[3],
+        Vec::new(),
+        (5, 6),
+        false,
+    );
+    let mut expected = state(vec![first.clone()]);
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.save(&expected).unwrap();
+        let document = fs::read(&path).unwrap();
+        // The first endpoint done, a second one planned: two lines, the document untouched.
+        let mut done = first.clone();
+        done.attached = true;
+        expected.upsert_endpoint(done.clone());
+        store.save_endpoint(&expected, &done).unwrap();
+        expected.upsert_endpoint(second.clone());
+        store.save_endpoint(&expected, &second).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), document);
+        let journal = fs::read_to_string(journal_of(&path)).unwrap();
+        assert_eq!(journal.lines().count(), 2, "{journal}");
+        assert_eq!(
+            fs::metadata(journal_of(&path))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    // A new process (the store above is gone, as after a crash) reads both entries.
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, expected);
+    // The next save includes them and empties the journal; the result loads the same.
+    store.save(&expected).unwrap();
+    assert_eq!(fs::metadata(journal_of(&path)).unwrap().len(), 0);
+    drop(store);
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, expected);
+    store.remove().unwrap();
+    assert!(!journal_of(&path).exists(), "remove takes the journal too");
+}
+
+#[test]
+fn entries_the_document_includes_are_not_applied_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let planned = record(
+        [1; 8],
+        EndpointKind::Veth,
+        MODELS[1],
+        all_steps(),
+        (0, 0),
+        false,
+    );
+    let mut done = planned.clone();
+    done.attached = true;
+    let store = StateStore::open(&path).unwrap();
+    let mut current = state(Vec::new());
+    store.save(&current).unwrap();
+    current.upsert_endpoint(planned.clone());
+    store.save_endpoint(&current, &planned).unwrap();
+    let stale = fs::read(journal_of(&path)).unwrap();
+    current.upsert_endpoint(done.clone());
+    store.save(&current).unwrap();
+    drop(store);
+    // A crash between the document's rename and the journal's emptying leaves the old entry.
+    fs::write(journal_of(&path), &stale).unwrap();
+    let store = StateStore::open(&path).unwrap();
+    let loaded = store.load().unwrap().state;
+    assert!(loaded.endpoints[0].attached, "the older plan did not win");
+    assert_eq!(loaded, current);
+}
+
+#[test]
+fn a_torn_last_line_is_ignored_and_a_bad_line_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let planned = record(
+        [1; 8],
+        EndpointKind::Veth,
+        MODELS[1],
+        all_steps(),
+        (0, 0),
+        false,
+    );
+    let mut current = state(Vec::new());
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.save(&current).unwrap();
+        current.upsert_endpoint(planned.clone());
+        store.save_endpoint(&current, &planned).unwrap();
+    }
+    let journal = journal_of(&path);
+    let good = fs::read(&journal).unwrap();
+    // A second entry cut short by a crash: never acted on, ignored.
+    let mut torn = good.clone();
+    torn.extend_from_slice(br#"{"seq":2,"endpoint":{"id":"#);
+    fs::write(&journal, &torn).unwrap();
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, current);
+    drop(store);
+    // A complete line that is not an entry: an error naming the journal and the line.
+    let mut bad = good.clone();
+    bad.extend_from_slice(b"not json\n");
+    bad.extend_from_slice(&good);
+    fs::write(&journal, &bad).unwrap();
+    let store = StateStore::open(&path).unwrap();
+    let err = store.load().unwrap_err();
+    assert!(
+        matches!(err, StoreError::Journal { line: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("state.json.journal"), "{err}");
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_new_sandbox_does_not_read_a_stale_journal_left_at_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let foreign = record(
+        [9; 8],
+        EndpointKind::Veth,
+        MODELS[1],
+        all_steps(),
+        (0, 0),
+        false,
+    );
+    let line = serde_json::json!({"seq": 5, "endpoint": foreign});
+    fs::write(journal_of(&path), format!("{line}\n")).unwrap();
+    fs::set_permissions(journal_of(&path), fs::Permissions::from_mode(0o600)).unwrap();
+    let fresh = state(Vec::new());
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.save(&fresh).unwrap();
+    }
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, fresh);
 }
