@@ -116,9 +116,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts the state of a new sandbox in the given namespace (CNI's), written to
-    /// `state_path`. The namespace is not the sandbox's to delete. Refuses to overwrite an
-    /// existing state file.
+    /// Starts the state of a new sandbox in the given namespace (CNI's), to be written to
+    /// `state_path` with the first endpoint's plan, before anything changes. The namespace is
+    /// not the sandbox's to delete. Refuses to overwrite an existing state file.
     pub fn create(
         state_path: impl AsRef<Path>,
         sandbox_id: &str,
@@ -175,7 +175,12 @@ impl Sandbox {
         // A random device group for the links this sandbox creates; never 0, the default
         // group every other link is in.
         state.link_group = rand::rng().random_range(1..=u32::MAX);
-        store.save(&state)?;
+        // A namespace made for the sandbox is recorded at once, so that a teardown finds it.
+        // Otherwise the document is first written with the first endpoint's plan: until then
+        // there is nothing to tear down.
+        if created_by_us {
+            store.save(&state)?;
+        }
         Ok(Self {
             store,
             state,
@@ -295,8 +300,8 @@ impl Sandbox {
         })
     }
 
-    /// Writes the state file.
-    pub(crate) fn save(&self) -> Result<(), SandboxError> {
+    /// Writes the state file (whole, including its journal).
+    pub fn save(&self) -> Result<(), SandboxError> {
         Ok(self.store.save(&self.state)?)
     }
 

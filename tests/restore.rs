@@ -183,15 +183,17 @@ async fn a_state_whose_namespace_changed_or_is_missing_is_refused() {
     let b = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    drop(
-        Sandbox::create(
-            &state,
-            "moved",
-            a.netns().clone(),
-            InterworkingModel::TcFilter,
-        )
-        .unwrap(),
-    );
+    let sandbox = Sandbox::create(
+        &state,
+        "moved",
+        a.netns().clone(),
+        InterworkingModel::TcFilter,
+    )
+    .unwrap();
+    // Nothing to tear down yet, so nothing written yet; a save writes the document.
+    assert!(!state.exists());
+    sandbox.save().unwrap();
+    drop(sandbox);
     // The recorded path now names another namespace.
     let text = fs::read_to_string(&state).unwrap();
     let moved = text.replace(
