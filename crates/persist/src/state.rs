@@ -5,10 +5,10 @@
 //! refused, because dropping what it says could leak kernel objects. An endpoint of a kind this
 //! version does not know is kept aside, verbatim, and written back unchanged.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, value::RawValue};
+use serde_json::Value;
 
 use crate::{
     MacAddr, NetnsId,
@@ -251,102 +251,26 @@ pub fn parse_document(bytes: &[u8]) -> Result<Loaded, DocumentError> {
     })
 }
 
-/// The document's bytes: compact JSON, newline-terminated (it is rewritten at every endpoint
-/// of an attach, so its size counts; `jq . FILE` shows it indented).
+/// The document's bytes: compact JSON, newline-terminated (`jq . FILE` shows it indented).
 pub fn render_document(state: &SandboxState) -> Vec<u8> {
+    render_document_with_journal(state, 0)
+}
+
+/// [`render_document`] for a document that includes its journal up to entry `journal_seq`
+/// (0: none, and the field is left out).
+pub fn render_document_with_journal(state: &SandboxState, journal_seq: u64) -> Vec<u8> {
+    let view = DocumentView { state, journal_seq };
     // Serializing our own types to a Vec cannot fail: every map key is a string.
-    let mut bytes = serde_json::to_vec(state).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(&view).unwrap_or_default();
     bytes.push(b'\n');
     bytes
 }
 
-/// Renders documents as [`render_document`] does, byte for byte, keeping the JSON of each
-/// endpoint record between renders and reusing it while the record is unchanged. An attach of
-/// N endpoints rewrites the document N times, each time with one record new or changed:
-/// serializing every record every time made the attach quadratic in N.
-#[derive(Debug, Default)]
-pub struct DocumentRenderer {
-    rendered: HashMap<EndpointId, (EndpointRecord, Box<RawValue>)>,
-}
-
-impl DocumentRenderer {
-    /// The document's bytes, saying that it includes the journal up to entry `journal_seq`
-    /// (0: written without a journal, as [`render_document`] writes).
-    pub fn render(&mut self, state: &SandboxState, journal_seq: u64) -> Vec<u8> {
-        // The records of this state only: a record dropped since the last render goes.
-        let mut previous = std::mem::take(&mut self.rendered);
-        for record in &state.endpoints {
-            let entry = match previous.remove(&record.id) {
-                Some((cached, json)) if &cached == record => (cached, json),
-                _ => (record.clone(), render_record(record)),
-            };
-            self.rendered.insert(record.id.clone(), entry);
-        }
-        let bytes = if self.rendered.len() == state.endpoints.len() {
-            let endpoints = state
-                .endpoints
-                .iter()
-                .filter_map(|e| self.rendered.get(&e.id).map(|(_, json)| &**json))
-                .collect();
-            serde_json::to_vec(&DocumentView::new(state, endpoints, journal_seq))
-        } else {
-            // Two records share an id (not a state this code makes): rendered without the cache.
-            self.rendered.clear();
-            let rendered: Vec<Box<RawValue>> = state.endpoints.iter().map(render_record).collect();
-            let endpoints = rendered.iter().map(|json| &**json).collect();
-            serde_json::to_vec(&DocumentView::new(state, endpoints, journal_seq))
-        };
-        let mut bytes = bytes.unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
-    }
-}
-
-/// One record's JSON. As in [`render_document`], our own types always serialize.
-fn render_record(record: &EndpointRecord) -> Box<RawValue> {
-    serde_json::value::to_raw_value(record).unwrap_or_else(|_| RawValue::NULL.to_owned())
-}
-
-impl<'a> DocumentView<'a> {
-    fn new(state: &'a SandboxState, endpoints: Vec<&'a RawValue>, journal_seq: u64) -> Self {
-        // Destructured field by field, so that a field added to the state cannot be forgotten
-        // here: the compiler refuses the pattern until it is listed.
-        let SandboxState {
-            schema_version,
-            sandbox_id,
-            netns,
-            model,
-            link_group,
-            endpoints: _,
-            unknown_endpoints,
-        } = state;
-        Self {
-            schema_version: *schema_version,
-            sandbox_id,
-            netns,
-            model: *model,
-            link_group: *link_group,
-            endpoints,
-            unknown_endpoints,
-            journal_seq,
-        }
-    }
-}
-
-/// [`SandboxState`] as serialized, with the endpoint records already rendered. The fields,
-/// their order and attributes are those of `SandboxState`
-/// (`renderer_writes_what_render_document_writes` holds them together).
+/// The document: the state's fields, then the store's account of its journal.
 #[derive(Serialize)]
 struct DocumentView<'a> {
-    schema_version: u32,
-    sandbox_id: &'a str,
-    netns: &'a NetnsRecord,
-    model: InterworkingModel,
-    link_group: u32,
-    endpoints: Vec<&'a RawValue>,
-    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
-    unknown_endpoints: &'a [Value],
-    /// Not a field of the state: the store's account of its journal.
+    #[serde(flatten)]
+    state: &'a SandboxState,
     #[serde(skip_serializing_if = "is_zero")]
     journal_seq: u64,
 }

@@ -23,8 +23,8 @@ use std::{
 };
 
 use crate::state::{
-    DocumentError, DocumentRenderer, EndpointRecord, JournalEntry, Loaded, SandboxState,
-    parse_document,
+    DocumentError, EndpointRecord, JournalEntry, Loaded, SandboxState, parse_document,
+    render_document_with_journal,
 };
 
 /// A failure of the store, naming the file.
@@ -107,15 +107,13 @@ const fn libc_enoent() -> i32 {
 pub struct StateStore {
     path: PathBuf,
     _lock: File,
-    /// The rendering cache and the journal.
+    /// The journal.
     inner: Mutex<Inner>,
 }
 
 /// What a store remembers between writes.
 #[derive(Debug, Default)]
 struct Inner {
-    /// The JSON of the endpoint records saved last, reused while they are unchanged.
-    renderer: DocumentRenderer,
     /// The journal, open for appending once a first entry was written.
     journal: Option<File>,
     /// The last journal entry written (or read back), and the last one the document includes.
@@ -264,13 +262,10 @@ impl StateStore {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
             Ok(inner) => inner,
-            // A panic mid-write (none is known) leaves a cache that cannot be trusted; the
-            // journal's numbers stay good.
+            // A panic mid-write (none is known) leaves the journal's numbers good.
             Err(poisoned) => {
                 self.inner.clear_poison();
-                let mut inner = poisoned.into_inner();
-                inner.renderer = DocumentRenderer::default();
-                inner
+                poisoned.into_inner()
             }
         }
     }
@@ -357,7 +352,7 @@ impl StateStore {
         }
         // The document includes every entry written so far: `state` holds them all.
         let included = inner.last_seq;
-        let bytes = inner.renderer.render(state, included);
+        let bytes = render_document_with_journal(state, included);
         temp.write_all(&bytes).map_err(io("write"))?;
         temp.as_file().sync_all().map_err(io("sync"))?;
         temp.persist(path).map_err(|e| StoreError::Io {

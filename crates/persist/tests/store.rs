@@ -11,8 +11,7 @@ use sandbox_net_persist::{
     endpoint::{EndpointId, EndpointKind},
     scan::{Address, Interface, Link, Neighbour, Route},
     state::{
-        DocumentRenderer, EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, VfioRecord,
-        parse_document, render_document,
+        EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, VfioRecord, parse_document,
     },
     steps::{InterworkingModel, Step},
     store::{StateStore, StoreError},
@@ -199,40 +198,6 @@ proptest! {
         let loaded = store.load().unwrap();
         prop_assert_eq!(loaded.state, original);
         prop_assert!(loaded.warnings.is_empty());
-    }
-
-    /// One renderer across a sandbox's life (endpoints added, changed, removed, unknown ones
-    /// kept) writes at every save exactly the bytes of a fresh serialization.
-    #[test]
-    fn the_renderer_writes_what_render_document_writes(
-        edits in proptest::collection::vec((0usize..4, 0usize..6, any::<u8>(), any::<bool>()), 1..24),
-    ) {
-        let mut renderer = DocumentRenderer::default();
-        let mut current = state(Vec::new());
-        for (edit, at, byte, flag) in edits {
-            match edit {
-                0 => current.endpoints.push(record([byte; 8], KINDS[at % 8], MODELS[at % 4], all_steps(), (u64::from(byte), 0), flag)),
-                1 if !current.endpoints.is_empty() => {
-                    let i = at % current.endpoints.len();
-                    current.endpoints[i].attached = flag;
-                    current.endpoints[i].steps.truncate(usize::from(byte) % 12);
-                }
-                2 if !current.endpoints.is_empty() => {
-                    let i = at % current.endpoints.len();
-                    current.endpoints.remove(i);
-                }
-                _ => {
-                    current.link_group = u32::from(byte);
-                    if flag {
-                        current.unknown_endpoints.push(serde_json::json!({"id": byte, "kind": "future"}));
-                    }
-                }
-            }
-            prop_assert_eq!(
-                String::from_utf8(renderer.render(&current, 0)).unwrap(),
-                String::from_utf8(render_document(&current)).unwrap()
-            );
-        }
     }
 
     #[test]
