@@ -89,8 +89,8 @@ impl Rtnl {
         Ok(links)
     }
 
-    /// Dumps the routes of one address family, of one table (`ip route show table T`) or of
-    /// all (`table: None`).
+    /// Dumps the IPv4 and IPv6 routes of one address family (`Unspec`: of both), of one table
+    /// (`ip route show table T`) or of all (`table: None`).
     pub(crate) async fn dump_routes_lean(
         &self,
         family: AddressFamily,
@@ -101,10 +101,10 @@ impl Rtnl {
         if let Some(table) = table {
             request.attributes.push(RouteAttribute::Table(table));
         }
-        let object = if family == AddressFamily::Inet6 {
-            "IPv6 routes"
-        } else {
-            "IPv4 routes"
+        let object = match family {
+            AddressFamily::Inet6 => "IPv6 routes",
+            AddressFamily::Inet => "IPv4 routes",
+            _ => "routes",
         };
         let mut routes = Vec::new();
         self.lean_dump(
@@ -114,7 +114,13 @@ impl Rtnl {
             |payload| {
                 let message = RouteMessage::parse(payload)
                     .map_err(|e| convert::ConvertError(e.to_string()))?;
-                routes.push(convert::route(&message)?);
+                // A dump of every family also brings multicast routing caches and the like.
+                if matches!(
+                    message.header.address_family,
+                    AddressFamily::Inet | AddressFamily::Inet6
+                ) {
+                    routes.push(convert::route(&message)?);
+                }
                 Ok(())
             },
         )

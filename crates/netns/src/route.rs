@@ -49,11 +49,15 @@ impl Rtnl {
     }
 
     /// The IPv4 and IPv6 routes of one table (`ip route show table T`), or of all with
-    /// `None`. The kernel does the filtering.
+    /// `None`: one dump of every family (the kernel answers with each family's routes in
+    /// turn), of which the IPv4 and IPv6 ones are kept.
     pub async fn routes_of_table(&self, table: Option<u32>) -> Result<Vec<Route>, NetlinkError> {
-        let mut routes = self.dump_routes_lean(AddressFamily::Inet, table).await?;
-        routes.extend(self.dump_routes_lean(AddressFamily::Inet6, table).await?);
-        Ok(routes)
+        let routes = self.dump_routes_lean(AddressFamily::Unspec, table).await?;
+        Ok(match table {
+            // Not every family's dump honours the table attribute: filtered here as well.
+            Some(table) => routes.into_iter().filter(|r| r.table == table).collect(),
+            None => routes,
+        })
     }
 
     /// Re-creates a route as a scan recorded it (`ip route add`): destination (a default
@@ -87,19 +91,19 @@ impl Rtnl {
             .map_err(|e| self.request_error("delete", describe_route(route), e))
     }
 
-    /// Every IPv4 and IPv6 neighbour entry, whatever its state (`ip neigh show nud all`).
+    /// Every IPv4 and IPv6 neighbour entry, whatever its state (`ip neigh show nud all`): one
+    /// dump of every neighbour table, of which the IP entries are kept.
     pub async fn neighbours(&self) -> Result<Vec<Neighbour>, NetlinkError> {
-        let get = |family| {
-            move |h: &rtnetlink::Handle| h.neighbours().get().set_address_family(family).execute()
-        };
-        let v4 = self
-            .dump("list", "IPv4 neighbours", get(AddressFamily::Inet))
+        let all = self
+            .dump("list", "neighbours", |h: &rtnetlink::Handle| {
+                h.neighbours()
+                    .get()
+                    .set_address_family(AddressFamily::Unspec)
+                    .execute()
+            })
             .await?;
-        let v6 = self
-            .dump("list", "IPv6 neighbours", get(AddressFamily::Inet6))
-            .await?;
-        let mut out = Vec::with_capacity(v4.len() + v6.len());
-        for msg in v4.iter().chain(&v6) {
+        let mut out = Vec::with_capacity(all.len());
+        for msg in &all {
             if let Some(n) = convert::neighbour(msg).map_err(|e| self.decode("neighbours", e))? {
                 out.push(n);
             }
