@@ -144,7 +144,7 @@ impl Network {
         for endpoint in endpoints {
             match self
                 .sandbox
-                .attach_deferred(endpoint, hypervisor, &options)
+                .attach(endpoint, hypervisor, &options, false)
                 .await
             {
                 Ok(endpoint) => added.push(endpoint.id),
@@ -160,7 +160,10 @@ impl Network {
                 }
             }
         }
-        self.sandbox.save()?;
+        if added.is_empty() {
+            // Nothing was recorded: the document says so (an empty pod is a sandbox too).
+            self.sandbox.save()?;
+        }
         Ok((added, skipped))
     }
 

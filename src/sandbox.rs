@@ -242,30 +242,49 @@ impl Sandbox {
     }
 
     /// Attaches `endpoint`: its plan is written to the state file before anything changes,
-    /// and the record is marked attached once it is. On failure the attach is rolled back and
-    /// the record says so.
+    /// and the record is marked attached once it is (each a line of the journal once the
+    /// document exists). On failure the attach is rolled back and the record says so.
     pub async fn attach<H: Hypervisor>(
         &mut self,
-        endpoint: Endpoint,
+        mut endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
         hot: bool,
     ) -> Result<Endpoint, SandboxError> {
-        self.attach_inner(endpoint, hypervisor, options, hot, true)
-            .await
-    }
-
-    /// [`Sandbox::attach`], leaving the "attached" mark of a successful endpoint to the next
-    /// save (the next endpoint's plan, or [`Sandbox::save`]): the plan itself is always written
-    /// before anything changes, so a crash in between loses nothing teardown needs.
-    pub(crate) async fn attach_deferred<H: Hypervisor>(
-        &mut self,
-        endpoint: Endpoint,
-        hypervisor: &H,
-        options: &AttachOptions,
-    ) -> Result<Endpoint, SandboxError> {
-        self.attach_inner(endpoint, hypervisor, options, false, false)
-            .await
+        let netns = self.live_netns()?;
+        let rtnl = self.take_rtnl(&netns).await?;
+        let kernel = Kernel {
+            netns: &netns,
+            rtnl: &rtnl,
+        };
+        // Created links go in the sandbox's device group as they are made.
+        let options = AttachOptions {
+            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
+            ..options.clone()
+        };
+        let (store, state) = (&self.store, &mut self.state);
+        let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let record = EndpointRecord::from(e);
+            state.upsert_endpoint(record.clone());
+            store.save_endpoint(state, &record)?;
+            Ok(())
+        };
+        let result = endpoint
+            .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
+            .await;
+        self.rtnl = Some(rtnl);
+        // Whatever happened, the record now says it (attached, or rolled back).
+        if result.is_err() {
+            endpoint.steps.clear();
+        }
+        let record = EndpointRecord::from(&endpoint);
+        self.state.upsert_endpoint(record.clone());
+        match &result {
+            Ok(()) => self.store.save_endpoint(&self.state, &record)?,
+            Err(_) => self.store.save(&self.state)?,
+        }
+        result?;
+        Ok(endpoint)
     }
 
     /// The sandbox's netlink connection, made on first use; give it back with
@@ -303,48 +322,6 @@ impl Sandbox {
     /// Writes the state file (whole, including its journal).
     pub fn save(&self) -> Result<(), SandboxError> {
         Ok(self.store.save(&self.state)?)
-    }
-
-    async fn attach_inner<H: Hypervisor>(
-        &mut self,
-        mut endpoint: Endpoint,
-        hypervisor: &H,
-        options: &AttachOptions,
-        hot: bool,
-        save_after_success: bool,
-    ) -> Result<Endpoint, SandboxError> {
-        let netns = self.live_netns()?;
-        let rtnl = self.take_rtnl(&netns).await?;
-        let kernel = Kernel {
-            netns: &netns,
-            rtnl: &rtnl,
-        };
-        // Created links go in the sandbox's device group as they are made.
-        let options = AttachOptions {
-            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
-            ..options.clone()
-        };
-        let (store, state) = (&self.store, &mut self.state);
-        let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            let record = EndpointRecord::from(e);
-            state.upsert_endpoint(record.clone());
-            store.save_endpoint(state, &record)?;
-            Ok(())
-        };
-        let result = endpoint
-            .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
-            .await;
-        self.rtnl = Some(rtnl);
-        // Whatever happened, the record now says it (attached, or rolled back).
-        if result.is_err() {
-            endpoint.steps.clear();
-        }
-        self.state.upsert_endpoint(EndpointRecord::from(&endpoint));
-        if result.is_err() || save_after_success {
-            self.store.save(&self.state)?;
-        }
-        result?;
-        Ok(endpoint)
     }
 
     /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
