@@ -239,8 +239,8 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 /// How many times each size is measured: small pods are quick and noisy.
 fn repetitions(n: usize) -> usize {
     match n {
-        1 => 15,
-        16 => 7,
+        1 => 21,
+        16 => 11,
         _ => 5,
     }
 }
