@@ -246,7 +246,7 @@ fn group_of(ns: &TestNetns, link: &str) -> String {
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
-async fn a_created_link_gets_its_attributes_and_group_in_one_request() {
+async fn a_created_link_gets_its_attributes_and_the_sandbox_group() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
@@ -265,7 +265,8 @@ async fn a_created_link_gets_its_attributes_and_group_in_one_request() {
     };
     // Held until the end: the tap is not persistent and goes with its descriptors.
     let applied = apply_with(kernel, &steps, options).await.unwrap();
-    // The tap's MTU, up and group went out together; the IFB was created up, in the group.
+    // The tap's MTU, up and group (sent as one request) took; the IFB was created up, in the
+    // group.
     let tap = rtnl.link_by_name("tap0_kata").await.unwrap();
     assert_eq!(tap.mtu, 1500);
     assert!(tap.up);

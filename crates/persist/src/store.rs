@@ -220,8 +220,8 @@ impl StateStore {
     /// the last entry's number (0 when there is no journal).
     fn apply_journal(&self, loaded: &mut Loaded) -> Result<u64, StoreError> {
         let path = journal_path(&self.path);
-        let text = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(source) => {
                 return Err(StoreError::Io {
@@ -231,12 +231,17 @@ impl StateStore {
                 });
             }
         };
-        let mode = fs::metadata(&path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0);
+        let read_error = |source| StoreError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        };
+        let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(StoreError::TooOpen { path, mode });
         }
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut file, &mut text).map_err(read_error)?;
         let mut last = 0;
         let mut lines = text.split_inclusive(|b| *b == b'\n').enumerate().peekable();
         while let Some((number, line)) = lines.next() {
@@ -318,10 +323,6 @@ impl StateStore {
     /// Writes the document atomically and durably (see the module documentation).
     pub fn save(&self, state: &SandboxState) -> Result<(), StoreError> {
         let path = &self.path;
-        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(dir) => dir.to_path_buf(),
-            None => PathBuf::from("."),
-        };
         let io = |op| {
             move |source| StoreError::Io {
                 op,
@@ -332,23 +333,13 @@ impl StateStore {
         let mut temp = tempfile::Builder::new()
             .prefix(".state-")
             .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(&dir)
+            .tempfile_in(directory_of(path))
             .map_err(io("create a temporary file for"))?;
         let mut inner = self.inner();
         if !inner.document_written {
             // A new sandbox: a journal left at this path by another one (a teardown cut short
             // between removing its document and its journal) must not be read over ours.
-            match fs::remove_file(journal_path(path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        op: "remove the stale journal of",
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            }
+            remove_if_present(&journal_path(path)).map_err(io("remove the stale journal of"))?;
         }
         // The document includes every entry written so far: `state` holds them all.
         let included = inner.last_seq;
@@ -360,9 +351,7 @@ impl StateStore {
             path: path.clone(),
             source: e.error,
         })?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync the directory of"))?;
+        sync_dir(path).map_err(io("sync the directory of"))?;
         inner.document_written = true;
         if included > inner.included_seq {
             inner.included_seq = included;
@@ -387,57 +376,54 @@ impl StateStore {
 
     /// Removes the document (at the end of a complete teardown) and its lock file.
     pub fn remove(self) -> Result<(), StoreError> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "remove",
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        }
-        match fs::remove_file(journal_path(&self.path)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "remove",
-                    path: journal_path(&self.path),
-                    source,
-                });
-            }
+        for file in [self.path.clone(), journal_path(&self.path)] {
+            remove_if_present(&file).map_err(|source| StoreError::Io {
+                op: "remove",
+                path: file.clone(),
+                source,
+            })?;
         }
         let _ = fs::remove_file(lock_path(&self.path));
         Ok(())
     }
 }
 
-/// `fsync` of the directory holding `path`.
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// The directory holding `path` (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => dir,
         None => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+/// `fsync` of the directory holding `path`.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(directory_of(path))?.sync_all()
+}
+
+/// Removes `path`; one that is already gone is not an error.
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// `<file><suffix>` next to the document at `path`.
+fn next_to(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// The journal of the document at `path`: `<file>.journal`.
 fn journal_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".journal");
-    path.with_file_name(name)
+    next_to(path, ".journal")
 }
 
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".lock");
-    path.with_file_name(name)
+    next_to(path, ".lock")
 }

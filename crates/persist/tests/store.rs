@@ -368,6 +368,18 @@ fn fields_added_after_version_one_may_be_absent() {
     assert!(e.steps.is_empty() && !e.attached && e.model.is_none() && e.rx_rate_bits == 0);
 }
 
+/// A veth endpoint's record as planned: every step recorded, not attached yet.
+fn planned_veth() -> EndpointRecord {
+    record(
+        [1; 8],
+        EndpointKind::Veth,
+        MODELS[1],
+        all_steps(),
+        (0, 0),
+        false,
+    )
+}
+
 fn journal_of(path: &Path) -> std::path::PathBuf {
     path.with_file_name("state.json.journal")
 }
@@ -376,14 +388,7 @@ fn journal_of(path: &Path) -> std::path::PathBuf {
 fn journal_entries_are_read_over_the_document_and_folded_into_the_next_save() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
-    let first = record(
-        [1; 8],
-        EndpointKind::Veth,
-        MODELS[1],
-        all_steps(),
-        (0, 0),
-        false,
-    );
+    let first = planned_veth();
     let second = record(
         [2; 8],
         EndpointKind::Tap,
@@ -433,14 +438,7 @@ fn journal_entries_are_read_over_the_document_and_folded_into_the_next_save() {
 fn entries_the_document_includes_are_not_applied_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
-    let planned = record(
-        [1; 8],
-        EndpointKind::Veth,
-        MODELS[1],
-        all_steps(),
-        (0, 0),
-        false,
-    );
+    let planned = planned_veth();
     let mut done = planned.clone();
     done.attached = true;
     let store = StateStore::open(&path).unwrap();
@@ -464,14 +462,7 @@ fn entries_the_document_includes_are_not_applied_again() {
 fn a_torn_last_line_is_ignored_and_a_bad_line_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
-    let planned = record(
-        [1; 8],
-        EndpointKind::Veth,
-        MODELS[1],
-        all_steps(),
-        (0, 0),
-        false,
-    );
+    let planned = planned_veth();
     let mut current = state(Vec::new());
     {
         let store = StateStore::open(&path).unwrap();
