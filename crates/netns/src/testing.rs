@@ -51,22 +51,48 @@ macro_rules! skip {
 }
 
 /// Evaluates a `Result`; if it failed with `errno` (the one errno that means the kernel lacks
-/// `feature`, e.g. `EOPNOTSUPP` for ipvlan), prints `SKIP: ...` and returns from the test.
+/// `feature`, e.g. `EOPNOTSUPP` for ipvlan), prints `SKIP: ...` and returns from the test,
+/// unless the feature is required (see [`require_feature`]): then the test fails.
 /// Any other result is handed back unchanged.
 #[macro_export]
 macro_rules! skip_if_unsupported {
     ($result:expr, $feature:expr, $errno:expr) => {
         match $result {
             Err(err) if $crate::testing::Errno::errno(&err) == Some($errno) => {
-                $crate::skip!(
+                let reason = format!(
                     "{} not supported by this kernel ({})",
                     $feature,
                     $crate::testing::error_chain(&err)
-                )
+                );
+                $crate::testing::require_feature($feature, &reason);
+                $crate::skip!("{reason}")
             }
             other => other,
         }
     };
+}
+
+/// The environment variable listing, comma-separated, the kernel features a run requires
+/// (`ipvlan,vhost-net,netkit`): the CI lane that boots a kernel having them sets it, so that a
+/// test there cannot pass by skipping.
+pub const REQUIRE_FEATURES_VAR: &str = "SBX_REQUIRE_FEATURES";
+
+/// Whether `feature` is listed in `$SBX_REQUIRE_FEATURES` ([`REQUIRE_FEATURES_VAR`]).
+pub fn feature_required(feature: &str) -> bool {
+    std::env::var(REQUIRE_FEATURES_VAR).is_ok_and(|list| listed(&list, feature))
+}
+
+/// Whether `feature` is one of the comma-separated names of `list`.
+fn listed(list: &str, feature: &str) -> bool {
+    list.split(',').any(|f| f.trim() == feature)
+}
+
+/// Panics, failing the test, when `feature` is required ([`feature_required`]) but missing:
+/// `reason` says what the kernel answered. Otherwise returns and the caller skips.
+pub fn require_feature(feature: &str, reason: &str) {
+    if feature_required(feature) {
+        panic!("{reason}, but {REQUIRE_FEATURES_VAR} requires {feature}");
+    }
 }
 
 /// An error and its sources joined with `: `, as the CLI prints them.
@@ -678,4 +704,17 @@ fn sorted_strings(list: &serde_json::Value) -> serde_json::Value {
 fn sorted(mut items: Vec<serde_json::Value>) -> serde_json::Value {
     items.sort_by_cached_key(|item| item.to_string());
     serde_json::Value::Array(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_features_are_whole_names_of_the_list() {
+        assert!(listed("ipvlan,vhost-net,netkit", "vhost-net"));
+        assert!(listed(" ipvlan , netkit", "netkit"));
+        assert!(!listed("ipvlan,vhost-net", "vhost"));
+        assert!(!listed("", "ipvlan"));
+    }
 }
