@@ -45,4 +45,7 @@ pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
 pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig};
 pub use tc::{INGRESS_FILTER_PARENT, REDIRECT_PRIORITY, Redirect};
-pub use vhost::{VHOST_NET_PATH, VhostError, open_vhost_net};
+pub use vhost::{
+    NotVhostError, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, VhostError, open_vhost_net,
+    vhost_features,
+};

@@ -3,12 +3,33 @@
 use std::{
     fs::OpenOptions,
     io,
-    os::{fd::OwnedFd, unix::fs::OpenOptionsExt},
+    os::{
+        fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::{Path, PathBuf},
 };
 
 /// Where the vhost-net device usually is.
 pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
+
+/// `VHOST_NET_F_VIRTIO_NET_HDR` (`linux/vhost_types.h`, bit 27): vhost-net offers it, as no
+/// other vhost device (vsock, scsi, vdpa) does. It lets the backend add the virtio-net header.
+pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+
+// VHOST_GET_FEATURES = _IOR(VHOST_VIRTIO 0xAF, 0x00, __u64) (linux/vhost.h).
+nix::ioctl_read!(vhost_get_features, 0xAF, 0x00, u64);
+
+/// A descriptor that is not a vhost device: `VHOST_GET_FEATURES` failed on it.
+#[derive(Debug, thiserror::Error)]
+#[error("descriptor {fd} is not a vhost device: VHOST_GET_FEATURES failed")]
+pub struct NotVhostError {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// The kernel's answer (`ENOTTY` for a descriptor of another kind).
+    #[source]
+    pub source: io::Error,
+}
 
 /// A failure to open vhost-net.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +72,49 @@ pub fn open_vhost_net(path: &Path, queues: usize) -> Result<Vec<OwnedFd>, VhostE
         .collect()
 }
 
+/// The features a vhost descriptor offers (`VHOST_GET_FEATURES`), which a VMM negotiates with
+/// the guest's virtio-net driver. A vhost-net descriptor has [`VHOST_NET_F_VIRTIO_NET_HDR`]
+/// among them. Needs no owner: it is the first thing a VMM asks.
+pub fn vhost_features(fd: BorrowedFd<'_>) -> Result<u64, NotVhostError> {
+    let mut features = 0u64;
+    // SAFETY: VHOST_GET_FEATURES writes one u64 through the pointer, which points at a live
+    // local; on a descriptor of another kind the kernel writes nothing and fails.
+    unsafe { vhost_get_features(fd.as_raw_fd(), &mut features) }.map_err(|errno| {
+        NotVhostError {
+            fd: fd.as_raw_fd(),
+            source: errno.into(),
+        }
+    })?;
+    Ok(features)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
+
+    #[test]
+    fn a_descriptor_of_another_kind_is_not_taken_for_vhost() {
+        let file = tempfile_in_tmp("features");
+        let err = vhost_features(file.as_fd()).unwrap_err();
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOTTY));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "descriptor {} is not a vhost device: VHOST_GET_FEATURES failed",
+                file.as_raw_fd()
+            )
+        );
+    }
+
+    /// An open regular file, removed at once.
+    fn tempfile_in_tmp(tag: &str) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("sbx-vhost-{tag}-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
 
     #[test]
     fn opens_one_descriptor_per_queue_at_the_given_path() {
