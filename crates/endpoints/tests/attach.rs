@@ -3,7 +3,14 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    sync::Mutex,
+    time::Duration,
+};
 
 use sandbox_net_endpoints::{
     AttachOptions, Backend, Capabilities, ClassifyOptions, Endpoint, EndpointId, EndpointKind,
@@ -13,21 +20,53 @@ use sandbox_net_endpoints::{
 use sandbox_net_guest::{Guest, GuestConfig, GuestStats, packet::Identity, ping::ping};
 use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Kernel, TapOptions};
 use sandbox_net_netns::{
-    ScanOptions, skip_if_unsupported,
+    ScanOptions, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, open_vhost_net, skip_if_unsupported,
     testing::{PodFixture, TestNetns, assert_same_snapshot},
+    vhost_features,
 };
 use sandbox_net_persist::IfName;
 
 /// A stand-in for the VMM, which cannot run here: it takes each device's queue descriptors
-/// and runs the user-space guest on them (answering for the pod's addresses with the device's
-/// MAC), so that attaching is proven with real frames. It can be told to refuse devices.
-#[derive(Default)]
+/// and runs the user-space guest on them (answering for the guest addresses with the device's
+/// MAC), so that attaching is proven with real frames. It holds the vhost-net descriptors it
+/// is given after checking each with `VHOST_GET_FEATURES`, as QEMU does first. It can be told
+/// to refuse devices.
 struct StandInVmm {
     multi_queue: bool,
     queues: usize,
     refuse: bool,
-    devices: Mutex<HashMap<EndpointId, (String, Option<Guest>)>>,
+    /// vhost-net on (the default configuration) or off, and its device.
+    vhost: bool,
+    vhost_net_path: PathBuf,
+    /// The guest's addresses.
+    ipv4: Vec<Ipv4Addr>,
+    ipv6: Vec<Ipv6Addr>,
+    devices: Mutex<HashMap<EndpointId, Held>>,
     hot_ops: Mutex<Vec<String>>,
+}
+
+/// What the stand-in VMM holds of one device.
+struct Held {
+    what: String,
+    guest: Option<Guest>,
+    /// The vhost-net descriptors and the features each answered.
+    vhost: Vec<(OwnedFd, u64)>,
+}
+
+impl Default for StandInVmm {
+    fn default() -> Self {
+        Self {
+            multi_queue: false,
+            queues: 0,
+            refuse: false,
+            vhost: false,
+            vhost_net_path: PathBuf::from(VHOST_NET_PATH),
+            ipv4: vec!["10.200.0.2".parse().unwrap()],
+            ipv6: vec!["fd00:200::2".parse().unwrap()],
+            devices: Mutex::default(),
+            hot_ops: Mutex::default(),
+        }
+    }
 }
 
 impl StandInVmm {
@@ -40,52 +79,66 @@ impl StandInVmm {
     }
 
     fn take(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        let refuse = |reason: String| HypervisorError {
+            op: "add",
+            endpoint: device.endpoint.clone(),
+            reason,
+        };
         if self.refuse {
-            return Err(HypervisorError {
-                op: "add",
-                endpoint: device.endpoint,
-                reason: "refused by the test".into(),
-            });
+            return Err(refuse("refused by the test".into()));
         }
         let identity = Identity {
             mac: device.mac,
-            ipv4: vec!["10.200.0.2".parse().unwrap()],
-            ipv6: vec!["fd00:200::2".parse().unwrap()],
+            ipv4: self.ipv4.clone(),
+            ipv6: self.ipv6.clone(),
         };
-        let (what, guest) = match device.backend {
-            Backend::Tap { name, queues, .. } => (
-                format!("tap {name} x{}", queues.len()),
-                Some(
-                    Guest::start(
-                        GuestConfig {
-                            identity,
-                            vnet_hdr: true,
-                        },
-                        queues,
-                    )
-                    .unwrap(),
-                ),
-            ),
-            Backend::Macvtap { name, queues, .. } => (
-                format!("macvtap {name} x{}", queues.len()),
-                Some(
-                    Guest::start(
-                        GuestConfig {
-                            identity,
-                            vnet_hdr: true,
-                        },
-                        queues,
-                    )
-                    .unwrap(),
-                ),
-            ),
-            Backend::VhostUser { socket } => (format!("vhost-user {}", socket.display()), None),
-            Backend::Vfio { bdf, device } => (format!("vfio {bdf} {}", device.display()), None),
+        let guest = |queues| {
+            let config = GuestConfig {
+                identity,
+                vnet_hdr: true,
+            };
+            Guest::start(config, queues).map_err(|e| refuse(format!("guest: {e}")))
         };
-        self.devices
-            .lock()
-            .unwrap()
-            .insert(device.endpoint, (what, guest));
+        let checked = |vhost: Vec<OwnedFd>| {
+            vhost
+                .into_iter()
+                .map(|fd| match vhost_features(fd.as_fd()) {
+                    Ok(features) => Ok((fd, features)),
+                    Err(e) => Err(refuse(e.to_string())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let held = match device.backend {
+            Backend::Tap {
+                name,
+                queues,
+                vhost,
+            } => Held {
+                what: format!("tap {name} x{}", queues.len()),
+                vhost: checked(vhost)?,
+                guest: Some(guest(queues)?),
+            },
+            Backend::Macvtap {
+                name,
+                queues,
+                vhost,
+            } => Held {
+                what: format!("macvtap {name} x{}", queues.len()),
+                vhost: checked(vhost)?,
+                guest: Some(guest(queues)?),
+            },
+            Backend::VhostUser { socket } => Held {
+                what: format!("vhost-user {}", socket.display()),
+                guest: None,
+                vhost: Vec::new(),
+            },
+            Backend::Vfio { bdf, device } => Held {
+                what: format!("vfio {bdf} {}", device.display()),
+                guest: None,
+                vhost: Vec::new(),
+            },
+        };
+        self.devices.lock().unwrap().insert(device.endpoint, held);
         Ok(())
     }
 
@@ -94,11 +147,24 @@ impl StandInVmm {
             .lock()
             .unwrap()
             .get(id)
-            .map(|(what, _)| what.clone())
+            .map(|held| held.what.clone())
     }
 
     fn guest_stats(&self, id: &EndpointId) -> GuestStats {
-        self.devices.lock().unwrap()[id].1.as_ref().unwrap().stats()
+        self.devices.lock().unwrap()[id]
+            .guest
+            .as_ref()
+            .unwrap()
+            .stats()
+    }
+
+    /// The features answered by each vhost-net descriptor of a device.
+    fn vhost_features(&self, id: &EndpointId) -> Vec<u64> {
+        self.devices.lock().unwrap()[id]
+            .vhost
+            .iter()
+            .map(|(_, features)| *features)
+            .collect()
     }
 
     /// Stops the guests: the VMM gives up the descriptors, as at VM shutdown.
@@ -118,7 +184,8 @@ impl Hypervisor for StandInVmm {
     fn config(&self) -> HypervisorConfig {
         HypervisorConfig {
             queues: self.queues,
-            disable_vhost_net: true,
+            disable_vhost_net: !self.vhost,
+            vhost_net_path: self.vhost_net_path.clone(),
             ..HypervisorConfig::default()
         }
     }
@@ -367,11 +434,11 @@ async fn unsupported_kinds_are_skipped_or_refused_in_strict_mode() {
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
-async fn ipvlan_is_forced_to_tcfilter_where_the_kernel_has_it() {
+async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapshot() {
     let fx = PodFixture::new();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
     let eth0 = rtnl.link_by_name("eth0").await.unwrap();
-    // Feature detection by trying: this kernel answers EOPNOTSUPP when it has no ipvlan.
+    // Feature detection by trying: a kernel without ipvlan answers EOPNOTSUPP.
     let request = rtnetlink::LinkIpVlan::new(
         "ipv0",
         eth0.index,
@@ -383,24 +450,63 @@ async fn ipvlan_is_forced_to_tcfilter_where_the_kernel_has_it() {
         .add(request.build())
         .execute()
         .await
-        .map_err(|e| match e {
-            rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
-            other => panic!("unexpected rtnetlink error: {other}"),
-        });
+        .map_err(io_error);
     skip_if_unsupported!(result, "ipvlan", libc::EOPNOTSUPP).unwrap();
-    fx.pod.ip(&["addr", "add", "10.200.5.2/24", "dev", "ipv0"]);
-    let eps = endpoints(&fx.pod, std::env::temp_dir(), true)
+    // The ipvlan has a subnet of its own, reached over eth0 from the host side of the veth.
+    fx.pod.ip_batch(
+        "addr add 10.200.5.2/24 dev ipv0\n\
+         addr add fd00:205::2/64 dev ipv0 nodad\n\
+         link set ipv0 up\n",
+    );
+    fx.host.ip_batch(&format!(
+        "addr add 10.200.5.1/24 dev {h}\naddr add fd00:205::1/64 dev {h} nodad\n",
+        h = PodFixture::HOST_IF
+    ));
+    let before = fx.pod.snapshot();
+    let kernel = Kernel {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let mut eps = endpoints(&fx.pod, std::env::temp_dir(), true)
         .await
         .unwrap();
     let ipvlan = eps
-        .iter()
+        .iter_mut()
         .find(|e| e.link_name().as_str() == "ipv0")
         .unwrap();
     assert_eq!(ipvlan.kind, EndpointKind::Ipvlan);
-    assert_eq!(
-        ipvlan.model(InterworkingModel::Macvtap),
-        Some(InterworkingModel::TcFilter)
+    // Asked for macvtap, an ipvlan gets tcfilter: a macvtap cannot sit on an ipvlan.
+    let opts = options(InterworkingModel::Macvtap);
+    assert_eq!(ipvlan.model(opts.model), Some(InterworkingModel::TcFilter));
+    let vmm = StandInVmm {
+        ipv4: vec!["10.200.5.2".parse().unwrap()],
+        ipv6: vec!["fd00:205::2".parse().unwrap()],
+        ..StandInVmm::new(2)
+    };
+    ipvlan.attach(kernel, &vmm, &opts, false).await.unwrap();
+    let tap = format!("tap{}_kata", ipvlan.index);
+    assert_eq!(vmm.device(&ipvlan.id), Some(format!("tap {tap} x2")));
+    // tc shows the redirect of the ipvlan's ingress to the tap.
+    let filters = fx.pod.tc(&["filter", "show", "dev", "ipv0", "ingress"]);
+    assert!(
+        filters.contains(&format!("Egress Redirect to device {tap}")),
+        "{filters}"
     );
+    assert_eq!(ping_count(&fx, "10.200.5.2").await, 2);
+    assert_eq!(ping_count(&fx, "fd00:205::2").await, 2);
+    let stats = vmm.guest_stats(&ipvlan.id);
+    assert_eq!((stats.icmp_echo_replies, stats.icmpv6_echo_replies), (2, 2));
+    vmm.shutdown();
+    ipvlan.detach(kernel, &vmm, &opts, false).await.unwrap();
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+/// An rtnetlink error as the `io::Error` of its errno, for the feature detection.
+fn io_error(e: rtnetlink::Error) -> std::io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => panic!("unexpected rtnetlink error: {other}"),
+    }
 }
 
 #[tokio::test]
@@ -564,31 +670,54 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
-async fn vhost_net_descriptors_where_the_kernel_has_vhost_net() {
-    struct VhostVmm(StandInVmm);
-    impl Hypervisor for VhostVmm {
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities()
-        }
-        fn config(&self) -> HypervisorConfig {
-            HypervisorConfig {
-                disable_vhost_net: false,
-                ..self.0.config()
-            }
-        }
-        async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-            if let Backend::Tap { vhost, queues, .. } = &device.backend {
-                assert_eq!(vhost.len(), queues.len());
-            }
-            self.0.take(device)
-        }
-        async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-            self.0.take(device)
-        }
-        async fn hot_remove_device(&self, _: &EndpointId) -> Result<(), HypervisorError> {
-            Ok(())
-        }
+async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
+    // Feature detection by trying: a kernel without vhost-net has no /dev/vhost-net.
+    skip_if_unsupported!(
+        open_vhost_net(std::path::Path::new(VHOST_NET_PATH), 1),
+        "vhost-net",
+        libc::ENOENT
+    )
+    .unwrap();
+    for queues in [1, 4] {
+        let fx = PodFixture::new();
+        let before = fx.pod.snapshot();
+        let rtnl = fx.pod.netns().rtnl().await.unwrap();
+        let kernel = Kernel {
+            netns: fx.pod.netns(),
+            rtnl: &rtnl,
+        };
+        let mut eps = endpoints(&fx.pod, std::env::temp_dir(), true)
+            .await
+            .unwrap();
+        let ep = &mut eps[0];
+        let vmm = StandInVmm {
+            vhost: true,
+            ..StandInVmm::new(queues)
+        };
+        let opts = options(InterworkingModel::TcFilter);
+        ep.attach(kernel, &vmm, &opts, false).await.unwrap();
+        assert_eq!(vmm.device(&ep.id), Some(format!("tap tap0_kata x{queues}")));
+        // One vhost-net descriptor per queue, each answering VHOST_GET_FEATURES as vhost-net.
+        let features = vmm.vhost_features(&ep.id);
+        assert_eq!(features.len(), queues, "{features:x?}");
+        assert!(
+            features.iter().all(|f| f & VHOST_NET_F_VIRTIO_NET_HDR != 0),
+            "{features:x?}"
+        );
+        // The tap's queues carry traffic while the VMM holds them.
+        assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{queues} queues");
+        vmm.shutdown();
+        ep.detach(kernel, &vmm, &opts, false).await.unwrap();
+        assert_same_snapshot(&before, &fx.pod.snapshot());
     }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_nothing() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
@@ -599,33 +728,26 @@ async fn vhost_net_descriptors_where_the_kernel_has_vhost_net() {
     let mut eps = endpoints(&fx.pod, std::env::temp_dir(), true)
         .await
         .unwrap();
-    let vmm = VhostVmm(StandInVmm::new(2));
-    let attached = eps[0]
-        .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
-        .await;
-    // Without vhost-net the attach fails on ENOENT and leaves nothing behind.
-    assert_same_snapshot(&before, &fx.pod.snapshot());
-    let errno = attached.as_ref().err().map(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        let mut errno = None;
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                errno = io.raw_os_error();
-            }
-            source = s.source();
-        }
-        errno
-    });
-    let result: Result<(), std::io::Error> = match errno {
-        Some(Some(code)) => Err(std::io::Error::from_raw_os_error(code)),
-        _ => Ok(()),
+    let missing = std::env::temp_dir().join(format!("sbx-no-vhost-net-{}", std::process::id()));
+    let vmm = StandInVmm {
+        vhost: true,
+        vhost_net_path: missing.clone(),
+        ..StandInVmm::new(2)
     };
-    skip_if_unsupported!(result, "vhost-net", libc::ENOENT).unwrap();
-    vmm.0.shutdown();
-    eps[0]
-        .detach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+    let err = eps[0]
+        .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(
+        sandbox_net_netns::testing::error_chain(&err),
+        format!(
+            "failed to attach endpoint {} (veth eth0): failed to open vhost-net device {} \
+             (queue 0): No such file or directory (os error 2)",
+            eps[0].id,
+            missing.display()
+        )
+    );
+    assert_eq!(vmm.device(&eps[0].id), None);
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
