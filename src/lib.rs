@@ -6,6 +6,7 @@
 //! [`Sandbox`] (state on disk, restore after a restart, teardown) and what the `sandbox-net`
 //! binary shows to people.
 
+pub mod cni;
 pub mod demo;
 pub mod handover;
 pub mod network;

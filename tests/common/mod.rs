@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cni;
+
 use std::sync::Mutex;
 
 use sandbox_net_endpoints::{

@@ -21,6 +21,7 @@
 mod address;
 mod convert;
 mod error;
+mod exec;
 mod lean_dump;
 mod link;
 mod macvtap;

@@ -1,0 +1,24 @@
+//! CNI both ways: the protocol's types, a runtime that executes plugin chains, and the
+//! `sandbox-net-cni` chained plugin.
+//!
+//! - [`version`], [`result`], [`config`], [`error`]: the configurations, results and errors of
+//!   CNI 0.3.0 to 1.1.0.
+//! - [`exec`]: executing one plugin by the protocol (environment, stdin, stdout), optionally
+//!   inside a "node" namespace.
+//! - [`chain`]: a network configuration's plugins run as a runtime runs them (ADD in order with
+//!   `prevResult` passed on, DEL in reverse, CHECK, GC, STATUS), with per-plugin version
+//!   negotiation.
+
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod result;
+pub mod version;
+
+pub use chain::{ChainError, ChainRunner, ValidAttachment};
+pub use config::{ConfigError, NetworkConfigList};
+pub use error::{CniError, code};
+pub use exec::{Attachment, CniCommand, ExecError, PluginExec};
+pub use result::{CniResult, Dns, Interface, IpConfig, ResultError, Route};
+pub use version::CniVersion;
