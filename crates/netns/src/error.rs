@@ -215,6 +215,15 @@ pub enum TapError {
         /// The largest count supported.
         max: usize,
     },
+    /// There is no tap of that name to open (a tap's queues are only reopened, never made
+    /// anew by the open: `TUNSETIFF` on a free name would create a fresh, unwired tap).
+    #[error("tap {name} does not exist in network namespace {netns}")]
+    Missing {
+        /// The tap's name.
+        name: sandbox_net_persist::IfName,
+        /// The namespace's path.
+        netns: PathBuf,
+    },
     /// A link with the tap's name already exists in the namespace.
     #[error(
         "cannot create tap {name} in network namespace {netns}: a link with that name already exists"
@@ -250,6 +259,7 @@ impl TapError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::NameTaken { .. } => Some(libc::EEXIST),
+            Self::Missing { .. } => Some(libc::ENODEV),
             Self::InvalidQueues { .. } => Some(libc::EINVAL),
             _ => errno_in_chain(self),
         }

@@ -11,6 +11,8 @@
 //!   hands it to tokio; all later requests are ordinary async code on any thread.
 //! - [`Rtnl`] offers the primitives (links, addresses, routes, neighbours) and
 //!   [`Rtnl::scan`], with Kata's filtering rules as visible [`ScanOptions`].
+//! - [`Netns::spawn_with_fds`] starts a program (a VMM) inside the namespace with exactly the
+//!   descriptors it is handed open across `exec`.
 //! - Errors ([`NetnsError`], [`NetlinkError`]) name the namespace and the object and keep the
 //!   errno.
 //!
@@ -30,6 +32,7 @@ mod route;
 mod rtnl;
 mod run;
 mod scan;
+mod spawn;
 mod tap;
 mod tc;
 #[cfg(feature = "testing")]
@@ -44,7 +47,8 @@ pub use rtnl::Rtnl;
 pub use run::RUNNER_THREAD_NAME;
 pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
-pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig};
+pub use spawn::SpawnError;
+pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig, set_tap_persist};
 pub use tc::{INGRESS_FILTER_PARENT, REDIRECT_PRIORITY, Redirect};
 pub use vhost::{
     NotVhostError, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, VhostError, open_vhost_net,

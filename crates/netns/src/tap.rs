@@ -7,7 +7,7 @@
 use std::{
     fs::OpenOptions,
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, OwnedFd},
         unix::fs::OpenOptionsExt,
     },
 };
@@ -105,6 +105,128 @@ impl Netns {
         tracing::info!(tap = %tap.name, flags = format_args!("{:#x}", tap.flags), "tap created");
         Ok(tap)
     }
+
+    /// Opens `queues` queue descriptors of the existing tap `name` in this namespace, the way
+    /// a VMM that reopens a persistent tap does: `TUNSETIFF` with the same flags as
+    /// [`TapConfig::flags`] (`IFF_MULTI_QUEUE` only for more than one queue, which must match
+    /// how the tap was created, or the kernel answers `EINVAL`). Refuses with
+    /// [`TapError::Missing`] when there is no link of that name, since `TUNSETIFF` would
+    /// otherwise create a new, unwired tap.
+    #[tracing::instrument(name = "netns.tap_open", skip_all, fields(tap = %name, queues), err)]
+    pub async fn open_tap_queues(
+        &self,
+        name: &IfName,
+        queues: usize,
+        vnet_hdr: bool,
+    ) -> Result<Tap, TapError> {
+        if queues == 0 || queues > MAX_TAP_QUEUES {
+            return Err(TapError::InvalidQueues {
+                name: name.clone(),
+                queues,
+                max: MAX_TAP_QUEUES,
+            });
+        }
+        let config = TapConfig {
+            vnet_hdr,
+            ..TapConfig::new(name.clone(), queues)
+        };
+        let netns = self.path().to_path_buf();
+        self.run(move || reopen_tap(&config, netns)).await?
+    }
+}
+
+/// Sets or clears `TUNSETPERSIST` on the tap that `queue` (one of its queue descriptors) is
+/// attached to. A tap that is not persistent is deleted by the kernel when its last queue
+/// descriptor closes: clearing it once a VMM holds the queues makes the tap live exactly as
+/// long as the VMM does.
+pub fn set_tap_persist(queue: BorrowedFd<'_>, persist: bool) -> std::io::Result<()> {
+    // SAFETY: an integer-argument ioctl on a descriptor the caller keeps open; on anything but
+    // an attached tun descriptor the kernel answers an error.
+    unsafe { tun_set_persist(queue.as_raw_fd(), i32::from(persist) as _) }?;
+    Ok(())
+}
+
+/// Runs inside the namespace: attaches `config.queues` new descriptors to the existing tap.
+fn reopen_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapError> {
+    let name = &config.name;
+    let Ok(before) = nix::net::if_::if_nametoindex(name.as_str()) else {
+        return Err(TapError::Missing {
+            name: name.clone(),
+            netns,
+        });
+    };
+    let mut request = ifreq(name, config.flags());
+    let queues = open_queues(config, &request, &netns)?;
+    // The tap could have gone between the look-up and the opens, and TUNSETIFF then made a
+    // new one: that one vanishes with `queues` when they are dropped here.
+    if nix::net::if_::if_nametoindex(name.as_str()) != Ok(before) {
+        return Err(TapError::Missing {
+            name: name.clone(),
+            netns,
+        });
+    }
+    let flags = read_flags(&queues, &mut request, name, &netns)?;
+    Ok(Tap {
+        name: name.clone(),
+        queues,
+        flags,
+    })
+}
+
+/// Opens `/dev/net/tun` once per queue and attaches each descriptor with `request`.
+fn open_queues(
+    config: &TapConfig,
+    request: &libc::ifreq,
+    netns: &std::path::Path,
+) -> Result<Vec<OwnedFd>, TapError> {
+    let step = |step: &'static str, queue: usize| {
+        let (name, netns) = (config.name.clone(), netns.to_path_buf());
+        move |source: std::io::Error| TapError::Step {
+            step,
+            name,
+            queue,
+            netns,
+            source,
+        }
+    };
+    let mut queues = Vec::with_capacity(config.queues);
+    for queue in 0..config.queues {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(step("open /dev/net/tun", queue))?;
+        // SAFETY: `request` is a fully initialised ifreq that outlives the call, and the fd is
+        // an open /dev/net/tun descriptor owned by `file`.
+        unsafe { tun_set_iff(file.as_raw_fd(), request) }
+            .map_err(|e| step("attach (TUNSETIFF)", queue)(e.into()))?;
+        queues.push(OwnedFd::from(file));
+    }
+    Ok(queues)
+}
+
+/// The flags the kernel reports for the tap (`TUNGETIFF` on its first queue).
+fn read_flags(
+    queues: &[OwnedFd],
+    request: &mut libc::ifreq,
+    name: &IfName,
+    netns: &std::path::Path,
+) -> Result<u16, TapError> {
+    let step = |source: std::io::Error| TapError::Step {
+        step: "read back (TUNGETIFF)",
+        name: name.clone(),
+        queue: 0,
+        netns: netns.to_path_buf(),
+        source,
+    };
+    let first = queues
+        .first()
+        .ok_or_else(|| step(std::io::Error::from_raw_os_error(libc::EBADF)))?;
+    // SAFETY: `request` is a valid ifreq the kernel writes the device's name and flags into.
+    unsafe { tun_get_iff(first.as_raw_fd(), request) }.map_err(|e| step(e.into()))?;
+    // SAFETY: TUNGETIFF filled ifr_flags.
+    Ok(unsafe { request.ifr_ifru.ifru_flags } as u16)
 }
 
 /// Runs inside the namespace: checks the name is free, opens every queue, then sets owner,
@@ -128,20 +250,7 @@ fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapErr
         }
     };
     let mut request = ifreq(name, config.flags());
-    let mut queues = Vec::with_capacity(config.queues);
-    for queue in 0..config.queues {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(step("open /dev/net/tun", queue))?;
-        // SAFETY: `request` is a fully initialised ifreq that outlives the call, and the fd is
-        // an open /dev/net/tun descriptor owned by `file`.
-        unsafe { tun_set_iff(file.as_raw_fd(), &request) }
-            .map_err(|e| step("attach (TUNSETIFF)", queue)(e.into()))?;
-        queues.push(OwnedFd::from(file));
-    }
+    let queues = open_queues(config, &request, &netns)?;
     // `config.queues >= 1` was checked by the caller, so there is a first queue.
     let first = queues[0].as_raw_fd();
     if let Some(owner) = config.owner {
@@ -160,11 +269,7 @@ fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapErr
         unsafe { tun_set_persist(first, 1) }
             .map_err(|e| step("make persistent (TUNSETPERSIST)", 0)(e.into()))?;
     }
-    // SAFETY: `request` is a valid ifreq the kernel writes the device's name and flags into.
-    unsafe { tun_get_iff(first, &mut request) }
-        .map_err(|e| step("read back (TUNGETIFF)", 0)(e.into()))?;
-    // SAFETY: TUNGETIFF filled ifr_flags.
-    let flags = unsafe { request.ifr_ifru.ifru_flags } as u16;
+    let flags = read_flags(&queues, &mut request, name, &netns)?;
     Ok(Tap {
         name: name.clone(),
         queues,

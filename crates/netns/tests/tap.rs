@@ -148,3 +148,107 @@ async fn bad_tap_requests_are_refused_and_leave_nothing() {
         "interface name \"tap1234567890_kata\" is 18 bytes long; the kernel allows at most 15"
     );
 }
+
+/// Waits (up to 2 s: a child forked by a parallel test may hold copies of the descriptors
+/// until it execs) until `tap` is gone from `ns`.
+async fn wait_until_gone(rtnl: &sandbox_net_netns::Rtnl, tap: &str) -> bool {
+    for _ in 0..200 {
+        if rtnl.link_by_name(tap).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_persistent_tap_is_reopened_by_name_the_way_it_was_made() {
+    let ns = TestNetns::new();
+    let rtnl = ns.netns().rtnl().await.unwrap();
+    for (tap, queues) in [("tap0_kata", 1usize), ("tap1_kata", 2)] {
+        let config = TapConfig {
+            persist: true,
+            ..TapConfig::new(name(tap), queues)
+        };
+        drop(ns.netns().create_tap(&config).await.unwrap());
+        let reopened = ns
+            .netns()
+            .open_tap_queues(&name(tap), queues, true)
+            .await
+            .unwrap();
+        assert_eq!(reopened.queues.len(), queues);
+        // TUNGETIFF also reports IFF_PERSIST.
+        let persist = libc::IFF_PERSIST as u16;
+        assert_eq!(
+            reopened.flags,
+            config.flags() | persist,
+            "{tap}: TUNGETIFF flags"
+        );
+        assert_eq!(
+            ns.ip_json(&["-d", "link", "show", tap])[0]["linkinfo"]["info_data"]["numqueues"],
+            if queues > 1 {
+                queues.into()
+            } else {
+                serde_json::Value::Null
+            },
+        );
+    }
+    // A one-queue tap is not IFF_MULTI_QUEUE, so an opener that asks for
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (Firecracker) gets it; the kernel refuses that open
+    // of a multi-queue tap with EINVAL.
+    assert!(
+        ns.netns()
+            .open_tap_queues(&name("tap0_kata"), 1, true)
+            .await
+            .is_ok()
+    );
+    let err = ns
+        .netns()
+        .open_tap_queues(&name("tap1_kata"), 1, true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+
+    // Clearing persistence on a queue makes the tap go with its last queue.
+    let tap = ns
+        .netns()
+        .open_tap_queues(&name("tap0_kata"), 1, true)
+        .await
+        .unwrap();
+    sandbox_net_netns::set_tap_persist(std::os::fd::AsFd::as_fd(&tap.queues[0]), false).unwrap();
+    assert!(rtnl.link_by_name("tap0_kata").await.is_ok());
+    drop(tap);
+    assert!(
+        wait_until_gone(&rtnl, "tap0_kata").await,
+        "tap0_kata is still there"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn reopening_a_tap_that_is_not_there_creates_nothing() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let err = fx
+        .pod
+        .netns()
+        .open_tap_queues(&name("tap7_kata"), 1, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TapError::Missing { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "tap tap7_kata does not exist in network namespace {}",
+            fx.pod.netns().path().display()
+        )
+    );
+    sandbox_net_netns::testing::assert_same_snapshot(&before, &fx.pod.snapshot());
+}
