@@ -67,6 +67,9 @@ pub enum EndpointFailure {
     /// The macvtap's queues could not be opened.
     #[error(transparent)]
     Queues(#[from] MacvtapError),
+    /// A tap's queues could not be opened again.
+    #[error(transparent)]
+    Tap(sandbox_net_netns::TapError),
     /// vhost-net could not be opened.
     #[error(transparent)]
     Vhost(#[from] VhostError),
@@ -430,6 +433,9 @@ impl Endpoint {
             (_, Some(model)) => {
                 let tap = TapOptions {
                     queues,
+                    // vhost-net exchanges frames with the tap together with their virtio-net
+                    // header: a tap for vhost always carries one.
+                    vnet_hdr: options.tap.vnet_hdr || !config.disable_vhost_net,
                     ..options.tap.clone()
                 };
                 let pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;

@@ -8,6 +8,8 @@
 //! - An [`Endpoint`] has its own stable id, never its MAC or its position.
 //! - Attaching builds what a VMM needs ([`NetDevice`]: queue descriptors, guest MAC, MTU, or a
 //!   vhost-user socket / VFIO device) and hands it to the [`Hypervisor`].
+//! - An attached endpoint's device can be opened again from its record alone
+//!   ([`Endpoint::reopen_device`]), for a VMM started by another process than the attach.
 //!
 //! ## Limitations
 //! VFIO binding and ethtool detection are exercised against a stand-in sysfs tree and veths;
@@ -20,6 +22,7 @@ pub mod hypervisor;
 pub mod limiter;
 pub mod physical;
 pub mod record;
+pub mod reopen;
 pub mod vhost_user;
 
 pub use classify::{
@@ -32,4 +35,5 @@ pub use hypervisor::{
 };
 pub use limiter::{RateLimits, ifb_name};
 pub use record::RecordError;
+pub use reopen::ReopenOptions;
 pub use sandbox_net_persist::endpoint::{EndpointId, EndpointKind};
