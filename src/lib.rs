@@ -8,11 +8,13 @@
 
 pub mod cni;
 pub mod demo;
+pub mod guest_config;
 pub mod handover;
 pub mod network;
 pub mod render;
 pub mod sandbox;
 pub mod telemetry;
+pub mod vmm;
 
 pub use network::{NetnsSource, Network, NetworkConfig};
 pub use sandbox::{Sandbox, SandboxError};
