@@ -8,12 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, Endpoint, EndpointId, Hypervisor, SkippedInterface,
-    endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice, ReopenOptions,
+    SkippedInterface, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_interworking::{ApplyHooks, Drift, InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions};
-use sandbox_net_persist::scan::Interface;
+use sandbox_net_persist::{
+    IfName, MacAddr,
+    scan::{Interface, NamespaceScan},
+};
 
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -120,18 +123,12 @@ impl Network {
         interfaces: Option<Vec<Interface>>,
     ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
         let netns = self.sandbox.live_netns()?;
+        let scan = self.sandbox.scan(&self.config.scan).await?;
+        let first_index = self.next_index(&scan);
         let interfaces = match interfaces {
             Some(given) => given,
-            None => self.sandbox.scan(&self.config.scan).await?.interfaces,
+            None => scan.interfaces,
         };
-        let first_index = self
-            .sandbox
-            .state()
-            .endpoints
-            .iter()
-            .map(|e| e.index + 1)
-            .max()
-            .unwrap_or(0);
         let (endpoints, skipped) =
             endpoints_from_scan(&netns, &interfaces, first_index, &self.config.classify)
                 .await
@@ -206,19 +203,138 @@ impl Network {
         }
     }
 
-    /// Hot-plugs one endpoint into the running VM.
-    #[tracing::instrument(name = "network.hot_add", skip_all, fields(netns = %self.netns_label(), endpoint = %endpoint.id), err)]
+    /// Hot-plugs interfaces of the sandbox's namespace into the running VM: those named, or
+    /// (`None`) every one of the scan that is not attached yet. Each gets the next free index
+    /// (above every recorded one and every `tap{N}_kata` link in the namespace), so its
+    /// VM-side link never collides with one in use. If one fails, those this call plugged are
+    /// taken out again. Returns the new endpoints' ids and the interfaces skipped as
+    /// unsupported.
+    #[tracing::instrument(name = "network.hot_add", skip_all, fields(netns = %self.netns_label()), err)]
     pub async fn hot_add<H: Hypervisor>(
         &mut self,
         hypervisor: &H,
-        endpoint: Endpoint,
+        names: Option<&[IfName]>,
+    ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
+        let netns = self.sandbox.live_netns()?;
+        let scan = self.sandbox.scan(&self.config.scan).await?;
+        let first_index = self.next_index(&scan);
+        let file = self.sandbox.state_path().to_path_buf();
+        let attached: Vec<&IfName> = self
+            .sandbox
+            .state()
+            .endpoints
+            .iter()
+            .map(|e| &e.interface.link.name)
+            .collect();
+        let interfaces: Vec<Interface> = match names {
+            None => scan
+                .interfaces
+                .iter()
+                .filter(|i| !attached.contains(&&i.link.name))
+                .cloned()
+                .collect(),
+            Some(names) => {
+                let mut chosen = Vec::new();
+                for name in names {
+                    if attached.contains(&name) {
+                        return Err(SandboxError::Interface {
+                            file,
+                            name: name.clone(),
+                            why: "it is attached already",
+                        });
+                    }
+                    let found = scan.interfaces.iter().find(|i| &i.link.name == name);
+                    let Some(found) = found else {
+                        return Err(SandboxError::Interface {
+                            file,
+                            name: name.clone(),
+                            why: "the namespace has no such interface with an address",
+                        });
+                    };
+                    chosen.push(found.clone());
+                }
+                chosen
+            }
+        };
+        let (endpoints, skipped) =
+            endpoints_from_scan(&netns, &interfaces, first_index, &self.config.classify)
+                .await
+                .map_err(|source| SandboxError::Classify {
+                    file: file.clone(),
+                    source,
+                })?;
+        let options = self.config.attach_options();
+        let mut added = Vec::new();
+        for endpoint in endpoints {
+            match self
+                .sandbox
+                .attach(endpoint, hypervisor, &options, true)
+                .await
+            {
+                Ok(endpoint) => added.push(endpoint.id),
+                Err(e) => {
+                    for id in added.iter().rev() {
+                        if let Err(undo) = self.sandbox.detach(id, hypervisor, &options, true).await
+                        {
+                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed hot-add");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((added, skipped))
+    }
+
+    /// Hot-plugs a new tap for the VM (Kata's tap endpoint): a fresh `tap{N}_kata`, with the
+    /// next free index, that the guest sees as `guest_name` with `mac` and `mtu`.
+    #[tracing::instrument(name = "network.hot_add_tap", skip_all, fields(netns = %self.netns_label(), guest = %guest_name), err)]
+    pub async fn hot_add_tap<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        guest_name: IfName,
+        mac: MacAddr,
+        mtu: u32,
     ) -> Result<EndpointId, SandboxError> {
+        let scan = self.sandbox.scan(&ScanOptions::unfiltered()).await?;
+        let endpoint = Endpoint::tap(self.next_index(&scan), guest_name, mac, mtu);
         let options = self.config.attach_options();
         Ok(self
             .sandbox
             .attach(endpoint, hypervisor, &options, true)
             .await?
             .id)
+    }
+
+    /// Opens again the devices of every endpoint of an attached sandbox, for a VMM started
+    /// by another process than the attach (see [`Endpoint::reopen_device`]). Refuses a sandbox
+    /// with no endpoint, or with one not attached, naming it; nothing is changed then.
+    #[tracing::instrument(name = "network.reopen_devices", skip_all, fields(netns = %self.netns_label()), err)]
+    pub async fn reopen_devices(
+        &mut self,
+        options: &ReopenOptions,
+    ) -> Result<Vec<NetDevice>, SandboxError> {
+        self.sandbox.reopen_devices(options).await
+    }
+
+    /// The index the next endpoint gets: above every recorded one, and above every
+    /// `tap{N}_kata` link the namespace has (a leftover of another attach), so that its
+    /// VM-side link never takes a name in use.
+    fn next_index(&self, scan: &NamespaceScan) -> u32 {
+        let recorded = self.sandbox.state().endpoints.iter().map(|e| e.index + 1);
+        let in_use = scan
+            .interfaces
+            .iter()
+            .map(|i| i.link.name.as_str())
+            .chain(scan.skipped.iter().map(|s| s.name.as_str()))
+            .filter_map(|name| {
+                name.strip_prefix("tap")?
+                    .strip_suffix("_kata")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .map(|n| n.saturating_add(1));
+        recorded.chain(in_use).max().unwrap_or(0)
     }
 
     /// Hot-unplugs one endpoint from the running VM.

@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use rand::RngExt;
-use sandbox_net_endpoints::{AttachOptions, Endpoint, EndpointError, Hypervisor, RecordError};
+use sandbox_net_endpoints::{
+    AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, RecordError, ReopenOptions,
+};
 use sandbox_net_interworking::{Drift, Kernel, check};
 use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
 use sandbox_net_persist::{
+    IfName,
     endpoint::EndpointId,
     state::{EndpointRecord, NetnsRecord, SandboxState},
     steps::InterworkingModel,
@@ -71,6 +74,24 @@ pub enum SandboxError {
         file: PathBuf,
         /// The id asked for.
         id: EndpointId,
+    },
+    /// An interface asked for cannot be attached.
+    #[error("state file {file}: interface {name} cannot be hot-added: {why}")]
+    Interface {
+        /// The state file.
+        file: PathBuf,
+        /// The interface.
+        name: IfName,
+        /// Why.
+        why: &'static str,
+    },
+    /// The sandbox has nothing attached to hand to a VMM.
+    #[error("state file {file}: {what}; attach the sandbox first")]
+    NotAttached {
+        /// The state file.
+        file: PathBuf,
+        /// What is not attached.
+        what: String,
     },
     /// Teardown went on past failures; these are all of them.
     #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
@@ -360,6 +381,59 @@ impl Sandbox {
         }
         self.store.save(&self.state)?;
         Ok(result?)
+    }
+
+    /// Opens again the device of every endpoint; see `Network::reopen_devices`.
+    pub async fn reopen_devices(
+        &mut self,
+        options: &ReopenOptions,
+    ) -> Result<Vec<NetDevice>, SandboxError> {
+        let file = self.store.path().to_path_buf();
+        if self.state.endpoints.is_empty() {
+            return Err(SandboxError::NotAttached {
+                file,
+                what: "it records no endpoint".into(),
+            });
+        }
+        if let Some(e) = self.state.endpoints.iter().find(|e| !e.attached) {
+            return Err(SandboxError::NotAttached {
+                file,
+                what: format!(
+                    "endpoint {} ({} {}) is not attached",
+                    e.id, e.kind, e.interface.link.name
+                ),
+            });
+        }
+        let netns = self.live_netns()?;
+        let rtnl = self.take_rtnl(&netns).await?;
+        let kernel = Kernel {
+            netns: &netns,
+            rtnl: &rtnl,
+        };
+        let mut devices = Vec::new();
+        let mut failure = None;
+        for record in &self.state.endpoints {
+            let endpoint = match Endpoint::try_from(record) {
+                Ok(endpoint) => endpoint,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            match endpoint.reopen_device(kernel, options).await {
+                Ok(device) => devices.push(device),
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+        }
+        self.rtnl = Some(rtnl);
+        // On failure the descriptors opened so far close with `devices`.
+        match failure {
+            None => Ok(devices),
+            Some(e) => Err(e),
+        }
     }
 
     /// Runs `f` on a thread inside the sandbox's namespace (see `Netns::run`).
