@@ -339,6 +339,10 @@ async fn build_pod(scene: &Scene, pod: &Rtnl) -> anyhow::Result<()> {
         scope: AddressScope::GLOBAL,
         flags: 0,
         label: None,
+        route_metric: None,
+        protocol: None,
+        valid_lifetime: None,
+        preferred_lifetime: None,
     };
     pod.restore_address(&eth0, &address).await?;
     pod.set_link_up(&eth0).await?;
@@ -354,6 +358,7 @@ async fn build_pod(scene: &Scene, pod: &Rtnl) -> anyhow::Result<()> {
         kind: RouteType::UNICAST,
         table: 254,
         metric: None,
+        ..Route::default()
     };
     pod.add_route(&route).await?;
     let neighbour = Neighbour {

@@ -179,6 +179,7 @@ mod tests {
             kind: RouteType::UNICAST,
             table: 254,
             metric: None,
+            ..Route::default()
         };
         let scan = NamespaceScan {
             interfaces: vec![Interface {
@@ -186,6 +187,7 @@ mod tests {
                 addresses: vec![],
                 routes: vec![route],
                 neighbours: vec![],
+                all_routes: vec![],
             }],
             skipped: vec![SkippedLink {
                 name: IfName::new("lo").unwrap(),

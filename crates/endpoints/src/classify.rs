@@ -137,6 +137,7 @@ mod tests {
             addresses: vec![],
             routes: vec![],
             neighbours: vec![],
+            all_routes: vec![],
         }
     }
 

@@ -190,6 +190,7 @@ impl Endpoint {
             addresses: vec![],
             routes: vec![],
             neighbours: vec![],
+            all_routes: vec![],
         };
         Self::new(index, EndpointKind::Tap, interface, Facts::default())
     }

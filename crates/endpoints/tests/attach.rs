@@ -775,6 +775,7 @@ fn physical_endpoint_classification_needs_a_pci_address() {
         },
         addresses: vec![],
         routes: vec![],
+        all_routes: vec![],
         neighbours: vec![],
     };
     assert_eq!(

@@ -125,6 +125,24 @@ impl NetworkPair {
         })
     }
 
+    /// The step that takes the pod link's addresses away, recording what giving them back
+    /// needs: every route through the link when the scan recorded them (a scan with
+    /// `record_all_routes`), else the routes a guest is told about.
+    fn clear_addresses(&self) -> Step {
+        let all_routes = !self.pod.all_routes.is_empty();
+        Step::ClearAddresses {
+            link: self.pod.link.name.clone(),
+            addresses: self.pod.addresses.clone(),
+            routes: if all_routes {
+                self.pod.all_routes.clone()
+            } else {
+                self.pod.routes.clone()
+            },
+            neighbours: self.pod.neighbours.clone(),
+            all_routes,
+        }
+    }
+
     /// The steps that wire the pair. `pod_mac_while_attached` is the MAC the pod link takes in
     /// the macvtap model (pass [`random_local_mac`]); the other models ignore it.
     pub fn plan(&self, pod_mac_while_attached: MacAddr) -> Vec<Step> {
@@ -174,12 +192,7 @@ impl NetworkPair {
                     parent: pod.name.clone(),
                     mac: self.guest_mac,
                 },
-                Step::ClearAddresses {
-                    link: pod.name.clone(),
-                    addresses: self.pod.addresses.clone(),
-                    routes: self.pod.routes.clone(),
-                    neighbours: self.pod.neighbours.clone(),
-                },
+                self.clear_addresses(),
                 Step::SetMac {
                     link: pod.name.clone(),
                     mac: pod_mac_while_attached,
@@ -221,6 +234,7 @@ mod tests {
             },
             addresses: vec![],
             routes: vec![],
+            all_routes: vec![],
             neighbours: vec![],
         }
     }
@@ -269,6 +283,10 @@ mod tests {
             scope: sandbox_net_persist::AddressScope::GLOBAL,
             flags: 0x80,
             label: Some("eth0".into()),
+            route_metric: None,
+            protocol: None,
+            valid_lifetime: None,
+            preferred_lifetime: None,
         });
         let pair = NetworkPair::new(
             0,
@@ -301,7 +319,8 @@ mod tests {
                 link: name("eth0"),
                 addresses: pod.addresses,
                 routes: vec![],
-                neighbours: vec![]
+                neighbours: vec![],
+                all_routes: false,
             }
         );
         assert_eq!(

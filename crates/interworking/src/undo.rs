@@ -2,8 +2,12 @@
 
 use std::collections::HashSet;
 
-use sandbox_net_netns::NetlinkError;
-use sandbox_net_persist::{IfName, steps::Step};
+use sandbox_net_netns::{NetlinkError, Rtnl};
+use sandbox_net_persist::{
+    IfName, RouteProtocol,
+    scan::{Link, Route},
+    steps::Step,
+};
 use sandbox_net_ratelimit::del_htb_tree;
 
 use crate::apply::{Kernel, StepError};
@@ -135,6 +139,7 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
             addresses,
             routes,
             neighbours,
+            all_routes,
             ..
         } => {
             // Addresses first: routes need their prefixes. Neighbours last: the kernel may
@@ -145,10 +150,8 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
                     first_error.get_or_insert(e);
                 }
             }
-            for route in routes {
-                if let Err(e) = tolerate(rtnl.add_route(route).await) {
-                    first_error.get_or_insert(e);
-                }
+            if let Err(e) = restore_routes(rtnl, &link, routes, *all_routes).await {
+                first_error.get_or_insert(e);
             }
             for neighbour in neighbours {
                 if let Err(e) = tolerate(rtnl.add_neighbour(neighbour).await) {
@@ -161,4 +164,84 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
         }
     }
     Ok(())
+}
+
+/// Gives `link` back the routes it had (`recorded`), once its addresses are back.
+///
+/// The kernel has just made, for each address, its prefix route (unless `noprefixroute`)
+/// and its local-table routes (for IPv6, the local route once duplicate address detection
+/// is over: a second or so after this returns, when it is on). When `recorded` holds every route the link had
+/// (`all_routes`), each kernel route it does not list is deleted first: a CNI plugin such as
+/// ptp replaced the prefix route with one through the gateway, which could not be added
+/// while the kernel's holds its place. (Adding the addresses with `noprefixroute` would avoid
+/// the kernel's route, but the flag would then show on the address, and IPv4 cannot clear
+/// it later.) Then every recorded route that is missing is added: routes without a gateway
+/// first, since a gateway must be reachable through one of them; a route refused because its
+/// gateway is not reachable yet is tried again after the others, as long as some succeed. A
+/// recorded route whose place is held by a changed one (an IPv6 route the kernel kept
+/// without its preferred source) replaces it.
+async fn restore_routes(
+    rtnl: &Rtnl,
+    link: &Link,
+    recorded: &[Route],
+    all_routes: bool,
+) -> Result<(), NetlinkError> {
+    let now = rtnl.routes_through(link.index).await?;
+    let mut first_error = None;
+    if all_routes {
+        for route in now
+            .iter()
+            .filter(|r| r.protocol == RouteProtocol::KERNEL && !recorded.contains(r))
+        {
+            match rtnl.del_route(route).await {
+                Ok(()) => {
+                    tracing::debug!(route = ?route.destination, table = route.table, "kernel route the link did not have deleted")
+                }
+                Err(e) if e.errno() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    // The kernel's own routes are the kernel's to make: it makes them from the addresses
+    // (an IPv6 address's local route only once duplicate address detection is over), and
+    // one added by hand would be ours, with another metric.
+    let mut missing: Vec<&Route> = recorded
+        .iter()
+        .filter(|r| r.protocol != RouteProtocol::KERNEL && !now.contains(r))
+        .collect();
+    // Stable: the recorded order within each group.
+    missing.sort_by_key(|r| r.needs_gateway_route());
+    loop {
+        let mut refused = Vec::new();
+        let mut added = 0;
+        for route in missing {
+            // A route the kernel changed rather than deleted (an IPv6 route keeps its place
+            // but loses its preferred source with the address) is replaced.
+            let request = if now.iter().any(|r| r.same_place(route)) {
+                rtnl.replace_route(route).await
+            } else {
+                rtnl.add_route(route).await
+            };
+            match tolerate(request) {
+                Ok(()) => added += 1,
+                Err(e) => refused.push((route, e)),
+            }
+        }
+        if refused.is_empty() {
+            break;
+        }
+        if added == 0 {
+            if let Some((_, e)) = refused.into_iter().next() {
+                first_error.get_or_insert(e);
+            }
+            break;
+        }
+        missing = refused.into_iter().map(|(route, _)| route).collect();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

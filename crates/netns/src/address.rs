@@ -41,15 +41,21 @@ impl Rtnl {
             })
     }
 
-    /// Adds `address` back to the link as it was scanned: its prefix, scope, label and the
+    /// Adds `address` back to the link as it was scanned: its prefix, scope, label, the
     /// flags a user may set (`nodad`, `optimistic`, `homeaddress`, `mngtmpaddr`,
-    /// `noprefixroute`, `autojoin`); the kernel recomputes the others.
+    /// `noprefixroute`, `autojoin`), the metric of its prefix route, its protocol and, for an
+    /// address that expires, the lifetimes it had left (`ip addr add PREFIX dev DEV [metric
+    /// N] [proto P] [valid_lft V preferred_lft P] [FLAGS]`); the kernel recomputes the other
+    /// flags. Like `ip addr add`, the kernel then makes the address's prefix route unless
+    /// `noprefixroute` is among the flags.
     pub async fn restore_address(
         &self,
         link: &Link,
         address: &Address,
     ) -> Result<(), NetlinkError> {
-        use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+        use netlink_packet_route::address::{
+            AddressAttribute, AddressFlags, AddressProtocol, AddressScope, CacheInfo,
+        };
         /// `IFA_F_NODAD | OPTIMISTIC | HOMEADDRESS | MANAGETEMPADDR | NOPREFIXROUTE | MCAUTOJOIN`.
         const SETTABLE_FLAGS: u32 = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400;
         let prefix = address.prefix;
@@ -76,6 +82,25 @@ impl Rtnl {
             message
                 .attributes
                 .push(AddressAttribute::Broadcast(broadcast));
+        }
+        if let Some(metric) = address.route_metric {
+            message
+                .attributes
+                .push(AddressAttribute::RoutePriority(metric));
+        }
+        if let Some(protocol) = address.protocol {
+            message
+                .attributes
+                .push(AddressAttribute::Protocol(AddressProtocol::from(protocol)));
+        }
+        if address.valid_lifetime.is_some() || address.preferred_lifetime.is_some() {
+            // All ones is forever (`INFINITY_LIFE_TIME`).
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_valid = address.valid_lifetime.unwrap_or(u32::MAX);
+            lifetimes.ifa_preferred = address.preferred_lifetime.unwrap_or(u32::MAX);
+            message
+                .attributes
+                .push(AddressAttribute::CacheInfo(lifetimes));
         }
         if let Some(label) = &address.label {
             message

@@ -11,11 +11,14 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
+        RouteNextHopFlags,
+    },
 };
 use sandbox_net_persist::{
     AddressScope, IfName, MacAddr, NeighbourState, RouteProtocol, RouteType,
-    scan::{Address, Link, Neighbour, Route, TunTapInfo, TunTapMode},
+    scan::{Address, Link, Neighbour, NextHop, Route, TunTapInfo, TunTapMode},
 };
 
 /// What made a message impossible to convert.
@@ -128,6 +131,9 @@ pub(crate) fn address(msg: &AddressMessage) -> Result<(u32, Address), ConvertErr
     let mut label = None;
     let mut broadcast = None;
     let mut flags = u32::from(msg.header.flags.bits());
+    let mut route_metric = None;
+    let mut protocol = None;
+    let mut lifetimes = (None, None);
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(ip) => local = Some(*ip),
@@ -135,6 +141,13 @@ pub(crate) fn address(msg: &AddressMessage) -> Result<(u32, Address), ConvertErr
             AddressAttribute::Label(l) => label = Some(l.clone()),
             AddressAttribute::Broadcast(b) => broadcast = Some(*b),
             AddressAttribute::Flags(f) => flags = f.bits(),
+            AddressAttribute::RoutePriority(metric) => route_metric = Some(*metric),
+            AddressAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
+            AddressAttribute::CacheInfo(info) => {
+                // `INFINITY_LIFE_TIME` (all ones) is forever.
+                let finite = |t: u32| (t != u32::MAX).then_some(t);
+                lifetimes = (finite(info.ifa_valid), finite(info.ifa_preferred));
+            }
             _ => {}
         }
     }
@@ -159,6 +172,10 @@ pub(crate) fn address(msg: &AddressMessage) -> Result<(u32, Address), ConvertErr
             scope,
             flags,
             label,
+            route_metric,
+            protocol,
+            valid_lifetime: lifetimes.0,
+            preferred_lifetime: lifetimes.1,
         },
     ))
 }
@@ -168,14 +185,15 @@ pub(crate) fn route(msg: &RouteMessage) -> Result<Route, ConvertError> {
     let h = &msg.header;
     let mut route = Route {
         destination: default_prefix(h.address_family)?,
-        gateway: None,
-        device_index: None,
-        source: None,
         scope: AddressScope(u8::from(h.scope)),
         protocol: RouteProtocol(u8::from(h.protocol)),
         kind: RouteType(u8::from(h.kind)),
         table: u32::from(h.table),
-        metric: None,
+        tos: h.tos,
+        // The header carries the next hop's flags of a single-path route; only `onlink` is
+        // configuration (dead, linkdown, offload are the kernel's state).
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        ..Route::default()
     };
     for attr in &msg.attributes {
         match attr {
@@ -187,10 +205,117 @@ pub(crate) fn route(msg: &RouteMessage) -> Result<Route, ConvertError> {
             RouteAttribute::Oif(oif) => route.device_index = Some(*oif),
             RouteAttribute::Priority(p) => route.metric = Some(*p),
             RouteAttribute::Table(t) => route.table = *t,
+            RouteAttribute::Preference(pref) => route.pref = Some(u8::from(*pref)),
+            RouteAttribute::Metrics(metrics) => {
+                for metric in metrics {
+                    route_metric(&mut route, metric);
+                }
+            }
+            RouteAttribute::MultiPath(hops) => {
+                for hop in hops {
+                    route.multipath.push(next_hop(hop)?);
+                }
+            }
             _ => {}
         }
     }
     Ok(route)
+}
+
+/// `RTAX_*` numbers from `linux/rtnetlink.h`.
+pub(crate) mod rtax {
+    pub(crate) const LOCK: u16 = 1;
+    pub(crate) const MTU: u16 = 2;
+    pub(crate) const WINDOW: u16 = 3;
+    pub(crate) const RTT: u16 = 4;
+    pub(crate) const RTTVAR: u16 = 5;
+    pub(crate) const SSTHRESH: u16 = 6;
+    pub(crate) const CWND: u16 = 7;
+    pub(crate) const ADVMSS: u16 = 8;
+    pub(crate) const REORDERING: u16 = 9;
+    pub(crate) const HOPLIMIT: u16 = 10;
+    pub(crate) const INITCWND: u16 = 11;
+    pub(crate) const FEATURES: u16 = 12;
+    pub(crate) const RTO_MIN: u16 = 13;
+    pub(crate) const INITRWND: u16 = 14;
+    pub(crate) const QUICKACK: u16 = 15;
+    pub(crate) const FASTOPEN_NO_COOKIE: u16 = 17;
+}
+
+/// Files one `RTA_METRICS` entry of a dump into the route.
+fn route_metric(route: &mut Route, metric: &RouteMetric) {
+    let (id, value) = match *metric {
+        RouteMetric::Mtu(mtu) => {
+            route.mtu = Some(mtu);
+            return;
+        }
+        RouteMetric::Advmss(mss) => {
+            route.advmss = Some(mss);
+            return;
+        }
+        RouteMetric::Lock(v) => (rtax::LOCK, v),
+        RouteMetric::Window(v) => (rtax::WINDOW, v),
+        RouteMetric::Rtt(v) => (rtax::RTT, v),
+        RouteMetric::RttVar(v) => (rtax::RTTVAR, v),
+        RouteMetric::SsThresh(v) => (rtax::SSTHRESH, v),
+        RouteMetric::Cwnd(v) => (rtax::CWND, v),
+        RouteMetric::Reordering(v) => (rtax::REORDERING, v),
+        RouteMetric::Hoplimit(v) => (rtax::HOPLIMIT, v),
+        RouteMetric::InitCwnd(v) => (rtax::INITCWND, v),
+        RouteMetric::Features(v) => (rtax::FEATURES, v),
+        RouteMetric::RtoMin(v) => (rtax::RTO_MIN, v),
+        RouteMetric::InitRwnd(v) => (rtax::INITRWND, v),
+        RouteMetric::QuickAck(v) => (rtax::QUICKACK, v),
+        RouteMetric::FastopenNoCookie(v) => (rtax::FASTOPEN_NO_COOKIE, v),
+        // The congestion-control name (`congctl`) and metrics this crate does not know are
+        // left out: see the README's limits.
+        _ => return,
+    };
+    route
+        .other_metrics
+        .push(sandbox_net_persist::scan::RouteMetric { id, value });
+}
+
+/// The metric as netlink-packet-route sends it; `None` for a number it has no variant for.
+pub(crate) fn metric_to_netlink(
+    metric: sandbox_net_persist::scan::RouteMetric,
+) -> Option<RouteMetric> {
+    let v = metric.value;
+    Some(match metric.id {
+        rtax::LOCK => RouteMetric::Lock(v),
+        rtax::MTU => RouteMetric::Mtu(v),
+        rtax::WINDOW => RouteMetric::Window(v),
+        rtax::RTT => RouteMetric::Rtt(v),
+        rtax::RTTVAR => RouteMetric::RttVar(v),
+        rtax::SSTHRESH => RouteMetric::SsThresh(v),
+        rtax::CWND => RouteMetric::Cwnd(v),
+        rtax::ADVMSS => RouteMetric::Advmss(v),
+        rtax::REORDERING => RouteMetric::Reordering(v),
+        rtax::HOPLIMIT => RouteMetric::Hoplimit(v),
+        rtax::INITCWND => RouteMetric::InitCwnd(v),
+        rtax::FEATURES => RouteMetric::Features(v),
+        rtax::RTO_MIN => RouteMetric::RtoMin(v),
+        rtax::INITRWND => RouteMetric::InitRwnd(v),
+        rtax::QUICKACK => RouteMetric::QuickAck(v),
+        rtax::FASTOPEN_NO_COOKIE => RouteMetric::FastopenNoCookie(v),
+        _ => return None,
+    })
+}
+
+/// Converts one next hop of `RTA_MULTIPATH`.
+fn next_hop(hop: &RouteNextHop) -> Result<NextHop, ConvertError> {
+    let mut gateway = None;
+    for attr in &hop.attributes {
+        if let RouteAttribute::Gateway(gw) = attr {
+            gateway = Some(route_ip(gw)?);
+        }
+    }
+    Ok(NextHop {
+        gateway,
+        device_index: (hop.interface_index != 0).then_some(hop.interface_index),
+        weight: u16::from(hop.hops) + 1,
+        onlink: hop.flags.contains(RouteNextHopFlags::Onlink),
+    })
 }
 
 /// Converts an `RTM_NEWNEIGH` message; `None` for entries without a destination IP.

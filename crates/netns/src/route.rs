@@ -7,11 +7,13 @@ use netlink_packet_route::{
     AddressFamily,
     neighbour::NeighbourState as NlNeighbourState,
     route::{
-        RouteAttribute, RouteMessage, RouteProtocol as NlRouteProtocol, RouteScope, RouteType,
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
+        RouteNextHopFlags, RoutePreference, RouteProtocol as NlRouteProtocol, RouteScope,
+        RouteType,
     },
 };
 use rtnetlink::RouteMessageBuilder;
-use sandbox_net_persist::scan::{Neighbour, RT_TABLE_MAIN, Route};
+use sandbox_net_persist::scan::{Neighbour, NextHop, RT_TABLE_MAIN, Route};
 
 use crate::{Rtnl, convert, error::NetlinkError};
 
@@ -60,9 +62,20 @@ impl Rtnl {
         })
     }
 
+    /// Every route of every table, IPv4 and IPv6, that goes out through the link with index
+    /// `index` (its outgoing interface, or a next hop's): `ip route show table all dev DEV`
+    /// for both families, multipath routes included.
+    pub async fn routes_through(&self, index: u32) -> Result<Vec<Route>, NetlinkError> {
+        let mut routes = self.routes().await?;
+        routes.retain(|r| r.goes_through(index));
+        Ok(routes)
+    }
+
     /// Re-creates a route as a scan recorded it (`ip route add`): destination (a default
-    /// route too), gateway, outgoing interface, preferred source, scope, protocol, type, table
-    /// and metric, so that `ip -d route` shows it as it was. The family is the destination's;
+    /// route too), gateway, outgoing interface, preferred source, scope, protocol, type,
+    /// table, metric, TOS, `onlink`, MTU, advertised MSS and the other metrics, IPv6
+    /// preference and the next hops of a multipath route, so that `ip -d route` shows it as
+    /// it was. The family is the destination's;
     /// a gateway or source of the other family is refused before anything is sent.
     ///
     /// The kernel refuses a route that exists already (`EEXIST`) and a gateway with no
@@ -76,6 +89,21 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| self.request_error("add", describe_route(route), e))
+    }
+
+    /// Like [`Rtnl::add_route`], replacing the route that holds the same place (destination,
+    /// table, TOS and metric) if there is one (`ip route replace`): for a route the kernel
+    /// changed, such as an IPv6 route whose preferred source it dropped with the address.
+    pub async fn replace_route(&self, route: &Route) -> Result<(), NetlinkError> {
+        let message =
+            route_message(route).map_err(|why| self.invalid_route("replace", route, why))?;
+        self.handle()
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.request_error("replace", describe_route(route), e))
     }
 
     /// Deletes the route that matches a scanned one in every recorded field (`ip route del`);
@@ -170,7 +198,57 @@ fn route_message(route: &Route) -> Result<RouteMessage, String> {
         }
     };
     set_table(&mut message, route.table);
+    message.header.tos = route.tos;
+    if route.onlink {
+        message.header.flags |= RouteFlags::Onlink;
+    }
+    let mut metrics = Vec::new();
+    if let Some(mtu) = route.mtu {
+        metrics.push(RouteMetric::Mtu(mtu));
+    }
+    if let Some(mss) = route.advmss {
+        metrics.push(RouteMetric::Advmss(mss));
+    }
+    for metric in &route.other_metrics {
+        metrics.push(convert::metric_to_netlink(*metric).ok_or_else(|| {
+            format!("route metric {} is not one this module can send", metric.id)
+        })?);
+    }
+    if !metrics.is_empty() {
+        message.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    if let Some(pref) = route.pref {
+        message
+            .attributes
+            .push(RouteAttribute::Preference(RoutePreference::from(pref)));
+    }
+    if !route.multipath.is_empty() {
+        let mut hops = Vec::with_capacity(route.multipath.len());
+        for hop in &route.multipath {
+            hops.push(next_hop_message(hop, route)?);
+        }
+        message.attributes.push(RouteAttribute::MultiPath(hops));
+    }
     Ok(message)
+}
+
+/// One `struct rtnexthop` with its gateway, for `RTA_MULTIPATH`.
+fn next_hop_message(hop: &NextHop, route: &Route) -> Result<RouteNextHop, String> {
+    let mut next = RouteNextHop::default();
+    next.interface_index = hop.device_index.unwrap_or(0);
+    next.hops = u8::try_from(hop.weight.saturating_sub(1))
+        .map_err(|_| format!("next hop weight {} is above 256", hop.weight))?;
+    if hop.onlink {
+        next.flags |= RouteNextHopFlags::Onlink;
+    }
+    if let Some(gateway) = hop.gateway {
+        let address = match route.destination {
+            IpNet::V4(_) => RouteAddress::Inet(ipv4(gateway, "next hop gateway", route)?),
+            IpNet::V6(_) => RouteAddress::Inet6(ipv6(gateway, "next hop gateway", route)?),
+        };
+        next.attributes.push(RouteAttribute::Gateway(address));
+    }
+    Ok(next)
 }
 
 /// Sets what does not depend on the family: outgoing interface, protocol, scope, type and
@@ -226,7 +304,6 @@ fn family_mismatch(ip: IpAddr, what: &str, route: &Route) -> String {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::route::RouteAddress;
     use sandbox_net_persist::{AddressScope, RouteProtocol, RouteType as PersistRouteType};
 
     use super::*;
@@ -242,6 +319,7 @@ mod tests {
             kind: PersistRouteType::UNICAST,
             table: RT_TABLE_MAIN,
             metric: Some(1024),
+            ..Route::default()
         }
     }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sandbox_net_persist::{
     NeighbourState, RouteProtocol,
-    scan::{Address, Interface, NamespaceScan, RT_TABLE_MAIN, SkipReason, SkippedLink},
+    scan::{Address, Interface, NamespaceScan, RT_TABLE_MAIN, Route, SkipReason, SkippedLink},
 };
 
 use crate::{Rtnl, error::NetlinkError};
@@ -28,6 +28,11 @@ pub struct ScanOptions {
     pub permanent_neighbours_only: bool,
     /// Keep only routes of the main table, what `ip route` shows (Kata: yes).
     pub main_table_only: bool,
+    /// Also record, in each interface's `all_routes`, every route through it in every table,
+    /// the kernel's own included, whatever the filters above keep: what giving the pod its
+    /// configuration back exactly needs (a model that takes the link's addresses away makes
+    /// the kernel flush those routes). On by default.
+    pub record_all_routes: bool,
 }
 
 impl Default for ScanOptions {
@@ -40,6 +45,7 @@ impl Default for ScanOptions {
             guest_routes_only: true,
             permanent_neighbours_only: true,
             main_table_only: true,
+            record_all_routes: true,
         }
     }
 }
@@ -54,7 +60,28 @@ impl ScanOptions {
             guest_routes_only: false,
             permanent_neighbours_only: false,
             main_table_only: false,
+            record_all_routes: true,
         }
+    }
+}
+
+/// Adds `route` to the `all_routes` of each interface it goes through (a multipath route may
+/// go through several).
+fn record_through_links(
+    interfaces: &mut [Interface],
+    position: &HashMap<u32, usize>,
+    route: &Route,
+) {
+    let mut through: Vec<usize> = route
+        .device_index
+        .into_iter()
+        .chain(route.multipath.iter().filter_map(|hop| hop.device_index))
+        .filter_map(|index| position.get(&index).copied())
+        .collect();
+    through.sort_unstable();
+    through.dedup();
+    for at in through {
+        interfaces[at].all_routes.push(route.clone());
     }
 }
 
@@ -66,7 +93,9 @@ impl Rtnl {
     pub async fn scan(&self, options: &ScanOptions) -> Result<NamespaceScan, NetlinkError> {
         let links = self.links().await?;
         let addresses = self.addresses().await?;
-        let table = options.main_table_only.then_some(RT_TABLE_MAIN);
+        // One dump of every table when every route is recorded; of the main table otherwise.
+        let table =
+            (options.main_table_only && !options.record_all_routes).then_some(RT_TABLE_MAIN);
         let routes = self.routes_of_table(table).await?;
         let neighbours = self.neighbours().await?;
 
@@ -100,11 +129,15 @@ impl Rtnl {
                 link,
                 addresses,
                 routes: Vec::new(),
+                all_routes: Vec::new(),
                 neighbours: Vec::new(),
             });
         }
 
         for route in routes {
+            if options.record_all_routes {
+                record_through_links(&mut scan.interfaces, &position, &route);
+            }
             if options.main_table_only && route.table != RT_TABLE_MAIN {
                 continue;
             }

@@ -412,6 +412,134 @@ impl Default for PodFixture {
     }
 }
 
+/// A pod whose configuration is not what the kernel makes by default: what a CNI plugin or
+/// a user may leave, and what giving the pod back exactly must not lose. Each is a
+/// [`PodFixture`] changed with iproute2 (see [`UnusualPod::build`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnusualPod {
+    /// The ptp plugin's: the kernel's prefix route of the pod address replaced by a route
+    /// through the gateway (`10.200.0.0/24 via 10.200.0.1 src 10.200.0.2`) and a host route
+    /// to the gateway; the same for IPv6.
+    Ptp,
+    /// A second address of each family with `noprefixroute`, one of them with a route of
+    /// its own at another metric.
+    NoPrefixRoute,
+    /// Default routes in table 100 (policy routing), with the rule that uses it.
+    SecondTable,
+    /// Routes with a metric and a preferred source, a multipath route and an IPv6 route of
+    /// high preference.
+    MetricAndSource,
+    /// Routes with an MTU (one locked), an advertised MSS and an initial window.
+    RouteMtu,
+    /// The default route through a gateway outside the pod's prefixes, `onlink`.
+    OnlinkDefault,
+    /// An ingress qdisc on eth0 with a user's filters, one of them at the priority
+    /// sandbox-net's redirects use by default.
+    IngressWithFilter,
+    /// A root HTB qdisc `1:` on eth0 with classes and a filter: the handle sandbox-net's
+    /// own shaping uses.
+    RootQdisc,
+}
+
+impl UnusualPod {
+    /// All of them.
+    pub const ALL: [UnusualPod; 8] = [
+        UnusualPod::Ptp,
+        UnusualPod::NoPrefixRoute,
+        UnusualPod::SecondTable,
+        UnusualPod::MetricAndSource,
+        UnusualPod::RouteMtu,
+        UnusualPod::OnlinkDefault,
+        UnusualPod::IngressWithFilter,
+        UnusualPod::RootQdisc,
+    ];
+
+    /// The `ip -batch` / `tc -batch` script that turns a [`PodFixture`] into this pod:
+    /// `(ip script, tc script)`.
+    pub fn scripts(self) -> (&'static str, &'static str) {
+        match self {
+            // What the ptp plugin does after adding the address: delete the kernel's route,
+            // add a host route to the gateway and the subnet through it.
+            UnusualPod::Ptp => (
+                "route del 10.200.0.0/24 dev eth0 proto kernel\n\
+                 route add 10.200.0.1/32 dev eth0 scope link src 10.200.0.2\n\
+                 route add 10.200.0.0/24 via 10.200.0.1 dev eth0 src 10.200.0.2\n\
+                 route del fd00:200::/64 dev eth0 proto kernel\n\
+                 route add fd00:200::1/128 dev eth0 metric 100\n\
+                 route add fd00:200::/64 via fd00:200::1 dev eth0 metric 100\n",
+                "",
+            ),
+            UnusualPod::NoPrefixRoute => (
+                "addr add 10.201.0.2/24 dev eth0 noprefixroute\n\
+                 addr add fd00:201::2/64 dev eth0 nodad noprefixroute\n\
+                 route add 10.201.0.0/24 dev eth0 metric 100 src 10.201.0.2\n",
+                "",
+            ),
+            UnusualPod::SecondTable => (
+                "route add default via 10.200.0.1 dev eth0 table 100\n\
+                 route add 10.202.0.0/16 via 10.200.0.1 dev eth0 table 100 metric 7\n\
+                 route add ::/0 via fd00:200::1 dev eth0 table 100\n\
+                 rule add from 10.200.0.2 table 100 priority 100\n",
+                "",
+            ),
+            UnusualPod::MetricAndSource => (
+                "route add 10.30.0.0/16 via 10.200.0.1 dev eth0 metric 50 src 10.200.0.2\n\
+                 route add 10.30.0.0/16 via 10.200.0.3 dev eth0 metric 60\n\
+                 route add 10.33.0.0/16 tos 0x10 via 10.200.0.1 dev eth0\n\
+                 route add 10.32.0.0/16 nexthop via 10.200.0.1 dev eth0 weight 2 nexthop via 10.200.0.3 dev eth0\n\
+                 route add fd00:30::/64 via fd00:200::1 dev eth0 metric 50 src fd00:200::2\n\
+                 route add fd00:34::/64 via fd00:200::1 dev eth0 pref high\n",
+                "",
+            ),
+            UnusualPod::RouteMtu => (
+                "route add 10.31.0.0/16 via 10.200.0.1 dev eth0 mtu 1400 advmss 1360\n\
+                 route add 10.34.0.0/16 via 10.200.0.1 dev eth0 mtu lock 1300 initcwnd 10\n\
+                 route add fd00:31::/64 via fd00:200::1 dev eth0 mtu 1280\n",
+                "",
+            ),
+            UnusualPod::OnlinkDefault => (
+                "route del default via 10.200.0.1\n\
+                 route add default via 169.254.1.1 dev eth0 onlink\n\
+                 route add 10.35.0.0/16 via 192.0.2.1 dev eth0 onlink metric 5\n",
+                "",
+            ),
+            UnusualPod::IngressWithFilter => (
+                "",
+                "qdisc add dev eth0 ingress\n\
+                 filter add dev eth0 ingress prio 10 protocol ip u32 match ip src 192.0.2.0/24 flowid 1:1\n\
+                 filter add dev eth0 ingress prio 49152 protocol all u32 match u32 0 0 flowid 1:2\n",
+            ),
+            UnusualPod::RootQdisc => (
+                "",
+                "qdisc add dev eth0 root handle 1: htb default 2\n\
+                 class add dev eth0 parent 1: classid 1:1 htb rate 100mbit\n\
+                 class add dev eth0 parent 1:1 classid 1:2 htb rate 50mbit ceil 100mbit\n\
+                 filter add dev eth0 parent 1: prio 5 protocol ip u32 match ip dst 10.0.0.0/8 flowid 1:2\n",
+            ),
+        }
+    }
+
+    /// A [`PodFixture`] changed into this pod with iproute2. Panics (failing the test) if a
+    /// command fails; the namespaces are removed on drop.
+    pub fn build(self) -> PodFixture {
+        let fx = PodFixture::new();
+        let (ip, tc) = self.scripts();
+        if !ip.is_empty() {
+            fx.pod.ip_batch(ip);
+        }
+        if !tc.is_empty() {
+            run_tool("tc", &["-n", fx.pod.name(), "-batch", "-"], Some(tc));
+        }
+        fx
+    }
+}
+
+impl std::fmt::Display for UnusualPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshots: what attaching and detaching a VM's network may change, read with iproute2 only.
 // ---------------------------------------------------------------------------------------------
@@ -419,7 +547,7 @@ impl Default for PodFixture {
 /// What a snapshot keeps of a link from `ip -j -d link show` (besides its sorted `flags` and
 /// its `linkinfo`): its configuration, and the promiscuity and allmulticast counts that a
 /// macvtap or a bridge raises on the link under it.
-const LINK_KEYS: [&str; 9] = [
+const LINK_KEYS: [&str; 10] = [
     "ifname",
     "link_type",
     "mtu",
@@ -429,6 +557,7 @@ const LINK_KEYS: [&str; 9] = [
     "allmulti",
     "master",
     "link",
+    "group",
 ];
 /// Link kinds whose `info_data` is configuration only (a bridge's, say, holds running timers).
 const INFO_DATA_KINDS: [&str; 5] = ["tun", "macvtap", "macvlan", "ipvlan", "vlan"];
@@ -436,20 +565,29 @@ const INFO_DATA_KINDS: [&str; 5] = ["tun", "macvtap", "macvlan", "ipvlan", "vlan
 /// down. Everything else is kept, the flags (`nodad`, `noprefixroute`, `dynamic` for a
 /// non-permanent address, ...) included.
 const ADDRESS_VOLATILE_KEYS: [&str; 2] = ["valid_life_time", "preferred_life_time"];
-/// What a snapshot keeps of a route of `ip -j -d route show table all`; left out are the
-/// `expires` countdown and cache data.
-const ROUTE_KEYS: [&str; 13] = [
+/// What a snapshot keeps of a route of `ip -j -d route show table all`: every attribute that
+/// is configuration (type, table, metric, TOS, preferred source, IPv6 preference, flags such
+/// as `onlink`, the next hops of a multipath route, the metrics such as `mtu` and `advmss`);
+/// left out are the `expires` countdown and cache data.
+const ROUTE_KEYS: [&str; 17] = [
     "type", "dst", "gateway", "via", "dev", "table", "protocol", "scope", "metric", "prefsrc",
-    "pref", "flags", "nexthops",
+    "pref", "flags", "nexthops", "metrics", "tos", "realms", "nhid",
 ];
 /// What a snapshot keeps of a permanent neighbour of `ip -j neigh show nud permanent`.
 const NEIGHBOUR_KEYS: [&str; 4] = ["dst", "dev", "lladdr", "state"];
 /// What a snapshot keeps of a qdisc of `tc -j qdisc show`; left out are the `refcnt` and the
 /// options (an HTB's count packets).
 const QDISC_KEYS: [&str; 5] = ["dev", "kind", "handle", "parent", "root"];
-/// What a snapshot keeps of an ingress filter of `tc -j filter show dev DEV ingress` (besides
-/// the u32 `match` and the actions); left out is the kernel-chosen handle (`fh`).
+/// What a snapshot keeps of a filter of `tc -j filter show dev DEV ...` (besides the u32
+/// `match` and `flowid` and the actions); left out is the kernel-chosen handle (`fh`).
 const FILTER_KEYS: [&str; 5] = ["parent", "protocol", "pref", "kind", "chain"];
+/// Where a snapshot looks for filters on every link, besides each qdisc's classes: `tc
+/// filter show dev DEV` with these arguments (ingress, the egress of a clsact, the root qdisc).
+const FILTER_HOOKS: [(&str, &[&str]); 3] = [
+    ("ingress", &["ingress"]),
+    ("egress", &["egress"]),
+    ("root", &[]),
+];
 /// What a snapshot keeps of a filter's action; left out are the action's `index`, which the
 /// kernel numbers anew for every action made (never reusing one), and its reference counts.
 const ACTION_KEYS: [&str; 6] = [
@@ -473,8 +611,11 @@ impl TestNetns {
     /// - `routes`: every table of both families, from `ip -j -d -4|-6 route show table all`;
     /// - `neighbours`: the permanent ones, from `ip -j neigh show nud permanent`;
     /// - `qdiscs`: from `tc -j qdisc show`;
-    /// - `filters`: every link's ingress filters and their actions, from `tc -j filter show
-    ///   dev DEV ingress`.
+    /// - `classes`: every link's classes with their parameters (rates, ceilings), from `tc
+    ///   class show dev DEV` (iproute2 6.1 prints HTB classes as text even with `-j`);
+    /// - `filters`: every link's filters and their actions at the ingress, at a clsact's
+    ///   egress, under the root qdisc and under each class, from `tc -j filter show dev DEV
+    ///   ingress|egress|parent CLASS`.
     ///
     /// Each list is sorted, so two snapshots of an unchanged namespace are equal; compare
     /// them with [`assert_same_snapshot`].
@@ -486,8 +627,33 @@ impl TestNetns {
             "routes": self.snapshot_routes(),
             "neighbours": self.snapshot_neighbours(),
             "qdiscs": self.snapshot_qdiscs(),
+            "classes": self.snapshot_classes(&links),
             "filters": self.snapshot_filters(&links),
         })
+    }
+
+    /// Every class of every link of `links`, as `tc class show` prints it (one line each;
+    /// without `-s` the lines hold configuration only).
+    fn snapshot_classes(&self, links: &serde_json::Value) -> serde_json::Value {
+        let mut classes = Vec::new();
+        for dev in each(links).filter_map(|l| l["ifname"].as_str()) {
+            let text = self.tc(&["class", "show", "dev", dev]);
+            classes.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::json!({ "dev": dev, "class": l })),
+            );
+        }
+        sorted(classes)
+    }
+
+    /// The class ids (`1:1`) of `dev`, from `tc class show`.
+    fn class_ids(&self, dev: &str) -> Vec<String> {
+        self.tc(&["class", "show", "dev", dev])
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(String::from))
+            .collect()
     }
 
     /// Every address of every link, with the link's name.
@@ -523,12 +689,29 @@ impl TestNetns {
         sorted(each(&dump).map(snapshot_qdisc).collect())
     }
 
-    /// The ingress filters of every link of `links` (an `ip -j link show` dump).
+    /// The filters of every link of `links` (an `ip -j link show` dump): at the ingress, at a
+    /// clsact's egress, under the root qdisc and under each class.
     fn snapshot_filters(&self, links: &serde_json::Value) -> serde_json::Value {
         let mut filters = Vec::new();
         for dev in each(links).filter_map(|l| l["ifname"].as_str()) {
-            let dump = self.tc_json(&["filter", "show", "dev", dev, "ingress"]);
-            filters.extend(each(&dump).map(|filter| snapshot_filter(dev, filter)));
+            let mut hooks: Vec<(String, Vec<String>)> = FILTER_HOOKS
+                .iter()
+                .map(|(hook, args)| {
+                    (
+                        hook.to_string(),
+                        args.iter().map(|a| a.to_string()).collect(),
+                    )
+                })
+                .collect();
+            for class in self.class_ids(dev) {
+                hooks.push((class.clone(), vec!["parent".into(), class]));
+            }
+            for (hook, args) in hooks {
+                let mut full = vec!["filter", "show", "dev", dev];
+                full.extend(args.iter().map(String::as_str));
+                let dump = self.tc_json(&full);
+                filters.extend(each(&dump).map(|filter| snapshot_filter(dev, &hook, filter)));
+            }
         }
         sorted(filters)
     }
@@ -663,14 +846,17 @@ fn snapshot_qdisc(qdisc: &serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(pick(qdisc, &QDISC_KEYS))
 }
 
-/// An ingress filter of `dev`: [`FILTER_KEYS`], a u32 filter's `match`, and its actions'
-/// [`ACTION_KEYS`].
-fn snapshot_filter(dev: &str, filter: &serde_json::Value) -> serde_json::Value {
+/// A filter of `dev` found at `hook`: [`FILTER_KEYS`], a u32 filter's `match` and `flowid`,
+/// and its actions' [`ACTION_KEYS`].
+fn snapshot_filter(dev: &str, hook: &str, filter: &serde_json::Value) -> serde_json::Value {
     let mut out = pick(filter, &FILTER_KEYS);
     out.insert("dev".into(), dev.into());
+    out.insert("hook".into(), hook.into());
     let options = &filter["options"];
-    if !options["match"].is_null() {
-        out.insert("match".into(), options["match"].clone());
+    for key in ["match", "flowid"] {
+        if !options[key].is_null() {
+            out.insert(key.into(), options[key].clone());
+        }
     }
     if options["actions"].is_array() {
         let actions = each(&options["actions"])

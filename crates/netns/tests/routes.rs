@@ -291,6 +291,7 @@ async fn bad_routes_are_refused_with_the_route_named_and_the_errno() {
         kind: RouteType::UNICAST,
         table: RT_TABLE_MAIN,
         metric: None,
+        ..Route::default()
     };
 
     // No on-link prefix covers the gateway: IPv4 says ENETUNREACH ("Nexthop has invalid

@@ -95,6 +95,21 @@ pub struct Address {
     /// `IFA_LABEL`, for IPv4.
     #[serde(default)]
     pub label: Option<String>,
+    /// `IFA_RT_PRIORITY`: the metric of the prefix route the kernel makes for the address
+    /// (`ip addr add ... metric N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_metric: Option<u32>,
+    /// `IFA_PROTO`: who made the address (the kernel marks its own link-local and loopback
+    /// addresses), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u8>,
+    /// The valid lifetime left at scan time, seconds, for an address that expires (`None`:
+    /// forever). A dynamic address is given back with it rather than made permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_lifetime: Option<u32>,
+    /// The preferred lifetime left at scan time, seconds (`None`: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_lifetime: Option<u32>,
 }
 
 impl Address {
@@ -131,6 +146,55 @@ pub struct Route {
     pub table: u32,
     /// `RTA_PRIORITY`, the metric.
     pub metric: Option<u32>,
+    /// `rtm_tos`: the type of service the route is for (IPv4; 0: any).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tos: u8,
+    /// `RTNH_F_ONLINK`: the gateway is on the link without a route to it (`onlink`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub onlink: bool,
+    /// `RTAX_MTU` of `RTA_METRICS`: the path MTU of the route (`mtu N`), which a guest must
+    /// be told too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// `RTAX_ADVMSS` of `RTA_METRICS`: the TCP MSS advertised over the route (`advmss N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advmss: Option<u32>,
+    /// The other `RTA_METRICS` by number (`RTAX_LOCK` bits, window, rtt, hoplimit, initcwnd,
+    /// ...), so that a route is given back with all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_metrics: Vec<RouteMetric>,
+    /// `RTA_PREF`: the IPv6 router preference (0 medium, 1 high, 3 low).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pref: Option<u8>,
+    /// `RTA_MULTIPATH`: the next hops of a multipath route, which then has no `gateway` or
+    /// `device_index` of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multipath: Vec<NextHop>,
+}
+
+impl Default for Route {
+    /// An IPv4 default route of the main table as `ip route add default` makes it (protocol
+    /// boot, unicast, scope global), without a gateway or device: a base to fill in.
+    fn default() -> Self {
+        Self {
+            destination: IpNet::V4(ipnet::Ipv4Net::default()),
+            gateway: None,
+            device_index: None,
+            source: None,
+            scope: AddressScope::GLOBAL,
+            protocol: RouteProtocol::BOOT,
+            kind: RouteType::UNICAST,
+            table: RT_TABLE_MAIN,
+            metric: None,
+            tos: 0,
+            onlink: false,
+            mtu: None,
+            advmss: None,
+            other_metrics: Vec::new(),
+            pref: None,
+            multipath: Vec::new(),
+        }
+    }
 }
 
 impl Route {
@@ -138,6 +202,69 @@ impl Route {
     pub fn is_default(&self) -> bool {
         self.destination.prefix_len() == 0
     }
+
+    /// True when the route goes out through the link with index `index`: its own outgoing
+    /// interface, or one of its next hops'.
+    pub fn goes_through(&self, index: u32) -> bool {
+        self.device_index == Some(index)
+            || self
+                .multipath
+                .iter()
+                .any(|hop| hop.device_index == Some(index))
+    }
+
+    /// True when `other` holds the same place in the kernel's tables: same family,
+    /// destination, table, TOS and metric. Two such routes cannot both exist; adding one
+    /// where the other is fails with `EEXIST`.
+    pub fn same_place(&self, other: &Route) -> bool {
+        self.destination == other.destination
+            && self.table == other.table
+            && self.tos == other.tos
+            && self.metric.unwrap_or(0) == other.metric.unwrap_or(0)
+    }
+
+    /// True when the route needs a gateway to be reachable when it is added (its own, or a
+    /// next hop's), unless `onlink` says it is on the link anyway.
+    pub fn needs_gateway_route(&self) -> bool {
+        (self.gateway.is_some() && !self.onlink)
+            || self
+                .multipath
+                .iter()
+                .any(|hop| hop.gateway.is_some() && !hop.onlink)
+    }
+}
+
+/// One `RTA_METRICS` value (`RTAX_*`) other than the MTU and the advertised MSS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMetric {
+    /// `RTAX_*` number (1 lock, 3 window, 4 rtt, 10 hoplimit, 11 initcwnd, ...).
+    pub id: u16,
+    /// Its value.
+    pub value: u32,
+}
+
+/// One next hop of a multipath route (`nexthop via GW dev DEV weight W`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHop {
+    /// `RTA_GATEWAY` of the next hop.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// `rtnh_ifindex`: the next hop's outgoing interface.
+    #[serde(default)]
+    pub device_index: Option<u32>,
+    /// `rtnh_hops + 1`: the next hop's weight (`weight W`, 1 by default).
+    pub weight: u16,
+    /// `RTNH_F_ONLINK` on the next hop.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub onlink: bool,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One neighbour (ARP or NDP) entry, as `ip neigh` shows it.
@@ -160,8 +287,14 @@ pub struct Interface {
     pub link: Link,
     /// Its addresses, IPv4 first, in the kernel's order within a family.
     pub addresses: Vec<Address>,
-    /// Routes whose outgoing interface is this link.
+    /// Routes whose outgoing interface is this link, as the scan's options keep them: what a
+    /// guest must be told.
     pub routes: Vec<Route>,
+    /// Every route through this link in every table, the kernel's own included (multipath
+    /// routes with a next hop on it too), with all their attributes: what giving the link
+    /// back exactly re-creates. Empty when the scan was not asked to record them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all_routes: Vec<Route>,
     /// Neighbour entries on this link.
     pub neighbours: Vec<Neighbour>,
 }
@@ -239,6 +372,10 @@ mod tests {
                         scope: AddressScope::GLOBAL,
                         flags: Address::F_PERMANENT,
                         label: Some("eth0".into()),
+                        route_metric: None,
+                        protocol: None,
+                        valid_lifetime: None,
+                        preferred_lifetime: None,
                     },
                     Address {
                         prefix: "fd00:200::2/64".parse().unwrap(),
@@ -247,6 +384,10 @@ mod tests {
                         scope: AddressScope::GLOBAL,
                         flags: Address::F_PERMANENT | Address::F_NODAD,
                         label: None,
+                        route_metric: None,
+                        protocol: None,
+                        valid_lifetime: None,
+                        preferred_lifetime: None,
                     },
                 ],
                 routes: vec![Route {
@@ -259,6 +400,31 @@ mod tests {
                     kind: RouteType::UNICAST,
                     table: RT_TABLE_MAIN,
                     metric: Some(1024),
+                    ..Route::default()
+                }],
+                all_routes: vec![Route {
+                    destination: "10.11.0.0/16".parse().unwrap(),
+                    table: 100,
+                    metric: Some(50),
+                    tos: 0x10,
+                    mtu: Some(1400),
+                    advmss: Some(1360),
+                    other_metrics: vec![RouteMetric { id: 11, value: 10 }],
+                    multipath: vec![
+                        NextHop {
+                            gateway: Some("10.200.0.1".parse().unwrap()),
+                            device_index: Some(2),
+                            weight: 2,
+                            onlink: false,
+                        },
+                        NextHop {
+                            gateway: Some("192.0.2.1".parse().unwrap()),
+                            device_index: Some(2),
+                            weight: 1,
+                            onlink: true,
+                        },
+                    ],
+                    ..Route::default()
                 }],
                 neighbours: vec![Neighbour {
                     ip: "fd00:200::1".parse().unwrap(),
@@ -294,6 +460,42 @@ mod tests {
         assert_eq!(iface["neighbours"][0]["state"], "permanent");
         assert_eq!(iface["link"]["tuntap"]["mode"], "tap");
         assert_eq!(json["skipped"][0]["reason"], "loopback");
+        // Attributes at their defaults are left out; the others are there.
+        let plain = &iface["routes"][0];
+        for absent in [
+            "tos",
+            "onlink",
+            "mtu",
+            "advmss",
+            "other_metrics",
+            "pref",
+            "multipath",
+        ] {
+            assert!(plain.get(absent).is_none(), "{absent}: {plain}");
+        }
+        let rich = &iface["all_routes"][0];
+        assert_eq!(rich["mtu"], 1400);
+        assert_eq!(rich["multipath"][1]["onlink"], true);
+        assert_eq!(rich["multipath"][0]["weight"], 2);
+    }
+
+    #[test]
+    fn route_helpers_see_next_hops() {
+        let scan = sample();
+        let multipath = &scan.interfaces[0].all_routes[0];
+        assert!(multipath.goes_through(2));
+        assert!(!multipath.goes_through(3));
+        assert!(
+            multipath.needs_gateway_route(),
+            "its first next hop has a gateway"
+        );
+        let mut onlink = scan.interfaces[0].routes[0].clone();
+        assert!(onlink.needs_gateway_route());
+        onlink.onlink = true;
+        assert!(
+            !onlink.needs_gateway_route(),
+            "onlink: no route to the gateway needed"
+        );
     }
 
     #[test]

@@ -104,17 +104,25 @@ pub enum Step {
         rate_bits: u64,
     },
     /// Remove every address of `link`. The kernel drops with them the routes through the link
-    /// and may flush its neighbours, so the step records those too; undone by adding back the
-    /// addresses, then the routes, then the neighbours.
+    /// (with the last IPv4 address, every IPv4 route through it, in every table) and may
+    /// flush its neighbours, so the step records those too; undone by adding back the
+    /// addresses, deleting the routes the kernel then makes that the link did not have (a
+    /// prefix route a CNI plugin had replaced), adding back the missing routes, then the
+    /// neighbours.
     ClearAddresses {
         /// The link.
         link: IfName,
         /// Its addresses before.
         addresses: Vec<Address>,
-        /// Its routes before (those the kernel does not recreate from the addresses).
+        /// Its routes before: with `all_routes`, every route through it in every table;
+        /// otherwise (documents of earlier versions) the main table's, without the kernel's.
         routes: Vec<Route>,
         /// Its permanent neighbours before.
         neighbours: Vec<Neighbour>,
+        /// Whether `routes` holds every route through the link, the kernel's included, so
+        /// that undoing may delete kernel routes it does not list.
+        #[serde(default)]
+        all_routes: bool,
     },
 }
 

@@ -61,6 +61,10 @@ fn interface() -> Interface {
             scope: AddressScope::GLOBAL,
             flags: 0x80,
             label: Some("eth0".into()),
+            route_metric: None,
+            protocol: None,
+            valid_lifetime: None,
+            preferred_lifetime: None,
         }],
         routes: vec![Route {
             destination: "0.0.0.0/0".parse().unwrap(),
@@ -72,7 +76,9 @@ fn interface() -> Interface {
             kind: RouteType::UNICAST,
             table: 254,
             metric: None,
+            ..Route::default()
         }],
+        all_routes: vec![],
         neighbours: vec![Neighbour {
             ip: "10.200.0.1".parse().unwrap(),
             mac: Some("02:00:0a:c8:00:01".parse().unwrap()),
@@ -133,6 +139,7 @@ fn all_steps() -> Vec<Step> {
             addresses: iface.addresses,
             routes: iface.routes,
             neighbours: iface.neighbours,
+            all_routes: false,
         },
     ]
 }
