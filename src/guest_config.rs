@@ -330,6 +330,7 @@ mod tests {
             kind: RouteType::UNICAST,
             table,
             metric: None,
+            ..Route::default()
         }
     }
 
@@ -341,6 +342,10 @@ mod tests {
             scope,
             flags: Address::F_PERMANENT,
             label: None,
+            route_metric: None,
+            protocol: None,
+            valid_lifetime: None,
+            preferred_lifetime: None,
         }
     }
 
@@ -373,6 +378,7 @@ mod tests {
                     state: NeighbourState::PERMANENT,
                     device_index: 2,
                 }],
+                all_routes: vec![],
             },
             guest_mac: Some("02:00:0a:c8:00:02".parse().unwrap()),
             queues: 1,

@@ -319,6 +319,7 @@ mod tests {
                 addresses: vec![],
                 routes: vec![],
                 neighbours: vec![],
+                all_routes: vec![],
             },
             guest_mac: Some("02:00:0a:c8:00:02".parse().unwrap()),
             queues: 2,
