@@ -329,6 +329,17 @@ impl Sandbox {
         Ok(scan?)
     }
 
+    /// The links of the namespace, over the sandbox's netlink connection.
+    pub(crate) async fn links(
+        &mut self,
+    ) -> Result<Vec<sandbox_net_persist::scan::Link>, SandboxError> {
+        let netns = self.live_netns()?;
+        let rtnl = self.take_rtnl(&netns).await?;
+        let links = rtnl.links().await;
+        self.rtnl = Some(rtnl);
+        Ok(links?)
+    }
+
     /// The namespace, or the error that names the state file and the recorded path when it no
     /// longer exists.
     pub(crate) fn live_netns(&self) -> Result<Netns, SandboxError> {

@@ -31,7 +31,7 @@ async fn reference_chains_add_check_del_at_every_version() {
             });
 
             // The result names the pod interface as the kernel has it.
-            let eth0 = fx.pod.ip_json(&["link", "show", "eth0"]);
+            let eth0 = fx.pod().ip_json(&["link", "show", "eth0"]);
             let mac = eth0[0]["address"].as_str().unwrap();
             let pod_if = result
                 .interfaces
@@ -41,7 +41,7 @@ async fn reference_chains_add_check_del_at_every_version() {
             assert_eq!(result.interfaces[pod_if].mac.as_deref(), Some(mac));
             assert_eq!(
                 result.interfaces[pod_if].sandbox.as_deref(),
-                Some(fx.pod.netns().path().to_str().unwrap())
+                Some(fx.pod().netns().path().to_str().unwrap())
             );
             let ip = &result.ips[0];
             assert_eq!(ip.interface, Some(pod_if), "{chain:?} {version}");
@@ -49,7 +49,7 @@ async fn reference_chains_add_check_del_at_every_version() {
                 subnet.contains(&ip.address.addr()),
                 "{chain:?} {version}: {ip:?}"
             );
-            let addrs = fx.pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+            let addrs = fx.pod().ip_json(&["-4", "addr", "show", "dev", "eth0"]);
             assert_eq!(
                 addrs[0]["addr_info"][0]["local"].as_str().unwrap(),
                 ip.address.addr().to_string()
@@ -83,7 +83,7 @@ async fn reference_chains_add_check_del_at_every_version() {
                 .await
                 .unwrap();
             assert!(
-                fx.pod
+                fx.pod()
                     .ip_json(&["link", "show"])
                     .as_array()
                     .unwrap()

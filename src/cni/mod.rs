@@ -8,12 +8,16 @@
 //! - [`chain`]: a network configuration's plugins run as a runtime runs them (ADD in order with
 //!   `prevResult` passed on, DEL in reverse, CHECK, GC, STATUS), with per-plugin version
 //!   negotiation.
+//! - [`plugin`]: the `sandbox-net-cni` chained plugin (ADD, CHECK, DEL, STATUS, GC, VERSION).
+//! - [`trace`]: continuing a runtime's trace (`TRACEPARENT`).
 
 pub mod chain;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod plugin;
 pub mod result;
+pub mod trace;
 pub mod version;
 
 pub use chain::{ChainError, ChainRunner, ValidAttachment};

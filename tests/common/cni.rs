@@ -63,14 +63,15 @@ pub struct CniNode {
     pub node: TestNetns,
     /// For macvlan: the namespace at the far end of the master's veth (traffic comes from it).
     pub peer: Option<TestNetns>,
-    /// The pod.
-    pub pod: TestNetns,
+    /// The pod (taken out by [`CniNode::delete_pod`]).
+    pod: Option<TestNetns>,
     /// Leases, state, and anything else of the test.
     pub dir: tempfile::TempDir,
     /// A network name of this test alone.
     pub network: String,
     /// The plugin making the pod interface.
     pub chain: Chain,
+    pod_path: PathBuf,
     /// The runner: reference plugins (and `extra_dirs`) started in `node`.
     pub runner: ChainRunner,
 }
@@ -87,6 +88,12 @@ impl CniNode {
         let node = TestNetns::new();
         let pod = TestNetns::new();
         node.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection: the pod's IPv6 link-local address is final at once,
+        // so that snapshots of the pod do not change by themselves.
+        for ns in [&node, &pod] {
+            ns.sysctl("net/ipv6/conf/all/accept_dad", "0");
+            ns.sysctl("net/ipv6/conf/default/accept_dad", "0");
+        }
         let peer = match chain {
             Chain::Macvlan => {
                 let peer = TestNetns::new();
@@ -125,12 +132,60 @@ impl CniNode {
         Self {
             node,
             peer,
-            pod,
+            pod_path: pod.netns().path().to_path_buf(),
+            pod: Some(pod),
             dir: tempfile::tempdir().expect("a temporary directory"),
             network: format!("net-{}", unique_netns_name()),
             chain,
             runner: ChainRunner::new(exec),
         }
+    }
+
+    /// The pod's namespace.
+    pub fn pod(&self) -> &TestNetns {
+        match &self.pod {
+            Some(pod) => pod,
+            None => panic!("the pod namespace was deleted by the test"),
+        }
+    }
+
+    /// Deletes the pod's namespace (as a runtime does before a late DEL); the attachment keeps
+    /// naming its path.
+    pub fn delete_pod(&mut self) {
+        drop(self.pod.take());
+    }
+
+    /// A snapshot of the pod once the kernel is done with what the plugins started (the veth's
+    /// carrier up, no tentative address, the same three times 100 ms apart), within 10 s. A
+    /// persistent tap whose descriptors are closed has no carrier for good: that is settled.
+    pub fn settled_snapshot(&self) -> Value {
+        let settled = |snapshot: &Value| {
+            let carrier = snapshot["links"].as_array().into_iter().flatten().all(|l| {
+                l["kind"] == "tun"
+                    || !l["flags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| f == "NO-CARRIER")
+            });
+            carrier && !snapshot.to_string().contains("\"tentative\"")
+        };
+        let mut last = self.pod().snapshot();
+        let mut same = 0;
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = self.pod().snapshot();
+            same = if now == last && settled(&now) {
+                same + 1
+            } else {
+                0
+            };
+            if same == 2 {
+                return now;
+            }
+            last = now;
+        }
+        panic!("the pod did not settle within 10 s: {last}");
     }
 
     /// host-local's directory of leases.
@@ -171,10 +226,15 @@ impl CniNode {
     pub fn attachment(&self) -> Attachment {
         Attachment {
             container_id: format!("ctr-{}", self.network),
-            netns: Some(self.pod.netns().path().to_path_buf()),
+            netns: Some(self.pod_path()),
             ifname: "eth0".into(),
             args: Vec::new(),
         }
+    }
+
+    /// The pod namespace's path (also once it is deleted).
+    pub fn pod_path(&self) -> PathBuf {
+        self.pod_path.clone()
     }
 
     /// The namespace to send traffic to the pod from: the node (ptp, bridge) or the peer

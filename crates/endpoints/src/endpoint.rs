@@ -136,6 +136,10 @@ pub struct Endpoint {
     pub attached: bool,
     /// What the current attach gave the VM (queues, guest MAC, model, host-side limits).
     pub device: DeviceRecord,
+    /// The name the VM-side link (tap or macvtap) gets instead of `tap{index}_kata`, when the
+    /// caller was asked for one (CNI's `TC_REDIRECT_TAP_NAME`). Set before attaching; the
+    /// recorded steps carry the name for everything after.
+    pub vm_link: Option<IfName>,
 }
 
 /// What an attach gave the VM, kept with the endpoint's state.
@@ -165,6 +169,7 @@ impl Endpoint {
             vfio: None,
             attached: false,
             device: DeviceRecord::default(),
+            vm_link: None,
         }
     }
 
@@ -405,9 +410,10 @@ impl Endpoint {
         let model = self.model(options.model);
         // Limits are checked and placed before anything changes.
         let limits = RateLimits::from_hypervisor(hypervisor.capabilities(), &config);
-        let vm_name = match model {
-            Some(_) => Some(vm_link_name(self.index)?),
-            None => None,
+        let vm_name = match (model, &self.vm_link) {
+            (Some(_), Some(name)) => Some(name.clone()),
+            (Some(_), None) => Some(vm_link_name(self.index)?),
+            (None, _) => None,
         };
         let vm_link = match (self.kind, model, vm_name.as_ref()) {
             (_, Some(InterworkingModel::Macvtap), Some(macvtap)) => {
@@ -439,7 +445,10 @@ impl Endpoint {
                     vnet_hdr: options.tap.vnet_hdr || !config.disable_vhost_net,
                     ..options.tap.clone()
                 };
-                let pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;
+                let mut pair = NetworkPair::new(self.index, model, self.interface.clone(), tap)?;
+                if let Some(name) = &self.vm_link {
+                    pair = pair.with_vm_link(name.clone());
+                }
                 self.steps = pair.plan(random_local_mac());
                 self.steps.extend(limiter);
                 record(self).map_err(EndpointFailure::Record)?;

@@ -381,6 +381,8 @@ async fn apply_one(
                 .await?
         }
         Step::AddIngressQdisc { link } => rtnl.add_ingress_qdisc(&links.get(link).await?).await?,
+        // Only its undo acts (see the step).
+        Step::RestoreTxQueueLen { .. } => {}
         Step::AddRedirect { from, to } => {
             let (from, to) = (links.get(from).await?, links.get(to).await?);
             rtnl.add_redirect(&from, &to).await?;

@@ -143,6 +143,13 @@ impl NetworkPair {
         }
     }
 
+    /// The same pair with the VM-side link called `name` instead of `tap{index}_kata` (a
+    /// tap name a CNI runtime asked for).
+    pub fn with_vm_link(mut self, name: IfName) -> Self {
+        self.vm_link = name;
+        self
+    }
+
     /// The steps that wire the pair. `pod_mac_while_attached` is the MAC the pod link takes in
     /// the macvtap model (pass [`random_local_mac`]); the other models ignore it.
     pub fn plan(&self, pod_mac_while_attached: MacAddr) -> Vec<Step> {
@@ -165,7 +172,16 @@ impl NetworkPair {
             link: vm.clone(),
             original_up: false,
         };
-        match self.model {
+        // Undone last: the queue length of a pod link made with 0 comes back after the qdiscs
+        // that raised it are gone.
+        let keep_txqueuelen =
+            (pod.txqueuelen == 0 && self.model != InterworkingModel::None).then(|| {
+                Step::RestoreTxQueueLen {
+                    link: pod.name.clone(),
+                    original: 0,
+                }
+            });
+        let steps = match self.model {
             InterworkingModel::TcFilter => vec![
                 create_tap,
                 tap_mtu,
@@ -206,7 +222,8 @@ impl NetworkPair {
                 },
             ],
             InterworkingModel::None => vec![create_tap, tap_mtu, vm_up],
-        }
+        };
+        keep_txqueuelen.into_iter().chain(steps).collect()
     }
 }
 

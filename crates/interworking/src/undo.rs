@@ -128,6 +128,10 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
         } => {}
         Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await)?,
         Step::AddIngressQdisc { .. } => tolerate(rtnl.del_ingress_qdisc(&link).await)?,
+        Step::RestoreTxQueueLen { original, .. } if link.txqueuelen != *original => {
+            tolerate(rtnl.set_link_txqueuelen(&link, *original).await)?
+        }
+        Step::RestoreTxQueueLen { .. } => {}
         // Without an ingress qdisc there is no filter left (the kernel would say EINVAL).
         Step::AddRedirect { .. } if !rtnl.has_ingress_qdisc(&link).await? => {}
         Step::AddRedirect { .. } => tolerate(rtnl.del_ingress_filters(&link).await)?,

@@ -126,6 +126,14 @@ impl Rtnl {
         self.change_link(link, "set MTU of", msg).await
     }
 
+    /// Sets the link's transmit queue length (`ip link set DEV txqueuelen LEN`).
+    pub async fn set_link_txqueuelen(&self, link: &Link, len: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .txqueuelen(len)
+            .build();
+        self.change_link(link, "set the queue length of", msg).await
+    }
+
     /// Sets the link's MAC address (`ip link set DEV address MAC`).
     pub async fn set_link_mac(&self, link: &Link, mac: MacAddr) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(link.index)

@@ -76,6 +76,17 @@ pub enum Step {
         /// The link.
         link: IfName,
     },
+    /// Keep the queue length of `link` at `original` (0) across the qdiscs added after this
+    /// step: the kernel raises a link's length from 0 to 1000 when a qdisc (ingress, HTB) is
+    /// added, and does not lower it when the qdisc goes (the veths of the CNI ptp and bridge
+    /// plugins are made with length 0). Nothing to apply; undone, after those qdiscs, by
+    /// setting the length back (`ip link set DEV txqueuelen 0`).
+    RestoreTxQueueLen {
+        /// The link.
+        link: IfName,
+        /// Its queue length before.
+        original: u32,
+    },
     /// Add an ingress qdisc to `link`; undone by deleting it (and the filters under it).
     AddIngressQdisc {
         /// The link.
@@ -138,6 +149,7 @@ impl Step {
             | Self::SetUp { link, .. }
             | Self::SetAllmulticast { link }
             | Self::AddIngressQdisc { link }
+            | Self::RestoreTxQueueLen { link, .. }
             | Self::AddHtb { link, .. }
             | Self::ClearAddresses { link, .. } => link,
             Self::AddRedirect { from, .. } => from,
@@ -164,6 +176,9 @@ impl Step {
             Self::SetUp { link, .. } => format!("set {link} up"),
             Self::SetAllmulticast { link } => format!("set {link} allmulticast on"),
             Self::AddIngressQdisc { link } => format!("add ingress qdisc to {link}"),
+            Self::RestoreTxQueueLen { link, original } => {
+                format!("keep the queue length of {link} at {original}")
+            }
             Self::AddRedirect { from, to } => format!("redirect {from} -> {to}"),
             Self::CreateIfb { name } => format!("create ifb {name}"),
             Self::AddHtb { link, rate_bits } => {

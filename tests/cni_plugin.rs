@@ -1,0 +1,684 @@
+//! `sandbox-net-cni` run by the protocol after the real reference plugins (ptp, bridge,
+//! macvlan with host-local), at every version from 0.3.0 to 1.1.0: ADD and its result field
+//! by field, traffic through the tap to the user-space guest, CHECK clean and CHECK after a
+//! filter is deleted behind its back, DEL back to the pod as it was, DEL again, DEL after the
+//! namespace is gone, GC, STATUS; then ADD killed at every step, and bad input.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::cni::{Chain, CniNode};
+use sandbox_net::cni::{
+    Attachment, CniCommand, CniResult, CniVersion, ExecError, NetworkConfigList, code,
+    error::error_chain,
+};
+use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
+use sandbox_net_netns::testing::{TestNetns, assert_same_snapshot};
+use sandbox_net_persist::{IfName, MacAddr};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = "sandbox-net-cni";
+
+/// The directory of the built plugin, searched before the reference plugins.
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_sandbox-net-cni"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn node(chain: Chain) -> CniNode {
+    CniNode::new(chain, &[plugin_dir()])
+}
+
+/// Our plugin's configuration in the list, with its state in the test's directory.
+fn our_plugin(fx: &CniNode, more: Value) -> Value {
+    let mut conf = json!({"type": PLUGIN, "stateDir": fx.dir.path().join("state")});
+    if let (Some(c), Some(m)) = (conf.as_object_mut(), more.as_object()) {
+        c.extend(m.clone());
+    }
+    conf
+}
+
+fn state_files(fx: &CniNode) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![fx.dir.path().join("state")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn link_json(ns: &TestNetns, name: &str) -> Value {
+    ns.ip_json(&["-d", "link", "show", name])[0].clone()
+}
+
+fn has_link(ns: &TestNetns, name: &str) -> bool {
+    ns.ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["ifname"] == name)
+}
+
+/// Runs our plugin alone (position 1 of the list) and returns its raw JSON answer.
+async fn run_ours(
+    fx: &CniNode,
+    list: &NetworkConfigList,
+    command: CniCommand,
+    attachment: Option<&Attachment>,
+    prev: Option<&CniResult>,
+) -> Result<Option<Value>, ExecError> {
+    let version = fx.runner.plugin_version(list, 1).await.unwrap();
+    let request = list.request(1, version, prev.map(|p| p.to_json(version)));
+    fx.runner
+        .exec
+        .exec(PLUGIN, command, attachment, &request)
+        .await
+}
+
+/// Opens the queue of a persistent tap by name inside `ns`, as a VMM does.
+async fn open_tap(ns: &TestNetns, name: &str) -> Vec<std::os::fd::OwnedFd> {
+    let name = IfName::new(name).unwrap();
+    ns.netns().open_tap_queues(&name, 1, true).await.unwrap()
+}
+
+/// The pod's own IPv4 address and the guest MAC: traffic to that address must reach the
+/// guest (its echo replies come from its MAC).
+async fn ping_guest(
+    fx: &CniNode,
+    queues: Vec<std::os::fd::OwnedFd>,
+    mac: MacAddr,
+    ip: IpAddr,
+) -> u64 {
+    let IpAddr::V4(v4) = ip else {
+        panic!("IPv4 expected")
+    };
+    let guest = Guest::start(
+        GuestConfig {
+            identity: Identity {
+                mac,
+                ipv4: vec![v4],
+                ipv6: vec![],
+            },
+            vnet_hdr: true,
+        },
+        queues,
+    )
+    .unwrap();
+    let report = fx
+        .traffic_source()
+        .netns()
+        .run(move || ping(ip, 3, Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = guest.stats();
+    drop(guest);
+    assert_eq!(report.received, 3, "echo replies through the tap");
+    stats.icmp_echo_replies
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn after_every_reference_chain_at_every_version() {
+    for chain in Chain::ALL {
+        for version in CniVersion::ALL {
+            let what = format!("{chain:?} {version}");
+            let fx = node(chain);
+            let list = fx.conflist(version.as_str(), &[our_plugin(&fx, json!({}))]);
+            let attachment = fx.attachment();
+            let first = fx
+                .runner
+                .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+                .await
+                .unwrap()
+                .unwrap();
+            let eth0 = link_json(fx.pod(), "eth0");
+            let pod_mac = eth0["address"].as_str().unwrap().to_string();
+            let pod_mtu = eth0["mtu"].as_u64().unwrap() as u32;
+            let before = fx.settled_snapshot();
+
+            // ADD, and its answer as printed.
+            let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: ADD: {}", error_chain(&e)))
+                .unwrap();
+            assert_eq!(
+                raw["cniVersion"],
+                version.as_str(),
+                "{what}: the result is in the input's version"
+            );
+            let (_, result) = CniResult::from_json("result", &raw).unwrap();
+            let n = first.interfaces.len();
+            assert_eq!(
+                result.interfaces[..n],
+                first.interfaces[..],
+                "{what}: prevResult's interfaces kept"
+            );
+            assert_eq!(
+                result.interfaces.len(),
+                n + 2,
+                "{what}: the tap and the VM interface"
+            );
+            let (tap, vm) = (&result.interfaces[n], &result.interfaces[n + 1]);
+            let tap_link = link_json(fx.pod(), "tap0_kata");
+            assert_eq!(tap.name, "tap0_kata", "{what}");
+            assert_eq!(
+                tap.mac.as_deref(),
+                tap_link["address"].as_str(),
+                "{what}: the tap's MAC"
+            );
+            assert_eq!(
+                tap.sandbox.as_deref(),
+                attachment.netns.as_deref().and_then(Path::to_str),
+                "{what}"
+            );
+            assert_eq!(tap_link["linkinfo"]["info_kind"], "tun", "{what}");
+            assert_eq!(
+                tap_link["mtu"].as_u64(),
+                Some(pod_mtu as u64),
+                "{what}: tap MTU = pod MTU"
+            );
+            assert_eq!(
+                vm.name, "tap0_kata",
+                "{what}: the VM interface is named as its tap"
+            );
+            assert_eq!(
+                vm.mac.as_deref(),
+                Some(pod_mac.as_str()),
+                "{what}: the guest gets the pod MAC"
+            );
+            assert_eq!(
+                vm.sandbox.as_deref(),
+                Some(attachment.container_id.as_str()),
+                "{what}"
+            );
+            let mtu_expected = version.has_1_1_fields().then_some(pod_mtu);
+            assert_eq!(
+                (tap.mtu, vm.mtu),
+                (mtu_expected, mtu_expected),
+                "{what}: mtu only from 1.1.0"
+            );
+            assert_eq!(
+                raw["interfaces"][n].get("mtu").is_some(),
+                version.has_1_1_fields(),
+                "{what}"
+            );
+            let m = first.ips.len();
+            assert_eq!(
+                result.ips[..m],
+                first.ips[..],
+                "{what}: prevResult's IPs kept"
+            );
+            assert_eq!(
+                result.ips.len(),
+                m * 2,
+                "{what}: each IP copied onto the VM interface"
+            );
+            for (copy, original) in result.ips[m..].iter().zip(&first.ips) {
+                assert_eq!(copy.interface, Some(n + 1), "{what}");
+                assert_eq!(
+                    (copy.address, copy.gateway),
+                    (original.address, original.gateway),
+                    "{what}"
+                );
+            }
+            assert_eq!(
+                raw["ips"][0].get("version").is_some(),
+                version.ips_have_version(),
+                "{what}: ips carry version before 1.0.0"
+            );
+            assert_eq!(result.routes, first.routes, "{what}");
+            assert_eq!(result.dns, first.dns, "{what}");
+
+            // Traffic to the pod address reaches the guest through the tap.
+            let pod_ip = first.ips[0].address.addr();
+            let queues = open_tap(fx.pod(), "tap0_kata").await;
+            let replies = ping_guest(&fx, queues, pod_mac.parse().unwrap(), pod_ip).await;
+            assert!(
+                replies >= 3,
+                "{what}: the guest answered {replies} echo requests"
+            );
+
+            // CHECK of the whole chain is clean.
+            if version.has_check() {
+                fx.runner
+                    .check(&list, &attachment, &result)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: CHECK: {}", error_chain(&e)));
+            }
+            // A filter deleted behind our back: CHECK names it.
+            fx.pod()
+                .tc(&["filter", "del", "dev", "tap0_kata", "ingress"]);
+            let err = run_ours(
+                &fx,
+                &list,
+                CniCommand::Check,
+                Some(&attachment),
+                Some(&result),
+            )
+            .await
+            .unwrap_err();
+            let cni = err.cni_error().unwrap_or_else(|| panic!("{what}: {err}"));
+            assert_eq!(cni.code, code::DRIFT, "{what}: {cni:?}");
+            assert!(
+                cni.msg.contains("redirect") && cni.msg.contains("tap0_kata"),
+                "{what}: the message names the missing redirect: {}",
+                cni.msg
+            );
+
+            // DEL: the pod as before ADD; DEL again.
+            run_ours(
+                &fx,
+                &list,
+                CniCommand::Del,
+                Some(&attachment),
+                Some(&result),
+            )
+            .await
+            .unwrap();
+            assert_same_snapshot(&before, &fx.pod().snapshot());
+            assert_eq!(
+                state_files(&fx),
+                Vec::<String>::new(),
+                "{what}: no state left"
+            );
+            run_ours(
+                &fx,
+                &list,
+                CniCommand::Del,
+                Some(&attachment),
+                Some(&result),
+            )
+            .await
+            .unwrap();
+            assert_same_snapshot(&before, &fx.pod().snapshot());
+
+            // GC with an empty valid set removes a leftover attachment.
+            let again = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+                .await
+                .unwrap()
+                .unwrap();
+            let (_, again) = CniResult::from_json("result", &again).unwrap();
+            assert!(has_link(fx.pod(), "tap0_kata"));
+            let gc_version = fx.runner.plugin_version(&list, 1).await.unwrap();
+            let mut gc = list.request(1, gc_version, None);
+            gc["cni.dev/valid-attachments"] = json!([]);
+            fx.runner
+                .exec
+                .exec(PLUGIN, CniCommand::Gc, None, &gc)
+                .await
+                .unwrap();
+            assert!(
+                !has_link(fx.pod(), "tap0_kata"),
+                "{what}: GC removed the tap"
+            );
+            assert_same_snapshot(&before, &fx.pod().snapshot());
+            assert_eq!(
+                state_files(&fx),
+                Vec::<String>::new(),
+                "{what}: GC removed the state"
+            );
+
+            // STATUS: ready.
+            let status = list.request(1, gc_version, None);
+            fx.runner
+                .exec
+                .exec(PLUGIN, CniCommand::Status, None, &status)
+                .await
+                .unwrap();
+
+            // The whole chain's DEL, then our DEL after the namespace is gone.
+            let third = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+                .await
+                .unwrap()
+                .unwrap();
+            let (_, third) = CniResult::from_json("result", &third).unwrap();
+            drop(again);
+            let mut fx = fx;
+            fx.delete_pod();
+            fx.runner
+                .del(&list, &attachment, Some(&third))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{what}: DEL after the namespace is gone: {}",
+                        error_chain(&e)
+                    )
+                });
+            assert_eq!(
+                state_files(&fx),
+                Vec::<String>::new(),
+                "{what}: no state left"
+            );
+            assert_eq!(fx.leases(), Vec::<String>::new(), "{what}: lease released");
+            let gone = Attachment {
+                netns: None,
+                ..attachment.clone()
+            };
+            fx.runner.del(&list, &gone, Some(&third)).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(feature = "root-tests", feature = "fault-injection")),
+    ignore = "needs root, a real kernel and the fault points: run with --features root-tests,fault-injection"
+)]
+async fn add_killed_at_every_step_is_undone_by_del() {
+    let mut fx = node(Chain::Ptp);
+    // Limits both ways: the HTB/IFB steps are among the kill points too.
+    let list = fx.conflist(
+        "1.1.0",
+        &[our_plugin(
+            &fx,
+            json!({"rxRate": 20_000_000, "txRate": 30_000_000}),
+        )],
+    );
+    let attachment = fx.attachment();
+    let first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = fx.settled_snapshot();
+    let mut kill = 0;
+    loop {
+        fx.runner.exec.env = vec![("SANDBOX_NET_CNI_KILL_BEFORE_STEP".into(), kill.to_string())];
+        let outcome = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first)).await;
+        fx.runner.exec.env.clear();
+        let killed = match &outcome {
+            Err(ExecError::Failed { status, .. }) => {
+                assert!(
+                    status.contains("SIGKILL") || status.contains("signal: 9"),
+                    "{status}"
+                );
+                true
+            }
+            Ok(Some(_)) => false,
+            other => panic!("kill before step {kill}: {other:?}"),
+        };
+        run_ours(&fx, &list, CniCommand::Del, Some(&attachment), Some(&first))
+            .await
+            .unwrap_or_else(|e| panic!("DEL after a kill before step {kill}: {}", error_chain(&e)));
+        assert_same_snapshot(&before, &fx.pod().snapshot());
+        assert_eq!(
+            state_files(&fx),
+            Vec::<String>::new(),
+            "after a kill before step {kill}"
+        );
+        if !killed {
+            break;
+        }
+        kill += 1;
+    }
+    eprintln!(
+        "ADD killed before each of its {kill} kernel steps, then DEL: the pod was as before each time"
+    );
+    assert!(
+        kill >= 10,
+        "tcfilter with limits both ways has at least 10 steps, got {kill}"
+    );
+    fx.runner
+        .del(&list, &attachment, Some(&first))
+        .await
+        .unwrap();
+}
+
+/// Runs our plugin binary with `env` and `stdin` directly, in the node namespace.
+fn run_binary(fx: &CniNode, env: &[(&str, &str)], stdin: &str) -> (Value, i32) {
+    let plugin = fx.runner.exec.find(PLUGIN).unwrap();
+    let mut cmd = Command::new(&plugin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CNI_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    fx.node.netns().enter_before_exec(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+    };
+    (value, out.status.code().unwrap_or(-1))
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn bad_input_is_a_cni_error_and_changes_nothing() {
+    let fx = node(Chain::Bridge);
+    let list = fx.conflist("1.0.0", &[our_plugin(&fx, json!({}))]);
+    let attachment = fx.attachment();
+    let first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let request = list.request(
+        1,
+        CniVersion::V1_0_0,
+        Some(first.to_json(CniVersion::V1_0_0)),
+    );
+    let netns = attachment.netns.clone().unwrap();
+    let netns = netns.to_str().unwrap();
+    let full_env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", attachment.container_id.as_str()),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let before = fx.settled_snapshot();
+    let unchanged = |case: &str| {
+        assert_same_snapshot(&before, &fx.pod().snapshot());
+        assert_eq!(state_files(&fx), Vec::<String>::new(), "{case}: no state");
+    };
+    let expect = |case: &str, (out, status): (Value, i32), code: u32, msg: &str| {
+        assert_eq!(status, 1, "{case}: exit status");
+        assert_eq!(out["code"], code, "{case}: {out}");
+        assert!(out["cniVersion"].is_string(), "{case}: {out}");
+        let text = out["msg"].as_str().unwrap();
+        assert!(text.contains(msg), "{case}: {text:?} should name {msg:?}");
+    };
+
+    expect(
+        "malformed JSON",
+        run_binary(&fx, &full_env, "{\"cniVersion\": "),
+        code::DECODE,
+        "not valid JSON",
+    );
+    unchanged("malformed JSON");
+
+    let mut unknown = request.clone();
+    unknown["cniVersion"] = "0.2.0".into();
+    let out = run_binary(&fx, &full_env, &unknown.to_string());
+    expect(
+        "unknown version",
+        out.clone(),
+        code::INCOMPATIBLE_VERSION,
+        "incompatible CNI versions",
+    );
+    assert!(
+        out.0["details"].as_str().unwrap().contains("0.2.0"),
+        "{}",
+        out.0
+    );
+    unchanged("unknown version");
+
+    for missing in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
+        let env: Vec<(&str, &str)> = full_env
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        expect(
+            missing,
+            run_binary(&fx, &env, &request.to_string()),
+            code::INVALID_ENVIRONMENT,
+            missing,
+        );
+        unchanged(missing);
+    }
+
+    // prevResult names an interface the namespace does not have.
+    let mut ghost = first.clone();
+    ghost.interfaces.push(sandbox_net::cni::Interface {
+        name: "eth9".into(),
+        sandbox: Some(netns.into()),
+        ..Default::default()
+    });
+    let ghost_request = list.request(
+        1,
+        CniVersion::V1_0_0,
+        Some(ghost.to_json(CniVersion::V1_0_0)),
+    );
+    let mut env = full_env;
+    env[3] = ("CNI_IFNAME", "eth9");
+    expect(
+        "eth9 by CNI_IFNAME",
+        run_binary(&fx, &env, &ghost_request.to_string()),
+        code::INVALID_CONFIG,
+        "interface eth9 does not exist in",
+    );
+    unchanged("eth9 by CNI_IFNAME");
+    let mut all = ghost_request.clone();
+    all["allInterfaces"] = true.into();
+    expect(
+        "eth9 in prevResult",
+        run_binary(&fx, &full_env, &all.to_string()),
+        code::INVALID_CONFIG,
+        "interface eth9 does not exist in",
+    );
+    unchanged("eth9 in prevResult");
+
+    // A second ADD of the same attachment: refused, and the first one is left as it was.
+    let (out, status) = run_binary(&fx, &full_env, &request.to_string());
+    assert_eq!(status, 0, "{out}");
+    let after_first = fx.settled_snapshot();
+    let files = state_files(&fx);
+    expect(
+        "second ADD",
+        run_binary(&fx, &full_env, &request.to_string()),
+        code::ATTACHMENT_EXISTS,
+        "already exists",
+    );
+    assert_same_snapshot(&after_first, &fx.pod().snapshot());
+    assert_eq!(state_files(&fx), files);
+    let (_, result) = CniResult::from_json("result", &out).unwrap();
+    fx.runner
+        .del(&list, &attachment, Some(&result))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn status_is_50_without_dev_net_tun() {
+    let fx = node(Chain::Ptp);
+    let list = fx.conflist("1.1.0", &[our_plugin(&fx, json!({}))]);
+    let request = list.request(1, CniVersion::V1_1_0, None);
+    let (out, status) = run_binary(&fx, &[("CNI_COMMAND", "STATUS")], &request.to_string());
+    assert_eq!((status, out.clone()), (0, Value::Null), "ready: {out}");
+    // A private mount namespace where /dev/net is an empty tmpfs: no /dev/net/tun.
+    let plugin = fx.runner.exec.find(PLUGIN).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /dev/net && exec \"$0\"",
+    ])
+    .arg(&plugin)
+    .env("CNI_COMMAND", "STATUS")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    fx.node.netns().enter_before_exec(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?} {:?}",
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(out.status.signal(), None);
+    assert_eq!(stdout["code"], code::NOT_AVAILABLE, "{stdout}");
+    assert!(
+        stdout["msg"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/net/tun cannot be opened"),
+        "{stdout}"
+    );
+    // The real /dev/net/tun was never touched.
+    assert!(Path::new("/dev/net/tun").exists());
+
+    // A state directory that cannot be written: also 50, naming it.
+    let file = fx.dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let mut blocked = request.clone();
+    blocked["stateDir"] = file.join("sub").display().to_string().into();
+    let (out, status) = run_binary(&fx, &[("CNI_COMMAND", "STATUS")], &blocked.to_string());
+    assert_eq!(status, 1);
+    assert_eq!(out["code"], code::NOT_AVAILABLE, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("is not writable"),
+        "{out}"
+    );
+}
