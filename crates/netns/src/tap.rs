@@ -229,67 +229,6 @@ fn read_flags(
     Ok(unsafe { request.ifr_ifru.ifru_flags } as u16)
 }
 
-impl Netns {
-    /// Opens `queues` queue descriptors of the existing persistent tap `name` of this
-    /// namespace, as a VMM that opens its tap by name does (`TUNSETIFF` with the tap's name
-    /// attaches to it; `IFF_MULTI_QUEUE` when `queues > 1`, which must match how the tap was
-    /// made). Fails if no link of that name exists, rather than creating one.
-    #[tracing::instrument(name = "netns.tap_open", skip_all, fields(tap = %name, queues), err)]
-    pub async fn open_tap_queues(
-        &self,
-        name: &IfName,
-        queues: usize,
-        vnet_hdr: bool,
-    ) -> Result<Vec<OwnedFd>, TapError> {
-        let config = TapConfig {
-            vnet_hdr,
-            ..TapConfig::new(name.clone(), queues)
-        };
-        if config.queues == 0 || config.queues > MAX_TAP_QUEUES {
-            return Err(TapError::InvalidQueues {
-                name: config.name.clone(),
-                queues: config.queues,
-                max: MAX_TAP_QUEUES,
-            });
-        }
-        let netns = self.path().to_path_buf();
-        self.run(move || {
-            let step = |step: &'static str, queue: usize| {
-                let (name, netns) = (config.name.clone(), netns.clone());
-                move |source: std::io::Error| TapError::Step {
-                    step,
-                    name,
-                    queue,
-                    netns,
-                    source,
-                }
-            };
-            if nix::net::if_::if_nametoindex(config.name.as_str()).is_err() {
-                return Err(step("find the tap", 0)(std::io::Error::from_raw_os_error(
-                    libc::ENODEV,
-                )));
-            }
-            let request = ifreq(&config.name, config.flags());
-            let mut fds = Vec::with_capacity(config.queues);
-            for queue in 0..config.queues {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open("/dev/net/tun")
-                    .map_err(step("open /dev/net/tun", queue))?;
-                // SAFETY: `request` is a fully initialised ifreq that outlives the call, and the
-                // fd is an open /dev/net/tun descriptor owned by `file`.
-                unsafe { tun_set_iff(file.as_raw_fd(), &request) }
-                    .map_err(|e| step("attach (TUNSETIFF)", queue)(e.into()))?;
-                fds.push(OwnedFd::from(file));
-            }
-            Ok(fds)
-        })
-        .await?
-    }
-}
-
 /// Runs inside the namespace: checks the name is free, opens every queue, then sets owner,
 /// group and persistence.
 fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapError> {
