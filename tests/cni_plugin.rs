@@ -99,7 +99,11 @@ async fn run_ours(
 /// Opens the queue of a persistent tap by name inside `ns`, as a VMM does.
 async fn open_tap(ns: &TestNetns, name: &str) -> Vec<std::os::fd::OwnedFd> {
     let name = IfName::new(name).unwrap();
-    ns.netns().open_tap_queues(&name, 1, true).await.unwrap().queues
+    ns.netns()
+        .open_tap_queues(&name, 1, true)
+        .await
+        .unwrap()
+        .queues
 }
 
 /// The pod's own IPv4 address and the guest MAC: traffic to that address must reach the

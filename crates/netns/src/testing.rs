@@ -241,13 +241,19 @@ impl TestNetns {
 }
 
 impl TestNetns {
-    /// Waits (up to 5 s) until `dev` has its IPv6 link-local address; panics otherwise.
+    /// Waits (up to 5 s) until `dev` has its IPv6 link-local address, no longer tentative;
+    /// panics otherwise.
     pub fn wait_for_link_local(&self, dev: &str) {
         for _ in 0..500 {
             let addrs = self.ip_json(&["-6", "addr", "show", "dev", dev, "scope", "link"]);
+            // Final, not only present: a new address is `tentative` until the kernel's DAD
+            // work has run, even with DAD off, and a snapshot taken before would differ.
             if addrs.as_array().is_some_and(|l| {
-                l.iter()
-                    .any(|l| l["addr_info"].as_array().is_some_and(|a| !a.is_empty()))
+                l.iter().any(|l| {
+                    l["addr_info"].as_array().is_some_and(|a| {
+                        !a.is_empty() && a.iter().all(|a| a.get("tentative").is_none())
+                    })
+                })
             }) {
                 return;
             }
