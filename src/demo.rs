@@ -1,7 +1,10 @@
 //! `sandbox-net demo`: the whole life of a sandbox's network in throwaway namespaces.
 //!
-//! It builds what CNI would leave (a pod namespace with `eth0`, the other end of the veth in a
-//! "host" namespace), attaches the pod with tcfilter and host-side rate limits, runs the
+//! It builds the pod as CNI leaves it: with the real reference plugins when they are installed
+//! (ptp and host-local from `/usr/lib/cni`, run by the library's CNI runtime with the demo's
+//! "host" namespace as the node, so the veth's other end lands there), else with its own
+//! builder (a pod namespace with `eth0`, the other end of the veth in the host namespace);
+//! the report says which. It attaches the pod with tcfilter and host-side rate limits, runs the
 //! user-space test guest on the tap's queues, pings it from the host side, measures the
 //! shaped rate into the VM, lets a fresh `sandbox-net detach` process restore the state file
 //! and tear everything down, checks that the pod is exactly as it was, and deletes its
@@ -27,7 +30,10 @@ use sandbox_net_persist::{
     scan::{Address, NamespaceScan, Neighbour, Route},
 };
 
-use crate::{NetnsSource, Network, NetworkConfig};
+use crate::{
+    NetnsSource, Network, NetworkConfig,
+    cni::{Attachment, ChainRunner, CniResult, NetworkConfigList, PluginExec},
+};
 
 /// The limit the demo configures, both ways.
 const RATE_BITS: u64 = 50_000_000;
@@ -50,6 +56,8 @@ pub struct DemoReport {
     pub shaped_rx_bits: f64,
     /// The fresh process that restored and detached.
     pub detach_process: String,
+    /// What built the pod: the CNI reference plugins, or the demo's own builder.
+    pub pod_builder: String,
 }
 
 impl fmt::Display for DemoReport {
@@ -61,6 +69,7 @@ impl fmt::Display for DemoReport {
             "  namespaces   pod {} and host {}, created for the demo",
             self.namespaces.0, self.namespaces.1
         )?;
+        writeln!(f, "  pod          {}", self.pod_builder)?;
         for a in &self.attached {
             writeln!(f, "  attached     {a}")?;
         }
@@ -148,6 +157,19 @@ struct Scene {
     pod: Netns,
     host: Netns,
     state: PathBuf,
+    /// The CNI network that built the pod, for its DEL at cleanup.
+    cni: Mutex<Option<CniPod>>,
+}
+
+/// Where the demo looks for the CNI reference plugins.
+const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+/// A pod built by the CNI reference plugins.
+struct CniPod {
+    runner: ChainRunner,
+    list: NetworkConfigList,
+    attachment: Attachment,
+    result: CniResult,
 }
 
 /// Runs the demo and returns its report. Needs root, nothing else.
@@ -166,7 +188,12 @@ pub async fn run() -> anyhow::Result<DemoReport> {
         }
     };
     let state = std::env::temp_dir().join(format!("sandbox-net-demo-{tag}/state.json"));
-    let scene = Scene { pod, host, state };
+    let scene = Scene {
+        pod,
+        host,
+        state,
+        cni: Mutex::new(None),
+    };
     let outcome = tokio::select! {
         report = scenario(&scene) => report,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
@@ -179,7 +206,15 @@ pub async fn run() -> anyhow::Result<DemoReport> {
 
 async fn scenario(scene: &Scene) -> anyhow::Result<DemoReport> {
     let pod_rtnl = scene.pod.rtnl().await?;
-    build_pod(scene, &pod_rtnl).await?;
+    let pod_builder = if cni_plugins_installed() {
+        build_pod_with_cni(scene).await?;
+        format!(
+            "built by the CNI reference plugins ptp + host-local ({CNI_PLUGINS}), run by the library's CNI runtime with the host namespace as the node"
+        )
+    } else {
+        build_pod(scene, &pod_rtnl).await?;
+        format!("built by the demo's own pod builder (no CNI ptp/host-local in {CNI_PLUGINS})")
+    };
     let before = settled_scan(&pod_rtnl).await?;
 
     let config = NetworkConfig {
@@ -288,6 +323,7 @@ async fn scenario(scene: &Scene) -> anyhow::Result<DemoReport> {
         rtt: report.median_rtt(),
         shaped_rx_bits,
         detach_process,
+        pod_builder,
     })
 }
 
@@ -371,6 +407,76 @@ async fn build_pod(scene: &Scene, pod: &Rtnl) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cni_plugins_installed() -> bool {
+    ["ptp", "host-local"].iter().all(|p| {
+        std::fs::metadata(std::path::Path::new(CNI_PLUGINS).join(p)).is_ok_and(|m| m.is_file())
+    })
+}
+
+/// The pod as the reference plugins make it: ptp's veth (`eth0` 10.88.0.2/24 in the pod, the
+/// other end with 10.88.0.1/32 in the host namespace), the address from host-local, whose
+/// leases go in the state file's directory.
+async fn build_pod_with_cni(scene: &Scene) -> anyhow::Result<()> {
+    for key in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{key}/accept_dad");
+        scene
+            .pod
+            .run(move || std::fs::write(path, "0"))
+            .await?
+            .context("cannot turn IPv6 DAD off in the pod")?;
+    }
+    let leases = scene
+        .state
+        .parent()
+        .map(|d| d.join("ipam"))
+        .context("the state file has no directory")?;
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("sbxdemo-{}", std::process::id()),
+        "plugins": [{
+            "type": "ptp",
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": leases,
+                "ranges": [[{"subnet": "10.88.0.0/24", "rangeStart": POD_IP.to_string(), "gateway": HOST_IP.to_string()}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        }],
+    });
+    let list = NetworkConfigList::from_value("the demo's network", &list)?;
+    let runner = ChainRunner::new(PluginExec {
+        search_path: vec![CNI_PLUGINS.into()],
+        node: Some(scene.host.clone()),
+        env: Vec::new(),
+    });
+    let attachment = Attachment {
+        container_id: label(&scene.pod),
+        netns: Some(scene.pod.path().to_path_buf()),
+        ifname: "eth0".into(),
+        args: Vec::new(),
+    };
+    let result = runner.add(&list, &attachment).await;
+    // Recorded before it is checked: a failed ADD is followed by DEL at cleanup.
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => {
+            let _ = runner.del(&list, &attachment, None).await;
+            return Err(e).context("the CNI plugins could not build the pod");
+        }
+    };
+    *scene
+        .cni
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock poisoned"))? = Some(CniPod {
+        runner,
+        list,
+        attachment,
+        result,
+    });
+    Ok(())
+}
+
 /// Everything of the pod but the neighbour entries the kernel makes by itself (multicast,
 /// learnt), once the kernel has given `eth0` its IPv6 link-local address, which it does a
 /// moment after the link comes up.
@@ -430,6 +536,15 @@ async fn cleanup(scene: Scene) -> anyhow::Result<()> {
             }
             Err(e) => problems.push(format!("restore: {e}")),
         }
+    }
+    let cni = scene.cni.lock().ok().and_then(|mut c| c.take());
+    if let Some(pod) = cni
+        && let Err(e) = pod
+            .runner
+            .del(&pod.list, &pod.attachment, Some(&pod.result))
+            .await
+    {
+        problems.push(format!("CNI DEL: {}", crate::cni::error::error_chain(&e)));
     }
     if let Some(dir) = scene.state.parent() {
         let _ = std::fs::remove_dir_all(dir);

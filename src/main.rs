@@ -5,7 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sandbox_net::{
-    NetnsSource, Network, NetworkConfig, SandboxError, demo,
+    NetnsSource, Network, NetworkConfig, SandboxError,
+    cni::{NetworkConfigList, PluginExec, runtime::CniRecord},
+    demo,
     handover::{DeviceInfo, HandOver},
     telemetry,
 };
@@ -107,6 +109,60 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
     },
+    /// Create a namespace, run a CNI network configuration into it (ADD of each plugin in
+    /// order), and attach its endpoints, for a VMM that opens the taps by name.
+    ///
+    /// The state file records the namespace, the CNI network (with ADD's result) and the
+    /// endpoints: `down` undoes all of it. When the state file already exists (an earlier run
+    /// that died), that run is deleted first: endpoints, CNI DEL, namespace.
+    Up {
+        /// The namespace to create: a name under /run/netns, or a path.
+        #[arg(long, value_name = "PATH-OR-NAME")]
+        netns: String,
+        /// The state file to write.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// The network configuration: a .conflist, or one plugin's .conf.
+        #[arg(long, value_name = "FILE")]
+        conflist: PathBuf,
+        /// Where the plugins are (`:`-separated; default: $CNI_PATH, else /opt/cni/bin:/usr/lib/cni).
+        #[arg(long, value_name = "DIRS")]
+        cni_path: Option<String>,
+        /// The pod interface's name (CNI_IFNAME).
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// CNI_ARGS (`K=V;K=V`).
+        #[arg(long, value_name = "ARGS", default_value = "")]
+        cni_args: String,
+        /// Run the plugins inside this namespace instead of this process's (a node namespace).
+        #[arg(long, value_name = "PATH-OR-NAME")]
+        node_netns: Option<String>,
+        /// How interfaces reach the VM.
+        #[arg(long, default_value = "tcfilter", value_parser = parse_model)]
+        model: InterworkingModel,
+        /// Queue pairs per device (1..=256).
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+        /// Host-side limit into the VM, bits/s (0: none).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        rx_rate: u64,
+        /// Host-side limit out of the VM, bits/s (0: none).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        tx_rate: u64,
+        /// The sandbox's id, the CNI container id (default: the namespace's name).
+        #[arg(long)]
+        sandbox_id: Option<String>,
+        /// Print the devices as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo `up`: detach the endpoints, run the CNI network's DEL (plugins in reverse order),
+    /// delete the namespace, remove the state file.
+    Down {
+        /// The state file written by `up`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
     /// Run a self-contained demonstration in throwaway namespaces (needs root only).
     Demo,
 }
@@ -193,7 +249,41 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 attach(request).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Detach { state } => detach(state).await.map(|()| ExitCode::SUCCESS),
+            Command::Detach { state } | Command::Down { state } => {
+                detach(state).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Up {
+                netns,
+                state,
+                conflist,
+                cni_path,
+                ifname,
+                cni_args,
+                node_netns,
+                model,
+                queues,
+                rx_rate,
+                tx_rate,
+                sandbox_id,
+                json,
+            } => {
+                let request = UpRequest {
+                    netns,
+                    state,
+                    conflist,
+                    cni_path,
+                    ifname,
+                    cni_args,
+                    node_netns,
+                    model,
+                    queues,
+                    rx_rate,
+                    tx_rate,
+                    sandbox_id,
+                    json,
+                };
+                up(request).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::Check { state } => check(state).await,
             Command::Demo => demo::run().await.map(|report| {
                 print!("{report}");
@@ -281,6 +371,143 @@ async fn attach(request: AttachRequest) -> anyhow::Result<()> {
         println!("state: {}", request.state.display());
     }
     Ok(())
+}
+
+struct UpRequest {
+    netns: String,
+    state: PathBuf,
+    conflist: PathBuf,
+    cni_path: Option<String>,
+    ifname: String,
+    cni_args: String,
+    node_netns: Option<String>,
+    model: InterworkingModel,
+    queues: usize,
+    rx_rate: u64,
+    tx_rate: u64,
+    sandbox_id: Option<String>,
+    json: bool,
+}
+
+/// Plugins are looked for here when neither --cni-path nor CNI_PATH says.
+const DEFAULT_CNI_PATH: &str = "/opt/cni/bin:/usr/lib/cni";
+
+async fn up(request: UpRequest) -> anyhow::Result<()> {
+    if request.state.exists() {
+        // A run that died (after its CNI ADD, say) left its record: delete before adding, as
+        // a runtime must, so that its lease, veth and namespace do not leak.
+        eprintln!(
+            "note: {} is left by an earlier run that did not finish: deleting it before adding",
+            request.state.display()
+        );
+        let network = Network::restore(&request.state, NetworkConfig::default())
+            .context("cannot load the leftover of an earlier run")?;
+        network
+            .teardown()
+            .await
+            .context("cannot delete the leftover of an earlier run")?;
+    }
+    let list = NetworkConfigList::from_file(&request.conflist)?;
+    let config_json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&request.conflist)
+            .with_context(|| format!("cannot read {}", request.conflist.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", request.conflist.display()))?;
+    let netns_path = if request.netns.contains('/') {
+        PathBuf::from(&request.netns)
+    } else {
+        sandbox_net_netns::named_path(&request.netns)?
+    };
+    let node_netns = match &request.node_netns {
+        Some(node) => Some(Netns::open_path_or_name(node)?.path().to_path_buf()),
+        None => None,
+    };
+    let plugin_dirs = PluginExec::split_path(
+        &request
+            .cni_path
+            .clone()
+            .or_else(|| std::env::var("CNI_PATH").ok().filter(|p| !p.is_empty()))
+            .unwrap_or_else(|| DEFAULT_CNI_PATH.into()),
+    );
+    let args = sandbox_net::cni::plugin::request::parse_args(&request.cni_args)
+        .map_err(|e| anyhow::anyhow!("--cni-args: {}", e.msg))?;
+    let sandbox_id = request.sandbox_id.clone().unwrap_or_else(|| {
+        netns_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sandbox".into())
+    });
+    let config = NetworkConfig {
+        model: request.model,
+        tap: TapOptions {
+            queues: 1,
+            vnet_hdr: true,
+            owner: None,
+            group: None,
+            persist: true,
+        },
+        ..NetworkConfig::default()
+    };
+    let mut network = Network::create(
+        &request.state,
+        &sandbox_id,
+        NetnsSource::Create(netns_path),
+        config,
+    )?;
+    let record = CniRecord {
+        config: config_json,
+        ifname: request.ifname.clone(),
+        args,
+        plugin_dirs,
+        node_netns,
+        result: None,
+    };
+    let result = match network.add_cni(record).await {
+        Ok(result) => result,
+        Err(e) => {
+            network
+                .teardown()
+                .await
+                .context("cannot undo the failed up")?;
+            return Err(e.into());
+        }
+    };
+    kill_point_after_cni_add();
+    let vmm = HandOver::new(request.queues, request.rx_rate, request.tx_rate);
+    if let Err(e) = network.add_endpoints(&vmm, None).await {
+        network
+            .teardown()
+            .await
+            .context("cannot undo the failed up")?;
+        return Err(e.into());
+    }
+    let devices = vmm.devices();
+    if request.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&devices).context("cannot encode the devices as JSON")?
+        );
+    } else {
+        let ips: Vec<String> = result.ips.iter().map(|ip| ip.address.to_string()).collect();
+        println!(
+            "network {} (CNI {}): {}",
+            list.name,
+            list.version,
+            ips.join(", ")
+        );
+        print!("{}", device_table(&devices));
+        println!("state: {}", request.state.display());
+    }
+    Ok(())
+}
+
+/// With the `fault-injection` feature, `SANDBOX_NET_KILL_AFTER_CNI_ADD` makes `up` kill
+/// itself with SIGKILL right after the CNI ADD, as a runtime crashing there would.
+fn kill_point_after_cni_add() {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var_os("SANDBOX_NET_KILL_AFTER_CNI_ADD").is_some() {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 fn device_table(devices: &[DeviceInfo]) -> String {

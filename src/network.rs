@@ -363,6 +363,16 @@ impl Network {
         self.sandbox.forget()
     }
 
+    /// Runs a CNI network configuration into the sandbox's namespace (see
+    /// [`Sandbox::add_cni`]); teardown runs its DEL.
+    #[tracing::instrument(name = "network.add_cni", skip_all, fields(netns = %self.netns_label()), err)]
+    pub async fn add_cni(
+        &mut self,
+        record: sandbox_net_persist::state::CniRecord,
+    ) -> Result<crate::cni::CniResult, SandboxError> {
+        self.sandbox.add_cni(record).await
+    }
+
     /// Runs `f` on a thread inside the sandbox's namespace.
     pub async fn run<F, T>(&self, f: F) -> Result<T, SandboxError>
     where

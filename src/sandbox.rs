@@ -12,7 +12,7 @@ use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
 use sandbox_net_persist::{
     IfName,
     endpoint::EndpointId,
-    state::{EndpointRecord, NetnsRecord, SandboxState},
+    state::{CniRecord, EndpointRecord, NetnsRecord, SandboxState},
     steps::InterworkingModel,
     store::{StateStore, StoreError},
 };
@@ -92,6 +92,17 @@ pub enum SandboxError {
         file: PathBuf,
         /// What is not attached.
         what: String,
+    },
+    /// A CNI network could not be run into the namespace, or its DEL failed.
+    #[error("state file {file}: CNI network {network}")]
+    Cni {
+        /// The state file.
+        file: PathBuf,
+        /// The network's name.
+        network: String,
+        /// Why.
+        #[source]
+        source: Box<crate::cni::runtime::RuntimeError>,
     },
     /// Teardown went on past failures; these are all of them.
     #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
@@ -492,7 +503,8 @@ impl Sandbox {
 
     /// Tears down every endpoint from the record alone, last attached first, saving after
     /// each; goes on past failures and reports them all. What is already gone (objects, or
-    /// the whole namespace) counts as done. Safe to run twice. When everything is undone and
+    /// the whole namespace) counts as done. Safe to run twice. Then the CNI networks the
+    /// sandbox ran into its namespace get their DEL, last first. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
     pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
         let rtnl = match self.netns.clone() {
@@ -539,17 +551,103 @@ impl Sandbox {
                 failures,
             });
         }
+        self.rtnl = rtnl;
+        // The CNI networks sandbox-net ran into the namespace go after the endpoints (the
+        // pod interfaces are theirs) and before the namespace.
+        if !self.state.cni.is_empty() {
+            self.del_cni().await?;
+        }
+        self.delete_created_netns()
+    }
+
+    /// Runs the CNI network of `record` into the sandbox's namespace, as a runtime does (the
+    /// container id is the sandbox's id). The record is written before ADD and again with
+    /// ADD's result, so that a teardown in this or a later process runs DEL even when this
+    /// process dies during ADD. When ADD fails, DEL runs at once (as the specification asks)
+    /// and the record goes.
+    #[tracing::instrument(name = "sandbox.add_cni", skip_all, fields(ifname = %record.ifname), err)]
+    pub async fn add_cni(
+        &mut self,
+        mut record: CniRecord,
+    ) -> Result<crate::cni::CniResult, SandboxError> {
+        let netns = self.live_netns()?;
+        let file = self.store.path().to_path_buf();
+        let cni_error = |network: &str, source| SandboxError::Cni {
+            file: file.clone(),
+            network: network.to_string(),
+            source: Box::new(source),
+        };
+        let list = crate::cni::runtime::network(&record)
+            .map_err(|e| cni_error("(unreadable)", e.into()))?;
+        record.result = None;
+        self.state.cni.push(record.clone());
+        self.store.save(&self.state)?;
+        let sandbox_id = self.state.sandbox_id.clone();
+        match crate::cni::runtime::add(&record, &sandbox_id, netns.path().to_path_buf()).await {
+            Ok(result) => {
+                if let Some(last) = self.state.cni.last_mut() {
+                    last.result = Some(result.to_json(list.version));
+                }
+                self.store.save(&self.state)?;
+                Ok(result)
+            }
+            Err(e) => {
+                if let Err(undo) =
+                    crate::cni::runtime::del(&record, &sandbox_id, Some(netns.path().to_path_buf()))
+                        .await
+                {
+                    tracing::warn!(error = %crate::cni::error::error_chain(&undo), "DEL after a failed ADD failed; the record stays for teardown");
+                    return Err(cni_error(&list.name, e));
+                }
+                self.state.cni.pop();
+                self.store.save(&self.state)?;
+                Err(cni_error(&list.name, e))
+            }
+        }
+    }
+
+    /// DEL of every recorded CNI network, last first; goes on past failures and keeps the
+    /// records that failed, reporting the first.
+    async fn del_cni(&mut self) -> Result<(), SandboxError> {
+        let netns_path = self.netns.as_ref().map(|n| n.path().to_path_buf());
+        let sandbox_id = self.state.sandbox_id.clone();
+        let mut first_error = None;
+        let mut kept = Vec::new();
+        while let Some(record) = self.state.cni.pop() {
+            if let Err(e) = crate::cni::runtime::del(&record, &sandbox_id, netns_path.clone()).await
+            {
+                let network = crate::cni::runtime::network(&record)
+                    .map(|l| l.name)
+                    .unwrap_or_default();
+                tracing::warn!(%network, error = %crate::cni::error::error_chain(&e), "CNI DEL failed");
+                kept.push(record);
+                first_error.get_or_insert(SandboxError::Cni {
+                    file: self.store.path().to_path_buf(),
+                    network,
+                    source: Box::new(e),
+                });
+            }
+            self.store.save(&self.state)?;
+        }
+        kept.reverse();
+        if !kept.is_empty() {
+            self.state.cni = kept;
+            self.store.save(&self.state)?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the namespace when this module created it (the end of a teardown).
+    fn delete_created_netns(&mut self) -> Result<(), SandboxError> {
         if self.state.netns.created_by_us
             && let Some(netns) = self.netns.take_if(|n| n.created_by_us())
         {
             // The connection goes with the namespace.
-            drop(rtnl);
+            self.rtnl = None;
             netns.delete().map_err(|source| SandboxError::Netns {
                 file: self.store.path().to_path_buf(),
                 source,
             })?;
-        } else {
-            self.rtnl = rtnl;
         }
         Ok(())
     }

@@ -267,4 +267,9 @@ fn the_demo_runs_and_reports_real_figures() {
         "the shaper holds the configured 50 Mbit/s within 10 %: {shaped}"
     );
     assert!(text.contains("leftovers    none"), "{text}");
+    // CI installs the CNI reference plugins: the pod is theirs, and the report says so.
+    assert!(
+        text.contains("  pod          built by the CNI reference plugins ptp + host-local"),
+        "{text}"
+    );
 }

@@ -9,6 +9,7 @@
 //!   `prevResult` passed on, DEL in reverse, CHECK, GC, STATUS), with per-plugin version
 //!   negotiation.
 //! - [`plugin`]: the `sandbox-net-cni` chained plugin (ADD, CHECK, DEL, STATUS, GC, VERSION).
+//! - [`runtime`]: a sandbox's namespace filled by a CNI network, recorded in its state.
 //! - [`trace`]: continuing a runtime's trace (`TRACEPARENT`).
 
 pub mod chain;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod plugin;
 pub mod result;
+pub mod runtime;
 pub mod trace;
 pub mod version;
 

@@ -87,6 +87,28 @@ pub struct EndpointRecord {
     pub attached: bool,
 }
 
+/// A CNI network run into the sandbox's namespace by sandbox-net (the runtime side): what
+/// teardown needs to run the chain's DEL, in this process or a later one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRecord {
+    /// The network configuration (a conflist, or one plugin's configuration), as given.
+    pub config: Value,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_ARGS`.
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
+    /// The directories the plugins were found in (`CNI_PATH`).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The namespace the plugins ran in, when not the caller's (a node namespace).
+    #[serde(default)]
+    pub node_netns: Option<PathBuf>,
+    /// ADD's final result, in the configuration's version; `None` while ADD is under way (a
+    /// record written before ADD, so that a crash during it is undone by DEL).
+    #[serde(default)]
+    pub result: Option<Value>,
+}
+
 /// The state of one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxState {
@@ -108,6 +130,10 @@ pub struct SandboxState {
     /// Endpoints of kinds this version does not know, kept verbatim and written back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_endpoints: Vec<Value>,
+    /// CNI networks sandbox-net ran into the namespace, in order; teardown runs their DEL,
+    /// last first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni: Vec<CniRecord>,
 }
 
 impl SandboxState {
@@ -125,6 +151,7 @@ impl SandboxState {
             link_group: 0,
             endpoints: Vec::new(),
             unknown_endpoints: Vec::new(),
+            cni: Vec::new(),
         }
     }
 
