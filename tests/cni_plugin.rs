@@ -597,6 +597,26 @@ async fn bad_input_is_a_cni_error_and_changes_nothing() {
     );
     unchanged("eth9 in prevResult");
 
+    // Another process holds the attachment (its lock): try again later.
+    let state = fx
+        .dir
+        .path()
+        .join("state")
+        .join(&fx.network)
+        .join(&attachment.container_id)
+        .join("eth0.json");
+    let held = sandbox_net_persist::store::StateStore::open(&state).unwrap();
+    expect(
+        "locked",
+        run_binary(&fx, &full_env, &request.to_string()),
+        code::TRY_AGAIN_LATER,
+        "locked by another process",
+    );
+    assert_same_snapshot(&before, &fx.pod().snapshot());
+    held.remove().unwrap();
+    std::fs::remove_dir(state.parent().unwrap()).unwrap();
+    unchanged("locked");
+
     // A second ADD of the same attachment: refused, and the first one is left as it was.
     let (out, status) = run_binary(&fx, &full_env, &request.to_string());
     assert_eq!(status, 0, "{out}");
@@ -685,4 +705,317 @@ async fn status_is_50_without_dev_net_tun() {
         out["msg"].as_str().unwrap().contains("is not writable"),
         "{out}"
     );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn macvtap_model_after_every_reference_chain() {
+    for chain in Chain::ALL {
+        let what = format!("{chain:?} macvtap");
+        let fx = node(chain);
+        let list = fx.conflist(
+            "1.1.0",
+            &[our_plugin(
+                &fx,
+                json!({"model": "macvtap", "rxRate": 50_000_000}),
+            )],
+        );
+        let attachment = fx.attachment();
+        let first = fx
+            .runner
+            .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+            .await
+            .unwrap()
+            .unwrap();
+        let pod_mac = link_json(fx.pod(), "eth0")["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let before = fx.settled_snapshot();
+        let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: ADD: {}", error_chain(&e)))
+            .unwrap();
+        let (_, result) = CniResult::from_json("result", &raw).unwrap();
+        let n = first.interfaces.len();
+        let (tap, vm) = (&result.interfaces[n], &result.interfaces[n + 1]);
+        let macvtap = link_json(fx.pod(), "tap0_kata");
+        assert_eq!(macvtap["linkinfo"]["info_kind"], "macvtap", "{what}");
+        assert_eq!(
+            tap.mac.as_deref(),
+            Some(pod_mac.as_str()),
+            "{what}: the macvtap takes the pod MAC"
+        );
+        assert_eq!(
+            vm.mac.as_deref(),
+            Some(pod_mac.as_str()),
+            "{what}: and the guest too"
+        );
+        assert_ne!(
+            link_json(fx.pod(), "eth0")["address"].as_str(),
+            Some(pod_mac.as_str()),
+            "{what}"
+        );
+
+        // Traffic reaches the guest on the macvtap's queue.
+        let link = fx
+            .pod()
+            .netns()
+            .rtnl()
+            .await
+            .unwrap()
+            .link_by_name("tap0_kata")
+            .await
+            .unwrap();
+        let queues = fx
+            .pod()
+            .netns()
+            .open_macvtap_queues(&link, 1)
+            .await
+            .unwrap();
+        let replies = ping_guest(
+            &fx,
+            queues,
+            pod_mac.parse().unwrap(),
+            first.ips[0].address.addr(),
+        )
+        .await;
+        assert!(replies >= 3, "{what}");
+
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Check,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: CHECK: {}", error_chain(&e)));
+        // The rate limit's HTB tree deleted behind our back: CHECK names it.
+        let qdiscs = fx.pod().tc_json(&["qdisc", "show"]);
+        let htb = qdiscs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["kind"] == "htb")
+            .unwrap_or_else(|| panic!("{what}: no HTB tree for the rate: {qdiscs}"));
+        let shaped = htb["dev"].as_str().unwrap().to_string();
+        fx.pod().tc(&["qdisc", "del", "dev", &shaped, "root"]);
+        let err = run_ours(
+            &fx,
+            &list,
+            CniCommand::Check,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap_err();
+        let cni = err.cni_error().unwrap_or_else(|| panic!("{what}: {err}"));
+        assert_eq!(cni.code, code::DRIFT, "{what}: {cni:?}");
+        assert!(
+            cni.msg.contains(&format!("shape egress of {shaped}")),
+            "{what}: {}",
+            cni.msg
+        );
+
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Del,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap();
+        assert_same_snapshot(&before, &fx.settled_snapshot());
+        fx.runner
+            .del(&list, &attachment, Some(&result))
+            .await
+            .unwrap();
+        assert_eq!(fx.leases(), Vec::<String>::new(), "{what}");
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn tc_redirect_tap_args_queues_and_ips_without_an_interface_index() {
+    let fx = node(Chain::Bridge);
+    let list = fx.conflist("1.1.0", &[our_plugin(&fx, json!({"queues": 2}))]);
+    let mut attachment = fx.attachment();
+    let mut first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = fx.settled_snapshot();
+    // Some plugins leave `interface` out of their IPs: the kernel says whose they are.
+    for ip in &mut first.ips {
+        ip.interface = None;
+    }
+    attachment.args = vec![
+        ("IgnoreUnknown".into(), "1".into()),
+        ("TC_REDIRECT_TAP_NAME".into(), "vmtap7".into()),
+        ("TC_REDIRECT_TAP_UID".into(), "1234".into()),
+        ("TC_REDIRECT_TAP_GID".into(), "2345".into()),
+    ];
+    let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+        .await
+        .unwrap_or_else(|e| panic!("ADD: {}", error_chain(&e)))
+        .unwrap();
+    let (_, result) = CniResult::from_json("result", &raw).unwrap();
+    let n = first.interfaces.len();
+    assert_eq!(result.interfaces[n].name, "vmtap7");
+    assert_eq!(result.interfaces[n + 1].name, "vmtap7");
+    let m = first.ips.len();
+    assert_eq!(
+        result.ips.len(),
+        2 * m,
+        "the IPs were matched to eth0 by its addresses"
+    );
+    assert!(result.ips[m..].iter().all(|ip| ip.interface == Some(n + 1)));
+    let tap = link_json(fx.pod(), "vmtap7");
+    let info = &tap["linkinfo"]["info_data"];
+    assert_eq!(
+        (info["user"].as_u64(), info["group"].as_u64()),
+        (Some(1234), Some(2345)),
+        "{info}"
+    );
+    assert_eq!(info["multi_queue"], true, "{info}");
+    assert_eq!(info["persist"], true, "{info}");
+    // Two queues, opened as a VMM does.
+    let name = IfName::new("vmtap7").unwrap();
+    let tap = fx
+        .pod()
+        .netns()
+        .open_tap_queues(&name, 2, true)
+        .await
+        .unwrap();
+    assert_eq!(tap.queues.len(), 2);
+    drop(tap);
+    run_ours(
+        &fx,
+        &list,
+        CniCommand::Check,
+        Some(&attachment),
+        Some(&result),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("CHECK: {}", error_chain(&e)));
+    run_ours(
+        &fx,
+        &list,
+        CniCommand::Del,
+        Some(&attachment),
+        Some(&result),
+    )
+    .await
+    .unwrap();
+    assert_same_snapshot(&before, &fx.settled_snapshot());
+    fx.runner
+        .del(&list, &attachment, Some(&result))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn all_interfaces_of_prev_result_are_wired() {
+    let fx = node(Chain::Ptp);
+    let list = fx.conflist("1.0.0", &[our_plugin(&fx, json!({"allInterfaces": true}))]);
+    let attachment = fx.attachment();
+    let eth0 = fx
+        .runner
+        .add(&fx.conflist("1.0.0", &[]), &attachment)
+        .await
+        .unwrap();
+    // A second network of ptp for eth1, in another subnet.
+    let second = json!({"cniVersion": "1.0.0", "name": format!("{}-b", fx.network), "plugins": [{
+        "type": "ptp", "ipMasq": false,
+        "ipam": {"type": "host-local", "dataDir": fx.ipam_dir(), "subnet": "10.78.0.0/24"},
+    }]});
+    let second = NetworkConfigList::from_value("second", &second).unwrap();
+    let eth1_attachment = Attachment {
+        ifname: "eth1".into(),
+        ..attachment.clone()
+    };
+    let eth1 = fx.runner.add(&second, &eth1_attachment).await.unwrap();
+    // One prevResult naming both, as a chain of two interface plugins would.
+    let mut prev = eth0.clone();
+    let offset = prev.interfaces.len();
+    prev.interfaces.extend(eth1.interfaces.iter().cloned());
+    prev.ips.extend(eth1.ips.iter().cloned().map(|mut ip| {
+        ip.interface = ip.interface.map(|i| i + offset);
+        ip
+    }));
+    let before = fx.settled_snapshot();
+    let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&prev))
+        .await
+        .unwrap_or_else(|e| panic!("ADD: {}", error_chain(&e)))
+        .unwrap();
+    let (_, result) = CniResult::from_json("result", &raw).unwrap();
+    let n = prev.interfaces.len();
+    let names: Vec<&str> = result.interfaces[n..]
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    assert_eq!(names, ["tap0_kata", "tap0_kata", "tap1_kata", "tap1_kata"]);
+    for (k, (pod_if, pod_ip)) in [("eth0", &eth0), ("eth1", &eth1)].into_iter().enumerate() {
+        let vm = &result.interfaces[n + 2 * k + 1];
+        let mac = link_json(fx.pod(), pod_if)["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(vm.mac.as_deref(), Some(mac.as_str()), "{pod_if}");
+        let ip = pod_ip.ips[0].address;
+        assert!(
+            result
+                .ips
+                .iter()
+                .any(|c| c.address == ip && c.interface == Some(n + 2 * k + 1)),
+            "{pod_if}'s address on its VM interface"
+        );
+        let queues = open_tap(fx.pod(), &format!("tap{k}_kata")).await;
+        assert!(
+            ping_guest(&fx, queues, mac.parse().unwrap(), ip.addr()).await >= 3,
+            "{pod_if}"
+        );
+    }
+    run_ours(
+        &fx,
+        &list,
+        CniCommand::Check,
+        Some(&attachment),
+        Some(&result),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("CHECK: {}", error_chain(&e)));
+    run_ours(
+        &fx,
+        &list,
+        CniCommand::Del,
+        Some(&attachment),
+        Some(&result),
+    )
+    .await
+    .unwrap();
+    assert_same_snapshot(&before, &fx.settled_snapshot());
+    fx.runner
+        .del(&second, &eth1_attachment, Some(&eth1))
+        .await
+        .unwrap();
+    fx.runner
+        .del(&fx.conflist("1.0.0", &[]), &attachment, Some(&eth0))
+        .await
+        .unwrap();
+    assert_eq!(fx.leases(), Vec::<String>::new());
 }

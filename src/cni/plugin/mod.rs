@@ -186,8 +186,13 @@ fn version(stdin: &[u8]) -> Outcome {
 
 /// The error for a sandbox failure: the lock held elsewhere is "try again later".
 fn sandbox_error(msg: &str, e: SandboxError) -> CniError {
+    if let SandboxError::Store(StoreError::Locked { .. }) = &e {
+        return CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("{msg}: {e}; try again later"),
+        );
+    }
     let code = match &e {
-        SandboxError::Store(StoreError::Locked { .. }) => code::TRY_AGAIN_LATER,
         SandboxError::Store(_) => code::STATE,
         SandboxError::Exists(_) => code::ATTACHMENT_EXISTS,
         _ => code::KERNEL,
