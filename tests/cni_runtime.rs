@@ -211,3 +211,61 @@ async fn up_runs_a_real_conflist_and_down_undoes_it_and_a_crash_is_deleted_befor
     assert_eq!(fx.leases(), Vec::<String>::new());
     assert!(Netns::open_named(&name).is_err());
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_failed_up_runs_del_and_leaves_nothing() {
+    let fx = CniNode::new(Chain::Ptp, &[]);
+    let plugin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sandbox-net-cni"))
+        .parent()
+        .unwrap();
+    let conflist = fx.dir.path().join("net.conflist");
+    let ours = json!({"type": "sandbox-net-cni", "model": "bogus", "stateDir": fx.dir.path().join("state")});
+    let list = json!({"cniVersion": "1.0.0", "name": fx.network, "plugins": [fx.interface_plugin(), ours]});
+    std::fs::write(&conflist, list.to_string()).unwrap();
+    let state = fx.dir.path().join("sandbox/state.json");
+    let name = unique_netns_name();
+    let _guard = NetnsGuard(name.clone());
+    let cni_path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        common::cni::REFERENCE_PLUGINS
+    );
+    let out = sandbox_net(
+        &[
+            "up",
+            "--netns",
+            &name,
+            "--state",
+            state.to_str().unwrap(),
+            "--conflist",
+            conflist.to_str().unwrap(),
+            "--cni-path",
+            &cni_path,
+            "--node-netns",
+            fx.node.name(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model: \"bogus\" is not"),
+        "the error names the field: {stderr}"
+    );
+    // ptp's ADD had succeeded: the DEL after the failure undid it, then everything went.
+    assert_eq!(fx.leases(), Vec::<String>::new(), "lease released");
+    assert_eq!(
+        node_veths(&fx),
+        Vec::<String>::new(),
+        "ptp's host end removed"
+    );
+    assert!(
+        Netns::open_named(&name).is_err(),
+        "the namespace is deleted"
+    );
+    assert!(!state.exists(), "no state file");
+}

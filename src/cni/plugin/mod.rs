@@ -120,6 +120,16 @@ pub async fn run(env: &CniEnv, stdin: &[u8], faults: Faults) -> Outcome {
     };
     let config = match PluginConfig::from_request(&request, version) {
         Ok(c) => c,
+        // DEL is best effort: it needs only the network's name and the state directory, so a
+        // field it does not use (a bad model, an unreadable prevResult) does not stop it, and
+        // the plugins before this one in the chain still get their DEL.
+        Err(e) if command == CniCommand::Del => match PluginConfig::for_del(&request, version) {
+            Ok(c) => {
+                tracing::warn!(error = %e, "DEL goes on with the network name and state directory only");
+                c
+            }
+            Err(_) => return Outcome::failure(e, version),
+        },
         Err(e) => return Outcome::failure(e, version),
     };
     let span = tracing::info_span!(

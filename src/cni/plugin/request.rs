@@ -349,6 +349,18 @@ impl PluginConfig {
         })
     }
 
+    /// What DEL needs alone, `name` and `stateDir`, read from a request whose other fields may
+    /// be invalid; the rest takes default values.
+    pub fn for_del(map: &Map<String, Value>, version: CniVersion) -> Result<Self, CniError> {
+        let mut only = Map::new();
+        for key in ["name", "stateDir"] {
+            if let Some(v) = map.get(key) {
+                only.insert(key.to_string(), v.clone());
+            }
+        }
+        Self::from_request(&only, version)
+    }
+
     /// The directory of this network's attachments.
     pub fn network_dir(&self) -> PathBuf {
         self.state_dir.join(&self.network)
