@@ -1019,3 +1019,58 @@ async fn all_interfaces_of_prev_result_are_wired() {
         .unwrap();
     assert_eq!(fx.leases(), Vec::<String>::new());
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn gc_goes_on_past_a_failure_and_reports_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fx = node(Chain::Bridge);
+    let list = fx.conflist("1.1.0", &[our_plugin(&fx, json!({}))]);
+    let attachment = fx.attachment();
+    let first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = fx.settled_snapshot();
+    run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+        .await
+        .unwrap();
+    // A record GC cannot read, of another container, and a valid one that GC must keep.
+    let network_dir = fx.dir.path().join("state").join(&fx.network);
+    let broken = network_dir.join("ctr-broken").join("eth0.json");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, b"{ not json").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kept = network_dir.join("ctr-kept").join("eth1.json");
+    std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    std::fs::copy(&broken, &kept).unwrap();
+    let mut gc = list.request(1, CniVersion::V1_1_0, None);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-kept", "ifname": "eth1"}]);
+    let err = fx
+        .runner
+        .exec
+        .exec(PLUGIN, CniCommand::Gc, None, &gc)
+        .await
+        .unwrap_err();
+    let cni = err.cni_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(cni.code, code::KERNEL, "{cni:?}");
+    assert!(
+        cni.msg.contains("(ctr-broken, eth0)"),
+        "the failure is named: {}",
+        cni.msg
+    );
+    // It went on: the valid leftover of the attachment not in the list is gone anyway.
+    assert_same_snapshot(&before, &fx.pod().snapshot());
+    assert!(!network_dir.join(&attachment.container_id).exists());
+    assert!(kept.exists(), "a valid attachment is kept");
+    std::fs::remove_dir_all(&network_dir).unwrap();
+    fx.runner
+        .del(&list, &attachment, Some(&first))
+        .await
+        .unwrap();
+}
