@@ -120,3 +120,141 @@ async fn tcfilter_with_two_queue_pairs_boots_and_answers_ping() {
 async fn macvtap_with_one_queue_pair_boots_and_answers_ping() {
     boot_and_ping(InterworkingModel::Macvtap, 1, 1).await;
 }
+
+/// Adds `eth1` to the pod: a veth whose peer `veth-host1` is in the fixture's host namespace,
+/// 10.201.0.2/24 in the pod, 10.201.0.1/24 on the host side.
+fn add_second_pod_link(fx: &PodFixture) {
+    fx.host.ip(&[
+        "link",
+        "add",
+        "veth-host1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        fx.pod.name(),
+    ]);
+    fx.host
+        .ip_batch("addr add 10.201.0.1/24 dev veth-host1\nlink set veth-host1 up\n");
+    fx.pod
+        .ip_batch("addr add 10.201.0.2/24 dev eth1\nlink set eth1 up\n");
+    // Settled (carrier, IPv6 link-local) before the test takes its snapshot.
+    fx.pod.wait_for_link_local("eth1");
+    fx.host.wait_for_link_local("veth-host1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root, a real kernel and QEMU: run with --features root-tests"
+)]
+async fn qmp_hot_adds_and_removes_a_second_interface_of_a_running_guest() {
+    use sandbox_net::vmm::qmp::Qmp;
+    use sandbox_net_netns::ScanOptions;
+    use sandbox_net_persist::IfName;
+
+    let fx = PodFixture::new();
+    add_second_pod_link(&fx);
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let mut network = Network::create(
+        dir.path().join("state.json"),
+        "hotplug",
+        NetnsSource::Given(fx.pod.netns().clone()),
+        NetworkConfig::default(),
+    )
+    .unwrap();
+    // The VM starts with eth0 only.
+    let scan = fx
+        .pod
+        .netns()
+        .rtnl()
+        .await
+        .unwrap()
+        .scan(&ScanOptions::default())
+        .await
+        .unwrap();
+    let eth0 = scan
+        .interfaces
+        .iter()
+        .find(|i| i.link.name.as_str() == "eth0")
+        .unwrap()
+        .clone();
+    let eth1_mac = scan
+        .interfaces
+        .iter()
+        .find(|i| i.link.name.as_str() == "eth1")
+        .unwrap()
+        .link
+        .mac
+        .unwrap();
+    let cold = Qemu::new(QemuConfig::default());
+    network
+        .add_endpoints(&cold, Some(vec![eth0]))
+        .await
+        .unwrap();
+    let devices = cold.take_devices();
+    let ip = GuestNetwork::from_state(network.sandbox().state())
+        .kernel_ip(Some("eth0"), &[])
+        .unwrap();
+    let mut vm = TestVm::boot(
+        fx.pod.netns(),
+        1,
+        &ip,
+        &cold.command_line(&devices).unwrap(),
+        &descriptors(&devices),
+    );
+    drop(devices);
+    let with_eth0 = fx.pod.snapshot();
+
+    // Hot-add eth1 through QMP; the library picks its index.
+    let qemu = Qemu::with_qmp(QemuConfig::default(), Qmp::connect(&vm.qmp).unwrap());
+    let eth1 = IfName::new("eth1").unwrap();
+    let (ids, _) = network
+        .hot_add(&qemu, Some(std::slice::from_ref(&eth1)))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    let record = network.sandbox().state().endpoints[1].clone();
+    assert_eq!((record.index, record.attached), (1, true));
+    let seen = vm.wait_for_interface("eth1", std::time::Duration::from_secs(60));
+    assert_eq!(seen.mac, eth1_mac.to_string());
+    // The guest is told its address from the guest configuration.
+    let config = GuestNetwork::from_state(network.sandbox().state());
+    let guest_eth1 = config.interfaces.iter().find(|i| i.name == eth1).unwrap();
+    assert_eq!(guest_eth1.mac, eth1_mac);
+    for address in &guest_eth1.addresses {
+        vm.must(&format!(
+            "ip addr add {}/{} dev eth1",
+            address.address, address.prefix_len
+        ));
+    }
+    vm.must("ip link set eth1 up");
+    let report = ping_until_answered(fx.host.netns(), "10.201.0.2".parse().unwrap(), 3).await;
+    assert_eq!(report.received, 3, "{report:?}");
+
+    // Hot-remove: the guest releases the device, the pod is back to eth0 alone.
+    network.hot_remove(&qemu, &ids[0]).await.unwrap();
+    assert!(
+        !vm.interfaces().iter().any(|i| i.name == "eth1"),
+        "{:?}",
+        vm.interfaces()
+    );
+    assert_eq!(network.sandbox().state().endpoints.len(), 1);
+    assert_same_snapshot(&with_eth0, &fx.pod.snapshot());
+
+    // Plugged again: a new endpoint, the same free index, new QEMU ids.
+    let (again, _) = network
+        .hot_add(&qemu, Some(std::slice::from_ref(&eth1)))
+        .await
+        .unwrap();
+    assert_ne!(again, ids);
+    assert_eq!(network.sandbox().state().endpoints[1].index, 1);
+    vm.wait_for_interface("eth1", std::time::Duration::from_secs(60));
+
+    assert!(vm.power_off().success());
+    network.teardown().await.unwrap();
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}

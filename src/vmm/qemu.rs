@@ -304,7 +304,9 @@ pub struct QemuConfig {
     pub vcpus: usize,
     /// Queue pairs per device asked for.
     pub queues: usize,
-    /// Use vhost-net (one `/dev/vhost-net` descriptor per queue pair).
+    /// Use vhost-net (one `/dev/vhost-net` descriptor per queue pair). The descriptors must
+    /// be vhost-net's: QEMU 7.2 aborts (an assertion in `net_client_init1`) when a hot-added
+    /// backend's vhost descriptor cannot be initialised.
     pub vhost_net: bool,
     /// The vhost-net device.
     pub vhost_net_path: PathBuf,
