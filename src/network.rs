@@ -5,14 +5,17 @@
 //! them (all, or by id), hot-plug one, restore after a restart, check for drift, run code in
 //! the namespace. Every operation is a tracing span carrying the namespace and model.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice, ReopenOptions,
-    SkippedInterface, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, Backend, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice,
+    ReopenOptions, SkippedInterface, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_interworking::{ApplyHooks, Drift, InterworkingModel, TapOptions};
-use sandbox_net_netns::{Netns, ScanOptions};
+use sandbox_net_netns::{Netns, ScanOptions, set_tap_persist};
 use sandbox_net_persist::{
     IfName, MacAddr,
     scan::{Interface, NamespaceScan},
@@ -106,6 +109,31 @@ impl Network {
             tracing::warn!(%warning, "state file");
         }
         Ok(Self { sandbox, config })
+    }
+
+    /// Records that the sandbox's taps are persistent only until a VMM holds their queues:
+    /// [`Network::end_tap_persistence`] then makes them go with the VMM. Written with the
+    /// next save (the first attach's).
+    pub fn set_taps_end_with_vmm(&mut self, yes: bool) {
+        self.sandbox.set_taps_end_with_vmm(yes);
+    }
+
+    /// Clears the persistence of the taps among `devices` (reopened for a VMM that now holds
+    /// their queues too), so that each tap goes when the VMM closes its queues. Stops at the
+    /// first failure.
+    pub fn end_tap_persistence(&self, devices: &[NetDevice]) -> Result<(), SandboxError> {
+        for device in devices {
+            if let Backend::Tap { name, queues, .. } = &device.backend
+                && let Some(first) = queues.first()
+            {
+                set_tap_persist(first.as_fd(), false).map_err(|source| SandboxError::Tap {
+                    file: self.sandbox.state_path().to_path_buf(),
+                    tap: name.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The sandbox underneath (state, namespace).

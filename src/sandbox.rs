@@ -85,6 +85,17 @@ pub enum SandboxError {
         /// Why.
         why: &'static str,
     },
+    /// A tap's persistence could not be changed.
+    #[error("state file {file}: cannot change the persistence of tap {tap}")]
+    Tap {
+        /// The state file.
+        file: PathBuf,
+        /// The tap.
+        tap: IfName,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The sandbox has nothing attached to hand to a VMM.
     #[error("state file {file}: {what}; attach the sandbox first")]
     NotAttached {
@@ -261,6 +272,12 @@ impl Sandbox {
     /// The recorded state.
     pub fn state(&self) -> &SandboxState {
         &self.state
+    }
+
+    /// Records that the taps are persistent only until a VMM holds their queues (see
+    /// `SandboxState::taps_end_with_vmm`); written with the next save.
+    pub fn set_taps_end_with_vmm(&mut self, yes: bool) {
+        self.state.taps_end_with_vmm = yes;
     }
 
     /// The namespace, unless it no longer exists.

@@ -124,6 +124,11 @@ pub struct SandboxState {
     /// deletes them in one request; 0 for none.
     #[serde(default)]
     pub link_group: u32,
+    /// The taps are persistent only so that they outlive the attach: the first VMM handed
+    /// their queues (`exec`) clears their persistence, and they go when it closes them
+    /// (`attach --no-persist`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub taps_end_with_vmm: bool,
     /// Its endpoints, in attach order.
     #[serde(default)]
     pub endpoints: Vec<EndpointRecord>,
@@ -149,6 +154,7 @@ impl SandboxState {
             netns,
             model,
             link_group: 0,
+            taps_end_with_vmm: false,
             endpoints: Vec::new(),
             unknown_endpoints: Vec::new(),
             cni: Vec::new(),
@@ -304,4 +310,8 @@ struct DocumentView<'a> {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
