@@ -1,5 +1,7 @@
 //! The `sandbox-net` command line.
 
+mod vmm_cli;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -13,6 +15,7 @@ use sandbox_net::{
 };
 use sandbox_net_interworking::{InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions};
+use sandbox_net_persist::IfName;
 
 /// Exit status of a failed operation.
 const EXIT_FAILURE: u8 = 1;
@@ -93,7 +96,112 @@ enum Command {
         /// The sandbox's id, recorded in the state (default: the namespace's name).
         #[arg(long)]
         sandbox_id: Option<String>,
+        /// The taps live only as long as the VMM `exec` starts holds them: persistent until
+        /// `exec` hands their queues over, then not.
+        #[arg(long)]
+        no_persist: bool,
         /// Print the devices as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a VMM on the devices of an attached sandbox, handing it their descriptors.
+    ///
+    /// Opens every endpoint's queues (and vhost-net descriptors with --vhost-net), starts
+    /// VMM-ARGV inside the sandbox's namespace with exactly those descriptors inherited and
+    /// the VMM's network arguments appended, waits, and exits with the VMM's status (128 + N
+    /// when a signal N ended it). SIGINT, SIGTERM and SIGHUP are passed on to the VMM.
+    Exec {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// The VMM the arguments are for: qemu or cloud-hypervisor.
+        #[arg(long, default_value = "qemu", value_parser = vmm_cli::parse_vmm)]
+        vmm: sandbox_net::vmm::VmmKind,
+        /// Also hand over one /dev/vhost-net descriptor per queue.
+        #[arg(long)]
+        vhost_net: bool,
+        /// The guest's memory in MiB (QEMU's -m), needed to share it with vhost-user backends.
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// The VMM's command line.
+        #[arg(last = true, required = true, value_name = "VMM-ARGV")]
+        argv: Vec<String>,
+    },
+    /// Print what a VMM that opens its devices by name needs, for an attached sandbox.
+    VmmConfig {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// qemu, cloud-hypervisor or firecracker.
+        #[arg(long, value_parser = vmm_cli::parse_vmm)]
+        vmm: sandbox_net::vmm::VmmKind,
+        /// The VMM is to use vhost-net.
+        #[arg(long)]
+        vhost_net: bool,
+        /// The VMM's own limit into the VM, bits/s (Cloud Hypervisor, Firecracker).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        rx_rate: u64,
+        /// The VMM's own limit out of the VM, bits/s (Cloud Hypervisor, Firecracker).
+        #[arg(long, value_name = "BITS", default_value_t = 0)]
+        tx_rate: u64,
+        /// The guest's memory in MiB (QEMU's -m), needed to share it with vhost-user backends.
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what the guest must be told about its network (from the recorded scan).
+    GuestConfig {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// json (interfaces, routes, neighbours) or kernel-ip (`ip=` for one IPv4 interface).
+        #[arg(long, value_enum, default_value = "json")]
+        format: vmm_cli::GuestFormat,
+        /// The interface for kernel-ip (default: the only one with an IPv4 address).
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
+        /// A DNS server for kernel-ip (at most two).
+        #[arg(long, value_name = "IPV4")]
+        dns: Vec<std::net::Ipv4Addr>,
+        /// Print JSON (kernel-ip as {"kernel_ip": ...}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach interfaces of the sandbox's namespace and plug them into a running QEMU (QMP).
+    HotAdd {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// QEMU's QMP socket.
+        #[arg(long, value_name = "SOCKET")]
+        qmp: PathBuf,
+        /// The interfaces to add (default: every one not attached yet).
+        #[arg(long, value_name = "NAME")]
+        interface: Vec<String>,
+        /// Queue pairs per device.
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
+        /// The VM's vCPUs (queue pairs are never more; default: --queues).
+        #[arg(long)]
+        vcpus: Option<usize>,
+        /// Print the added endpoints as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an endpoint out of a running QEMU (QMP) and detach it.
+    HotRemove {
+        /// The state file written by `attach`.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// QEMU's QMP socket.
+        #[arg(long, value_name = "SOCKET")]
+        qmp: PathBuf,
+        /// The endpoint's id (from the state file or hot-add's output).
+        #[arg(long, value_name = "ID")]
+        endpoint: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -227,15 +335,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 owner,
                 group,
                 sandbox_id,
+                no_persist,
                 json,
             } => {
-                let tap = TapOptions {
-                    queues: 1,
-                    vnet_hdr: true,
-                    owner,
-                    group,
-                    persist: true,
-                };
+                let tap = vmm_cli::attach_tap_options(owner, group);
                 let request = AttachRequest {
                     netns,
                     state,
@@ -245,6 +348,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     tx_rate,
                     tap,
                     sandbox_id,
+                    no_persist,
                     json,
                 };
                 attach(request).await.map(|()| ExitCode::SUCCESS)
@@ -284,6 +388,72 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 up(request).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::Exec {
+                state,
+                vmm,
+                vhost_net,
+                memory,
+                argv,
+            } => {
+                vmm_cli::exec(vmm_cli::ExecRequest {
+                    state,
+                    vmm,
+                    vhost_net,
+                    memory_mib: memory,
+                    argv,
+                })
+                .await
+            }
+            Command::VmmConfig {
+                state,
+                vmm,
+                vhost_net,
+                rx_rate,
+                tx_rate,
+                memory,
+                json,
+            } => vmm_cli::vmm_config(vmm_cli::VmmConfigRequest {
+                state,
+                vmm,
+                vhost_net,
+                rx_rate,
+                tx_rate,
+                memory_mib: memory,
+                json,
+            })
+            .map(|()| ExitCode::SUCCESS),
+            Command::GuestConfig {
+                state,
+                format,
+                interface,
+                dns,
+                json,
+            } => vmm_cli::guest_config(&state, format, interface.as_deref(), &dns, json)
+                .map(|()| ExitCode::SUCCESS),
+            Command::HotAdd {
+                state,
+                qmp,
+                interface,
+                queues,
+                vcpus,
+                json,
+            } => {
+                let names = interface
+                    .iter()
+                    .map(|n| IfName::new(n.as_str()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                vmm_cli::hot_add(&state, &qmp, &names, queues, vcpus, json)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::HotRemove {
+                state,
+                qmp,
+                endpoint,
+                json,
+            } => vmm_cli::hot_remove(&state, &qmp, &endpoint, json)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Check { state } => check(state).await,
             Command::Demo => demo::run().await.map(|report| {
                 print!("{report}");
@@ -322,6 +492,7 @@ struct AttachRequest {
     tx_rate: u64,
     tap: TapOptions,
     sandbox_id: Option<String>,
+    no_persist: bool,
     json: bool,
 }
 
@@ -345,6 +516,7 @@ async fn attach(request: AttachRequest) -> anyhow::Result<()> {
         NetnsSource::Given(netns),
         config,
     )?;
+    network.set_taps_end_with_vmm(request.no_persist);
     let vmm = HandOver::new(request.queues, request.rx_rate, request.tx_rate);
     let (_, skipped) = match network.add_endpoints(&vmm, None).await {
         Ok(added) => added,

@@ -10,7 +10,7 @@ mod qemu_guest;
 
 use std::net::IpAddr;
 
-use qemu_guest::{TestVm, ping_until_answered};
+use qemu_guest::{TestVm, add_second_pod_link, ping_until_answered};
 use sandbox_net::{
     NetnsSource, Network, NetworkConfig,
     guest_config::GuestNetwork,
@@ -119,30 +119,6 @@ async fn tcfilter_with_two_queue_pairs_boots_and_answers_ping() {
 )]
 async fn macvtap_with_one_queue_pair_boots_and_answers_ping() {
     boot_and_ping(InterworkingModel::Macvtap, 1, 1).await;
-}
-
-/// Adds `eth1` to the pod: a veth whose peer `veth-host1` is in the fixture's host namespace,
-/// 10.201.0.2/24 in the pod, 10.201.0.1/24 on the host side.
-fn add_second_pod_link(fx: &PodFixture) {
-    fx.host.ip(&[
-        "link",
-        "add",
-        "veth-host1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth1",
-        "netns",
-        fx.pod.name(),
-    ]);
-    fx.host
-        .ip_batch("addr add 10.201.0.1/24 dev veth-host1\nlink set veth-host1 up\n");
-    fx.pod
-        .ip_batch("addr add 10.201.0.2/24 dev eth1\nlink set eth1 up\n");
-    // Settled (carrier, IPv6 link-local) before the test takes its snapshot.
-    fx.pod.wait_for_link_local("eth1");
-    fx.host.wait_for_link_local("veth-host1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

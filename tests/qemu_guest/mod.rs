@@ -350,3 +350,27 @@ pub async fn ping_until_answered(
         .unwrap()
         .unwrap()
 }
+
+/// Adds `eth1` to the pod: a veth whose peer `veth-host1` is in the fixture's host namespace,
+/// 10.201.0.2/24 in the pod, 10.201.0.1/24 on the host side.
+pub fn add_second_pod_link(fx: &sandbox_net_netns::testing::PodFixture) {
+    fx.host.ip(&[
+        "link",
+        "add",
+        "veth-host1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        fx.pod.name(),
+    ]);
+    fx.host
+        .ip_batch("addr add 10.201.0.1/24 dev veth-host1\nlink set veth-host1 up\n");
+    fx.pod
+        .ip_batch("addr add 10.201.0.2/24 dev eth1\nlink set eth1 up\n");
+    // Settled (carrier, IPv6 link-local) before the test takes its snapshot.
+    fx.pod.wait_for_link_local("eth1");
+    fx.host.wait_for_link_local("veth-host1");
+}
