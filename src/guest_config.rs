@@ -6,7 +6,7 @@
 //!
 //! - [`GuestNetwork`], as JSON: per interface the name, MAC, MTU and addresses (family,
 //!   address, prefix length); then the routes (family, destination, gateway, device, source,
-//!   scope, metric, MTU and advertised MSS when the pod's route has them) and the permanent
+//!   scope, metric, MTU and advertised MSS when the pod's route has them, onlink) and the permanent
 //!   neighbours (IP, MAC, device, state). This is close to what Kata's runtime sends its
 //!   agent (`UpdateInterface`, `UpdateRoutes`, `AddARPNeighbors`), with names instead of
 //!   protobuf enums.
@@ -17,8 +17,8 @@
 //!   leave it to the guest's init to read.
 //!
 //! Left out, because the guest makes them itself: IPv6 link-local addresses (derived from the
-//! same MAC), routes of other tables than main (the guest gets no rules to reach them), and
-//! IPv6 link-local and multicast routes. Routes through a link come before routes through a
+//! same MAC), routes of other tables than main (the guest gets no rules to reach them), IPv6
+//! link-local and multicast routes; and multipath routes. Routes through a link come before routes through a
 //! gateway, so that each gateway is reachable when its route is added.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -97,6 +97,10 @@ pub struct GuestRoute {
     /// The route's advertised MSS, when the pod's route has one (`advmss N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advmss: Option<u32>,
+    /// The gateway is on the link without a route to it (`onlink`, as ptp-style CNIs make a
+    /// default route through a link-local gateway).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub onlink: bool,
 }
 
 /// One static neighbour of the guest.
@@ -179,8 +183,9 @@ impl GuestNetwork {
                     source: route.source,
                     scope: route.scope,
                     metric: route.metric,
-                    mtu: None,
-                    advmss: None,
+                    mtu: route.mtu,
+                    advmss: route.advmss,
+                    onlink: route.onlink,
                 };
                 if guest.gateway.is_some() {
                     gateway_routes.push(guest);
@@ -291,8 +296,13 @@ fn guest_addresses(interface: &Interface) -> Vec<GuestAddress> {
     addresses
 }
 
-/// Whether a scanned route is one the guest is given (see the module documentation).
+/// Whether a scanned route is one the guest is given (see the module documentation). A
+/// multipath route is left out: each of its next hops is another of the guest's interfaces,
+/// and the guest is told single-path routes.
 fn for_the_guest(route: &Route) -> bool {
+    if !route.multipath.is_empty() {
+        return false;
+    }
     let link_local_or_multicast = match route.destination {
         IpNet::V6(v6) => {
             let first = v6.addr().segments()[0];
@@ -420,7 +430,11 @@ mod tests {
             ],
             vec![
                 route("0.0.0.0/0", Some("10.200.0.1"), RT_TABLE_MAIN),
-                route("10.99.0.0/16", None, RT_TABLE_MAIN),
+                Route {
+                    mtu: Some(1400),
+                    advmss: Some(1360),
+                    ..route("10.99.0.0/16", None, RT_TABLE_MAIN)
+                },
                 route("::/0", Some("fd00:200::1"), RT_TABLE_MAIN),
                 route("fe80::/64", None, RT_TABLE_MAIN),
                 route("0.0.0.0/0", Some("10.200.0.254"), 100),
@@ -446,7 +460,8 @@ mod tests {
                 }],
                 "routes": [
                     {"family": "ipv4", "destination": "10.99.0.0/16", "gateway": null,
-                     "device": "eth0", "source": null, "scope": "link", "metric": null},
+                     "device": "eth0", "source": null, "scope": "link", "metric": null,
+                     "mtu": 1400, "advmss": 1360},
                     {"family": "ipv4", "destination": "0.0.0.0/0", "gateway": "10.200.0.1",
                      "device": "eth0", "source": null, "scope": "global", "metric": null},
                     {"family": "ipv6", "destination": "::/0", "gateway": "fd00:200::1",
