@@ -168,6 +168,7 @@ mod tests {
             parent_netnsid: None,
             txqueuelen: 1000,
             tuntap: None,
+            netkit: None,
         };
         let route = Route {
             destination: "0.0.0.0/0".parse().unwrap(),

@@ -315,6 +315,7 @@ mod tests {
                     parent_netnsid: None,
                     txqueuelen: 1000,
                     tuntap: None,
+                    netkit: None,
                 },
                 addresses: vec![],
                 routes: vec![],

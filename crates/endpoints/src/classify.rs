@@ -6,7 +6,7 @@ use sandbox_net_netns::Netns;
 use sandbox_net_persist::{
     IfName,
     endpoint::EndpointKind,
-    scan::{Interface, TunTapMode},
+    scan::{Interface, NetkitMode, TunTapMode},
 };
 
 use crate::{
@@ -34,6 +34,20 @@ pub enum Unsupported {
     TunMode {
         /// The link.
         link: IfName,
+    },
+    /// An L3-mode netkit carries IP packets without an Ethernet header and has no MAC: a
+    /// virtio-net device, which sends and expects Ethernet frames, cannot be wired to it.
+    #[error(
+        "link {link} is a netkit device in {mode} mode ({why}); only L2-mode netkit can be \
+         attached: make the pair with `mode l2`"
+    )]
+    NetkitMode {
+        /// The link.
+        link: IfName,
+        /// Its mode as `ip -d link` shows it (`l3`, or the kernel's number).
+        mode: String,
+        /// What stands in the way.
+        why: &'static str,
     },
     /// A kind of link no endpoint handles.
     #[error("link {link} of kind {kind} cannot be attached to a VM")]
@@ -84,7 +98,8 @@ fn facts_from(
 }
 
 /// The kind `iface` becomes, in Kata's order: physical, vhost-user, then by link kind
-/// (macvlan, macvtap, tap-mode tun, veth or a device without kind, ipvlan).
+/// (macvlan, macvtap, tap-mode tun, veth or a device without kind, ipvlan), and L2-mode
+/// netkit, which Kata refuses.
 pub fn classify(iface: &Interface, facts: &Facts) -> Result<EndpointKind, Unsupported> {
     if facts.pci.is_some() {
         return Ok(EndpointKind::Physical);
@@ -105,6 +120,27 @@ pub fn classify(iface: &Interface, facts: &Facts) -> Result<EndpointKind, Unsupp
         // A device without a kind (a NIC that is not PCI, an SF) is driven like a veth.
         Some("veth") | None => Ok(EndpointKind::Veth),
         Some("ipvlan") => Ok(EndpointKind::Ipvlan),
+        // An L2 netkit moves Ethernet frames like a veth; the mode decides (a netkit without
+        // its mode in the scan is not trusted to be L2). An L3 netkit reports an all-zero
+        // address (6.12), which is no MAC either.
+        Some("netkit") => match link.netkit.as_ref().map(|n| n.mode) {
+            Some(NetkitMode::L2) if link.mac.is_some_and(|m| m.octets() != [0; 6]) => {
+                Ok(EndpointKind::Netkit)
+            }
+            mode => {
+                let (mode, why) = match mode {
+                    Some(NetkitMode::L2) => ("l2".into(), "but it reports no MAC"),
+                    Some(NetkitMode::L3) => ("l3".into(), "no Ethernet header, no MAC"),
+                    Some(NetkitMode::Other(n)) => (n.to_string(), "a mode unknown here"),
+                    None => ("unknown".into(), "the kernel did not report the mode"),
+                };
+                Err(Unsupported::NetkitMode {
+                    link: link.name.clone(),
+                    mode,
+                    why,
+                })
+            }
+        },
         Some(other) => Err(Unsupported::Kind {
             link: link.name.clone(),
             kind: other.to_string(),
@@ -114,7 +150,10 @@ pub fn classify(iface: &Interface, facts: &Facts) -> Result<EndpointKind, Unsupp
 
 #[cfg(test)]
 mod tests {
-    use sandbox_net_persist::scan::{Link, TunTapInfo};
+    use sandbox_net_persist::{
+        MacAddr,
+        scan::{Link, NetkitInfo, TunTapInfo},
+    };
 
     use super::*;
 
@@ -133,6 +172,7 @@ mod tests {
                 parent_netnsid: None,
                 txqueuelen: 1000,
                 tuntap: None,
+                netkit: None,
             },
             addresses: vec![],
             routes: vec![],
@@ -180,6 +220,48 @@ mod tests {
             classify(&tun(TunTapMode::Tap), &none),
             Ok(EndpointKind::Tuntap)
         );
+    }
+
+    fn netkit(mode: Option<NetkitMode>, mac: bool) -> Interface {
+        let mut i = iface(Some("netkit"));
+        i.link.netkit = mode.map(|mode| NetkitInfo {
+            mode,
+            primary: false,
+        });
+        if !mac {
+            i.link.mac = None;
+        }
+        i
+    }
+
+    #[test]
+    fn an_l2_netkit_is_an_endpoint_and_an_l3_netkit_is_refused_with_the_reason() {
+        let none = Facts::default();
+        assert_eq!(
+            classify(&netkit(Some(NetkitMode::L2), true), &none),
+            Ok(EndpointKind::Netkit)
+        );
+        let refused = |i: Interface| classify(&i, &none).unwrap_err().to_string();
+        assert_eq!(
+            refused(netkit(Some(NetkitMode::L3), false)),
+            "link eth0 is a netkit device in l3 mode (no Ethernet header, no MAC); only \
+             L2-mode netkit can be attached: make the pair with `mode l2`"
+        );
+        assert_eq!(
+            refused(netkit(Some(NetkitMode::Other(9)), true)),
+            "link eth0 is a netkit device in 9 mode (a mode unknown here); only L2-mode netkit \
+             can be attached: make the pair with `mode l2`"
+        );
+        assert!(
+            refused(netkit(None, true))
+                .contains("in unknown mode (the kernel did not report the mode)")
+        );
+        assert!(refused(netkit(Some(NetkitMode::L2), false)).contains("but it reports no MAC"));
+        let mut zero = netkit(Some(NetkitMode::L2), true);
+        zero.link.mac = MacAddr::from_slice(&[0; 6]);
+        assert!(refused(zero).contains("but it reports no MAC"));
+        // Never asked for a PCI bus: netkit is software.
+        assert!(!may_be_pci(&netkit(Some(NetkitMode::L2), true).link));
     }
 
     #[test]
@@ -231,7 +313,7 @@ mod tests {
 
 /// Link kinds of software devices, whose drivers report no bus to ethtool: asking is a thread
 /// in the namespace and an ioctl for an answer known in advance.
-const SOFTWARE_KINDS: [&str; 5] = ["veth", "macvlan", "macvtap", "tun", "ipvlan"];
+const SOFTWARE_KINDS: [&str; 6] = ["veth", "macvlan", "macvtap", "tun", "ipvlan", "netkit"];
 
 /// Whether ethtool may report a PCI bus for `link`: a device without a kind (a NIC driver
 /// registers none) or of a kind other than the software ones we know.

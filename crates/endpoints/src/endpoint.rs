@@ -189,6 +189,7 @@ impl Endpoint {
             parent_netnsid: None,
             txqueuelen: 0,
             tuntap: None,
+            netkit: None,
         };
         let interface = Interface {
             link,
@@ -209,7 +210,10 @@ impl Endpoint {
     /// hot-plugged tap is a bare tap, and kinds without a pair have none.
     pub fn model(&self, configured: InterworkingModel) -> Option<InterworkingModel> {
         match self.kind {
-            EndpointKind::Veth | EndpointKind::Macvlan | EndpointKind::Tuntap => Some(configured),
+            EndpointKind::Veth
+            | EndpointKind::Macvlan
+            | EndpointKind::Tuntap
+            | EndpointKind::Netkit => Some(configured),
             EndpointKind::Ipvlan => Some(InterworkingModel::TcFilter),
             EndpointKind::Tap => Some(InterworkingModel::None),
             EndpointKind::Macvtap | EndpointKind::Physical | EndpointKind::VhostUser => None,

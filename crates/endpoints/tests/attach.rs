@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use rtnetlink::packet_route::link::NetkitMode;
 use sandbox_net_endpoints::{
     AttachOptions, Backend, Capabilities, ClassifyOptions, Endpoint, EndpointId, EndpointKind,
     Facts, Hypervisor, HypervisorConfig, HypervisorError, NetDevice, Unsupported,
@@ -24,7 +25,10 @@ use sandbox_net_netns::{
     testing::{PodFixture, TestNetns, assert_same_snapshot},
     vhost_features,
 };
-use sandbox_net_persist::IfName;
+use sandbox_net_persist::{
+    IfName,
+    scan::{NetkitInfo, NetkitMode as ScannedNetkitMode},
+};
 
 /// A stand-in for the VMM, which cannot run here: it takes each device's queue descriptors
 /// and runs the user-space guest on them (answering for the guest addresses with the device's
@@ -751,6 +755,111 @@ async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_no
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_snapshot() {
+    for model in [InterworkingModel::TcFilter, InterworkingModel::Macvtap] {
+        // Feature detection by trying: a kernel without netkit answers EOPNOTSUPP.
+        let fx = skip_if_unsupported!(
+            PodFixture::netkit(NetkitMode::L2).await,
+            "netkit",
+            libc::EOPNOTSUPP
+        )
+        .unwrap();
+        let before = fx.pod.snapshot();
+        let rtnl = fx.pod.netns().rtnl().await.unwrap();
+        let kernel = Kernel {
+            netns: fx.pod.netns(),
+            rtnl: &rtnl,
+        };
+        let scan = rtnl.scan(&ScanOptions::default()).await.unwrap();
+        assert_eq!(
+            scan.interfaces[0].link.netkit,
+            Some(NetkitInfo {
+                mode: ScannedNetkitMode::L2,
+                primary: false
+            })
+        );
+        let mut eps = endpoints(&fx.pod, std::env::temp_dir(), true)
+            .await
+            .unwrap();
+        assert_eq!(eps.len(), 1);
+        let ep = &mut eps[0];
+        assert_eq!(ep.kind, EndpointKind::Netkit);
+        assert_eq!(ep.model(model), Some(model));
+        let vmm = StandInVmm::new(2);
+        ep.attach(kernel, &vmm, &options(model), false)
+            .await
+            .unwrap();
+        let expected_device = match model {
+            InterworkingModel::Macvtap => "macvtap tap0_kata x2",
+            _ => "tap tap0_kata x2",
+        };
+        assert_eq!(vmm.device(&ep.id).as_deref(), Some(expected_device));
+        assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{model}");
+        assert_eq!(ping_count(&fx, "fd00:200::2").await, 2, "{model}");
+        let stats = vmm.guest_stats(&ep.id);
+        assert_eq!(
+            (stats.icmp_echo_replies, stats.icmpv6_echo_replies),
+            (2, 2),
+            "{model}"
+        );
+        vmm.shutdown();
+        ep.detach(kernel, &vmm, &options(model), false)
+            .await
+            .unwrap();
+        assert_same_snapshot(&before, &fx.pod.snapshot());
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn an_l3_netkit_is_refused_before_anything_changes() {
+    let fx = skip_if_unsupported!(
+        PodFixture::netkit(NetkitMode::L3).await,
+        "netkit",
+        libc::EOPNOTSUPP
+    )
+    .unwrap();
+    let before = fx.pod.snapshot();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let scan = rtnl.scan(&ScanOptions::default()).await.unwrap();
+    let eth0 = &scan.interfaces[0].link;
+    assert_eq!(
+        (eth0.kind.as_deref(), eth0.netkit.as_ref().map(|n| n.mode)),
+        (Some("netkit"), Some(ScannedNetkitMode::L3))
+    );
+    // 6.12 reports an all-zero address for an L3 netkit.
+    assert!(
+        eth0.mac.is_none_or(|m| m.octets() == [0; 6]),
+        "{:?}",
+        eth0.mac
+    );
+    let why = "link eth0 is a netkit device in l3 mode (no Ethernet header, no MAC); only \
+               L2-mode netkit can be attached: make the pair with `mode l2`";
+    let err = endpoints(&fx.pod, std::env::temp_dir(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), why);
+    let lax = ClassifyOptions {
+        strict: false,
+        vhost_user_dir: std::env::temp_dir(),
+    };
+    let (eps, skipped) = endpoints_from_scan(fx.pod.netns(), &scan.interfaces, 0, &lax)
+        .await
+        .unwrap();
+    assert!(eps.is_empty());
+    let reasons: Vec<String> = skipped.iter().map(|s| s.reason.to_string()).collect();
+    assert_eq!(reasons, [why]);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
 #[test]
 fn physical_endpoint_classification_needs_a_pci_address() {
     // Pure: the facts stand in for ethtool on a PCI NIC, which this machine does not have.
@@ -772,6 +881,7 @@ fn physical_endpoint_classification_needs_a_pci_address() {
             parent_netnsid: None,
             txqueuelen: 1000,
             tuntap: None,
+            netkit: None,
         },
         addresses: vec![],
         routes: vec![],

@@ -248,6 +248,7 @@ mod tests {
                 parent_netnsid: Some(0),
                 txqueuelen: 1000,
                 tuntap: None,
+                netkit: None,
             },
             addresses: vec![],
             routes: vec![],

@@ -9,7 +9,10 @@ use netlink_packet_core::Nla;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoData, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoData, InfoNetkit, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        NetkitMode as NlNetkitMode,
+    },
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     route::{
         RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteNextHop,
@@ -18,7 +21,9 @@ use netlink_packet_route::{
 };
 use sandbox_net_persist::{
     AddressScope, IfName, MacAddr, NeighbourState, RouteProtocol, RouteType,
-    scan::{Address, Link, Neighbour, NextHop, Route, TunTapInfo, TunTapMode},
+    scan::{
+        Address, Link, Neighbour, NetkitInfo, NetkitMode, NextHop, Route, TunTapInfo, TunTapMode,
+    },
 };
 
 /// What made a message impossible to convert.
@@ -42,6 +47,7 @@ pub(crate) fn link(msg: &LinkMessage) -> Result<Link, ConvertError> {
         parent_netnsid: None,
         txqueuelen: 0,
         tuntap: None,
+        netkit: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -56,6 +62,7 @@ pub(crate) fn link(msg: &LinkMessage) -> Result<Link, ConvertError> {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
                         LinkInfo::Data(InfoData::Tun(tun)) => link.tuntap = tuntap(tun),
+                        LinkInfo::Data(InfoData::Netkit(nk)) => link.netkit = netkit(nk),
                         _ => {}
                     }
                 }
@@ -122,6 +129,22 @@ fn tuntap(attrs: &[InfoTun]) -> Option<TunTapInfo> {
         }
     }
     saw_type.then_some(info)
+}
+
+/// The mode and role of a netkit device; `None` without `IFLA_NETKIT_MODE`.
+fn netkit(attrs: &[InfoNetkit]) -> Option<NetkitInfo> {
+    let mut mode = None;
+    let mut primary = false;
+    for attr in attrs {
+        match attr {
+            InfoNetkit::Mode(NlNetkitMode::L2) => mode = Some(NetkitMode::L2),
+            InfoNetkit::Mode(NlNetkitMode::L3) => mode = Some(NetkitMode::L3),
+            InfoNetkit::Mode(NlNetkitMode::Other(n)) => mode = Some(NetkitMode::Other(*n)),
+            InfoNetkit::Primary(p) => primary = *p,
+            _ => {}
+        }
+    }
+    mode.map(|mode| NetkitInfo { mode, primary })
 }
 
 /// Converts an `RTM_NEWADDR` message into the link index and the address.
@@ -419,6 +442,38 @@ mod tests {
             (tun.queues, tun.owner, tun.group),
             (Some(4), Some(1000), None)
         );
+    }
+
+    #[test]
+    fn netkit_links_keep_their_mode_and_role() {
+        for (mode, mac, expected) in [
+            (NlNetkitMode::L2, vec![2, 0, 0, 0, 0, 9], NetkitMode::L2),
+            // An L3 netkit has no hardware address: 6.12 reports six zero bytes.
+            (NlNetkitMode::L3, vec![0; 6], NetkitMode::L3),
+        ] {
+            let mut msg = LinkMessage::default();
+            msg.header.index = 9;
+            msg.attributes = vec![
+                LinkAttribute::IfName("eth0".into()),
+                LinkAttribute::Address(mac),
+                LinkAttribute::LinkInfo(vec![
+                    LinkInfo::Kind(InfoKind::Netkit),
+                    LinkInfo::Data(InfoData::Netkit(vec![
+                        InfoNetkit::Primary(false),
+                        InfoNetkit::Mode(mode),
+                    ])),
+                ]),
+            ];
+            let link = link(&msg).unwrap();
+            assert_eq!(link.kind.as_deref(), Some("netkit"));
+            assert_eq!(
+                link.netkit,
+                Some(NetkitInfo {
+                    mode: expected,
+                    primary: false
+                })
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use netlink_packet_route::link::NetkitMode;
 use rand::RngExt;
 
 use crate::{NetlinkError, Netns, NetnsError};
@@ -360,12 +361,7 @@ impl PodFixture {
 
     /// Builds the pod. Panics (failing the test) if any step fails; what was made is removed.
     pub fn new() -> Self {
-        let pod = TestNetns::new();
-        let host = TestNetns::new();
-        for ns in [&pod, &host] {
-            ns.sysctl("net/ipv6/conf/all/accept_dad", "0");
-            ns.sysctl("net/ipv6/conf/default/accept_dad", "0");
-        }
+        let (pod, host) = Self::namespaces();
         host.ip(&[
             "link",
             "add",
@@ -382,6 +378,57 @@ impl PodFixture {
             "netns",
             pod.name(),
         ]);
+        Self::addressed(pod, host, true)
+    }
+
+    /// The same pod with a netkit pair instead of the veth (what Cilium's netkit datapath
+    /// leaves): the primary end is `veth-host`, the peer `eth0` in the pod. In `l2` mode both
+    /// ends get the fixture's MACs; in `l3` mode they have none, and the pod gets no
+    /// neighbour entries (a NOARP device has no use for them).
+    ///
+    /// The pair is made with rtnetlink (the iproute2 of the build machines predates netkit).
+    /// A kernel without netkit answers `EOPNOTSUPP`: that error is returned for the test to
+    /// skip on; any failure after it panics.
+    pub async fn netkit(mode: NetkitMode) -> std::io::Result<Self> {
+        let (pod, host) = Self::namespaces();
+        let rtnl = host
+            .netns()
+            .rtnl()
+            .await
+            .unwrap_or_else(|e| panic!("no netlink socket in {}: {e}", host.name()));
+        let request = rtnetlink::LinkNetkit::new(Self::HOST_IF, Self::POD_IF, mode);
+        rtnl.handle()
+            .link()
+            .add(request.build())
+            .execute()
+            .await
+            .map_err(|e| match e {
+                rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+                other => std::io::Error::other(other.to_string()),
+            })?;
+        host.ip(&["link", "set", Self::POD_IF, "netns", pod.name()]);
+        let l2 = mode == NetkitMode::L2;
+        if l2 {
+            host.ip(&["link", "set", Self::HOST_IF, "address", Self::HOST_MAC]);
+            pod.ip(&["link", "set", Self::POD_IF, "address", Self::POD_MAC]);
+        }
+        Ok(Self::addressed(pod, host, l2))
+    }
+
+    /// Two fresh namespaces, pod and host, with IPv6 DAD off.
+    fn namespaces() -> (TestNetns, TestNetns) {
+        let pod = TestNetns::new();
+        let host = TestNetns::new();
+        for ns in [&pod, &host] {
+            ns.sysctl("net/ipv6/conf/all/accept_dad", "0");
+            ns.sysctl("net/ipv6/conf/default/accept_dad", "0");
+        }
+        (pod, host)
+    }
+
+    /// Addresses, routes and (with `neighbours`) permanent neighbours on both ends of the
+    /// pair, which exists.
+    fn addressed(pod: TestNetns, host: TestNetns, neighbours: bool) -> Self {
         host.ip_batch(&format!(
             "addr add {} dev {h}\naddr add {} dev {h} nodad\nlink set {h} up\n",
             Self::HOST_V4,
@@ -390,20 +437,26 @@ impl PodFixture {
         ));
         let gw4 = Self::HOST_V4.split('/').next().unwrap_or_default();
         let gw6 = Self::HOST_V6.split('/').next().unwrap_or_default();
-        pod.ip_batch(&format!(
+        let mut script = format!(
             "link set lo up\n\
              addr add {pod4} dev {p}\n\
              addr add {pod6} dev {p} nodad\n\
              link set {p} up\n\
              route add default via {gw4}\n\
-             route add default via {gw6}\n\
-             neigh add {gw4} lladdr {mac} dev {p} nud permanent\n\
-             neigh add {gw6} lladdr {mac} dev {p} nud permanent\n",
+             route add default via {gw6}\n",
             pod4 = Self::POD_V4,
             pod6 = Self::POD_V6,
             p = Self::POD_IF,
-            mac = Self::HOST_MAC,
-        ));
+        );
+        if neighbours {
+            script.push_str(&format!(
+                "neigh add {gw4} lladdr {mac} dev {p} nud permanent\n\
+                 neigh add {gw6} lladdr {mac} dev {p} nud permanent\n",
+                p = Self::POD_IF,
+                mac = Self::HOST_MAC,
+            ));
+        }
+        pod.ip_batch(&script);
         // The kernel adds the IPv6 link-local address shortly after the link comes up; wait
         // for it so that the pod is complete before a test looks at it.
         pod.wait_for_link_local(Self::POD_IF);

@@ -69,6 +69,9 @@ pub enum EndpointKind {
     Macvlan,
     /// An ipvlan: always paired by tcfilter (it cannot host a macvtap).
     Ipvlan,
+    /// An L2-mode netkit (Cilium's netkit datapath): paired by the configured model, as a
+    /// veth. An L3-mode netkit has no Ethernet header and is not an endpoint.
+    Netkit,
     /// A macvtap that already exists: its queues are opened and handed over directly.
     Macvtap,
     /// A tap added through the hot-plug API: a fresh `tap{idx}_kata` is made for it.
@@ -87,6 +90,7 @@ impl fmt::Display for EndpointKind {
             Self::Veth => "veth",
             Self::Macvlan => "macvlan",
             Self::Ipvlan => "ipvlan",
+            Self::Netkit => "netkit",
             Self::Macvtap => "macvtap",
             Self::Tap => "tap",
             Self::Tuntap => "tuntap",

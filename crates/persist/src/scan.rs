@@ -43,6 +43,32 @@ pub struct Link {
     pub txqueuelen: u32,
     /// For a tun/tap device, what `IFLA_INFO_DATA` says about it.
     pub tuntap: Option<TunTapInfo>,
+    /// For a netkit device, what `IFLA_INFO_DATA` says about it.
+    #[serde(default)]
+    pub netkit: Option<NetkitInfo>,
+}
+
+/// How a netkit device carries packets (`IFLA_NETKIT_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetkitMode {
+    /// `NETKIT_L2`: Ethernet frames; the device has a MAC, as a veth does.
+    L2,
+    /// `NETKIT_L3` (the default): IP packets without an Ethernet header; no MAC
+    /// (`ARPHRD_NONE`, `NOARP`).
+    L3,
+    /// A mode this version does not know, as the kernel numbered it.
+    Other(u32),
+}
+
+/// The `IFLA_NETKIT_*` attributes of a netkit device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetkitInfo {
+    /// `IFLA_NETKIT_MODE`; both ends of a pair have the same.
+    pub mode: NetkitMode,
+    /// `IFLA_NETKIT_PRIMARY`: this is the end that holds the BPF programs of the pair (the
+    /// host's, with Cilium); a pod sees the peer.
+    pub primary: bool,
 }
 
 /// Whether a tun device carries Ethernet frames (tap) or IP packets (tun).
@@ -360,6 +386,7 @@ mod tests {
                 owner: Some(1000),
                 group: None,
             }),
+            netkit: None,
         };
         NamespaceScan {
             interfaces: vec![Interface {
@@ -504,8 +531,26 @@ mod tests {
         let link = json["interfaces"][0]["link"].as_object_mut().unwrap();
         link.remove("lower_up");
         link.remove("parent_netnsid");
+        link.remove("netkit");
         let back: NamespaceScan = serde_json::from_value(json).unwrap();
         assert!(!back.interfaces[0].link.lower_up);
         assert_eq!(back.interfaces[0].link.parent_netnsid, None);
+        assert_eq!(back.interfaces[0].link.netkit, None);
+    }
+
+    #[test]
+    fn netkit_modes_read_as_iproute2_writes_them() {
+        let info = NetkitInfo {
+            mode: NetkitMode::L2,
+            primary: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&info).unwrap(),
+            serde_json::json!({"mode": "l2", "primary": false})
+        );
+        assert_eq!(
+            serde_json::from_value::<NetkitMode>(serde_json::json!({"other": 7})).unwrap(),
+            NetkitMode::Other(7)
+        );
     }
 }

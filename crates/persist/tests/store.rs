@@ -53,6 +53,7 @@ fn interface() -> Interface {
             parent_netnsid: Some(0),
             txqueuelen: 1000,
             tuntap: None,
+            netkit: None,
         },
         addresses: vec![Address {
             prefix: "10.200.0.2/24".parse().unwrap(),
