@@ -854,6 +854,12 @@ async fn tc_redirect_tap_args_queues_and_ips_without_an_interface_index() {
         .await
         .unwrap()
         .unwrap();
+    // A path MTU and an advertised MSS on the default route: the result tells the guest.
+    let gateway = first.ips[0].gateway.unwrap().to_string();
+    fx.pod().ip(&[
+        "route", "change", "default", "via", &gateway, "dev", "eth0", "mtu", "1400", "advmss",
+        "1360",
+    ]);
     let before = fx.settled_snapshot();
     // Some plugins leave `interface` out of their IPs: the kernel says whose they are.
     for ip in &mut first.ips {
@@ -873,6 +879,17 @@ async fn tc_redirect_tap_args_queues_and_ips_without_an_interface_index() {
     let n = first.interfaces.len();
     assert_eq!(result.interfaces[n].name, "vmtap7");
     assert_eq!(result.interfaces[n + 1].name, "vmtap7");
+    let default = result
+        .routes
+        .iter()
+        .find(|r| r.dst.prefix_len() == 0)
+        .unwrap();
+    assert_eq!(
+        (default.mtu, default.advmss),
+        (Some(1400), Some(1360)),
+        "{:?}",
+        result.routes
+    );
     let m = first.ips.len();
     assert_eq!(
         result.ips.len(),

@@ -243,6 +243,8 @@ fn vm_link_of(steps: &[Step]) -> Option<&IfName> {
 struct Wired {
     pod_link: IfName,
     pod_addresses: Vec<std::net::IpAddr>,
+    /// The routes through the pod link, as the kernel has them (for their MTU and MSS).
+    pod_routes: Vec<sandbox_net_persist::scan::Route>,
     tap: IfName,
     tap_mac: Option<String>,
     guest_mac: Option<String>,
@@ -462,6 +464,7 @@ async fn wire(
     for mut endpoint in endpoints {
         endpoint.vm_link = tap_name.clone();
         let pod_link = endpoint.link_name().clone();
+        let pod_routes = endpoint.interface.routes.clone();
         let pod_addresses = endpoint
             .interface
             .addresses
@@ -481,6 +484,7 @@ async fn wire(
                 wired.push(Wired {
                     pod_link,
                     pod_addresses,
+                    pod_routes,
                     tap,
                     tap_mac: None,
                     guest_mac: endpoint.device.guest_mac.map(|m| m.to_string()),
@@ -514,13 +518,25 @@ async fn wire(
 }
 
 /// `prev` plus, per wired interface, the tap, the VM's pseudo-interface and the IPs of the
-/// wired interface copied onto it.
+/// wired interface copied onto it. Routes the kernel has with a path MTU or an advertised MSS
+/// through a wired interface carry them (`mtu`, `advmss`, written from 1.1.0 on): the guest
+/// must be told too.
 fn result_with_taps(
     mut result: CniResult,
     wired: &[Wired],
     netns: &str,
     container_id: &str,
 ) -> CniResult {
+    for route in &mut result.routes {
+        let kernel = wired
+            .iter()
+            .flat_map(|w| &w.pod_routes)
+            .find(|k| k.destination == route.dst && (route.gw.is_none() || k.gateway == route.gw));
+        if let Some(k) = kernel {
+            route.mtu = route.mtu.or(k.mtu);
+            route.advmss = route.advmss.or(k.advmss);
+        }
+    }
     for w in wired {
         let owns = |ip: &IpConfig, interfaces: &[Interface]| match ip.interface {
             Some(index) => interfaces.get(index).is_some_and(|i| {
