@@ -24,7 +24,6 @@
 //! write). Only runs with `--bench`.
 
 use std::{
-    os::fd::OwnedFd,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -32,9 +31,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use sandbox_net::{NetnsSource, Network, NetworkConfig};
-use sandbox_net_endpoints::{
-    Backend, Capabilities, EndpointId, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
-};
+use sandbox_net_endpoints::testing::{OnDevice, StandInVmm};
 use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::{Rtnl, TapConfig, testing::TestNetns};
 use sandbox_net_persist::IfName;
@@ -42,37 +39,13 @@ use sandbox_net_ratelimit::{HtbRate, PschedClock, add_htb_tree, del_htb_tree};
 
 const RATE: u64 = 100_000_000;
 
-/// A stand-in VMM (none can run here) without a limiter, which lets go of the descriptors
-/// (the taps are persistent, as for a VMM that opens them by name).
-struct DropVmm;
-
-impl Hypervisor for DropVmm {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_queue: false,
-            rate_limiter: false,
-        }
-    }
-    fn config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            disable_vhost_net: true,
-            rx_rate_limiter_max_rate: RATE,
-            tx_rate_limiter_max_rate: RATE,
-            ..HypervisorConfig::default()
-        }
-    }
-    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        if let Backend::Tap { queues, .. } = device.backend {
-            drop::<Vec<OwnedFd>>(queues);
-        }
-        Ok(())
-    }
-    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.add_device(device).await
-    }
-    async fn hot_remove_device(&self, _: &EndpointId) -> Result<(), HypervisorError> {
-        Ok(())
-    }
+/// A VMM without a limiter, one queue pair, which lets go of the descriptors (the taps are
+/// persistent, as for a VMM that opens them by name).
+fn drop_vmm() -> StandInVmm {
+    StandInVmm::new()
+        .single_queue()
+        .with_limits(RATE, RATE)
+        .on_device(OnDevice::Drop)
 }
 
 /// A pod namespace with `n` addressed veths `vb{i}` (peers in `peers`).
@@ -128,7 +101,7 @@ async fn ours(n: usize) -> anyhow::Result<(Duration, Duration)> {
         NetnsSource::Given(pod.netns().clone()),
         config(),
     )?;
-    let (ids, _) = network.add_endpoints(&DropVmm, None).await?;
+    let (ids, _) = network.add_endpoints(&drop_vmm(), None).await?;
     let attach = started.elapsed();
     if ids.len() != n {
         bail!("attached {} endpoints, expected {n}", ids.len());

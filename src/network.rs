@@ -14,7 +14,7 @@ use sandbox_net_endpoints::{
     AttachOptions, Backend, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice,
     ReopenOptions, SkippedInterface, endpoints_from_scan, physical::SysfsPci,
 };
-use sandbox_net_interworking::{ApplyHooks, Drift, InterworkingModel, TapOptions};
+use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions, set_tap_persist};
 use sandbox_net_persist::{
     IfName, MacAddr,
@@ -51,13 +51,15 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    // The update fills the fault points of test builds (feature `fault-injection`).
+    #[allow(clippy::needless_update)]
     fn attach_options(&self) -> AttachOptions {
         AttachOptions {
             model: self.model,
             tap: self.tap.clone(),
             sysfs: self.sysfs.clone(),
-            hooks: ApplyHooks::default(),
             link_group: None,
+            ..AttachOptions::default()
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Crash safety: a child process attaches endpoints and is killed with SIGKILL before every
 //! kernel step in turn; each time, this (fresh) process restores the sandbox from the state
 //! file and tears it down, and the pod must be exactly as before.
-
+// The child kills itself through the fault points of the `fault-injection` feature.
+#![cfg(feature = "fault-injection")]
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
@@ -11,8 +12,9 @@ use std::{
     os::unix::process::ExitStatusExt, path::Path, process::Command, sync::atomic::AtomicUsize,
 };
 
-use common::{KeepingVmm, add_pod_links, endpoints, options, our_links};
+use common::{add_pod_links, endpoints, keeping_vmm, options, our_links};
 use sandbox_net::Sandbox;
+use sandbox_net_endpoints::AttachOptions;
 use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
 use sandbox_net_netns::{
     Netns,
@@ -46,14 +48,17 @@ async fn crash_child() {
             .map(|k| &*Box::leak(Box::new(AtomicUsize::new(k)))),
         ..ApplyHooks::default()
     };
-    let vmm = KeepingVmm::new(10_000_000, 20_000_000);
+    let vmm = keeping_vmm(10_000_000, 20_000_000);
     let mut eps = endpoints(&netns).await.into_iter();
     let (eth0, eth1) = (eps.next().unwrap(), eps.next().unwrap());
     sandbox
         .attach(
             eth0,
             &vmm,
-            &options(InterworkingModel::TcFilter, hooks),
+            &AttachOptions {
+                hooks,
+                ..options(InterworkingModel::TcFilter)
+            },
             false,
         )
         .await
@@ -62,7 +67,10 @@ async fn crash_child() {
         .attach(
             eth1,
             &vmm,
-            &options(InterworkingModel::Macvtap, hooks),
+            &AttachOptions {
+                hooks,
+                ..options(InterworkingModel::Macvtap)
+            },
             false,
         )
         .await
@@ -101,7 +109,7 @@ fn run_child(pod: &str, state: &Path, kill: &str) -> bool {
 async fn restore_and_teardown(state: &Path) {
     let (mut sandbox, warnings) = Sandbox::restore(state).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    let opts = options(InterworkingModel::TcFilter, ApplyHooks::default());
+    let opts = options(InterworkingModel::TcFilter);
     sandbox.teardown(&opts).await.unwrap();
     sandbox.forget().unwrap();
 }

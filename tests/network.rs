@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{KeepingVmm, add_pod_links, our_links};
+use common::{add_pod_links, keeping_vmm, our_links};
 use sandbox_net::{NetnsSource, Network, NetworkConfig};
 use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
@@ -34,7 +34,7 @@ async fn removing_three_of_five_endpoints_by_id_removes_exactly_those() {
         config,
     )
     .unwrap();
-    let vmm = KeepingVmm::new(0, 0);
+    let vmm = keeping_vmm(0, 0);
     let (ids, skipped) = network.add_endpoints(&vmm, None).await.unwrap();
     assert_eq!(ids.len(), 5);
     assert!(skipped.is_empty());

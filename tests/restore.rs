@@ -8,9 +8,9 @@ mod common;
 
 use std::{fs, os::unix::fs::PermissionsExt};
 
-use common::{KeepingVmm, add_pod_links, endpoints, options, our_links};
+use common::{add_pod_links, endpoints, keeping_vmm, options, our_links};
 use sandbox_net::{Sandbox, SandboxError};
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
+use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot, unique_netns_name};
 
 const ROOT: &str = "needs root and a real kernel: run with --features root-tests";
@@ -35,7 +35,7 @@ async fn three_endpoints_restored_and_torn_down_twice() {
             InterworkingModel::TcFilter,
         )
         .unwrap();
-        let vmm = KeepingVmm::new(10_000_000, 10_000_000);
+        let vmm = keeping_vmm(10_000_000, 10_000_000);
         let models = [
             InterworkingModel::TcFilter,
             InterworkingModel::Macvtap,
@@ -43,12 +43,7 @@ async fn three_endpoints_restored_and_torn_down_twice() {
         ];
         for (endpoint, model) in endpoints(fx.pod.netns()).await.into_iter().zip(models) {
             sandbox
-                .attach(
-                    endpoint,
-                    &vmm,
-                    &options(model, ApplyHooks::default()),
-                    false,
-                )
+                .attach(endpoint, &vmm, &options(model), false)
                 .await
                 .unwrap();
         }
@@ -60,7 +55,7 @@ async fn three_endpoints_restored_and_torn_down_twice() {
         3 + 2,
         "three taps/macvtaps and the IFBs of the macvtap and none endpoints"
     );
-    let opts = options(InterworkingModel::TcFilter, ApplyHooks::default());
+    let opts = options(InterworkingModel::TcFilter);
     let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
     assert_eq!(sandbox.state().endpoints.len(), 3);
     sandbox.teardown(&opts).await.unwrap();
@@ -113,15 +108,10 @@ async fn teardown_with_the_namespace_already_deleted() {
     }
     {
         let mut sandbox = created;
-        let vmm = KeepingVmm::new(0, 0);
+        let vmm = keeping_vmm(0, 0);
         let endpoint = endpoints(&netns).await.remove(0);
         sandbox
-            .attach(
-                endpoint,
-                &vmm,
-                &options(InterworkingModel::TcFilter, ApplyHooks::default()),
-                false,
-            )
+            .attach(endpoint, &vmm, &options(InterworkingModel::TcFilter), false)
             .await
             .unwrap();
     }
@@ -136,7 +126,7 @@ async fn teardown_with_the_namespace_already_deleted() {
     );
     let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
     assert!(sandbox.netns().is_none());
-    let opts = options(InterworkingModel::TcFilter, ApplyHooks::default());
+    let opts = options(InterworkingModel::TcFilter);
     sandbox.teardown(&opts).await.unwrap();
     sandbox.teardown(&opts).await.unwrap();
     assert!(
@@ -163,7 +153,7 @@ async fn a_created_namespace_is_deleted_with_the_sandbox() {
     let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
     assert!(sandbox.netns().unwrap().created_by_us());
     sandbox
-        .teardown(&options(InterworkingModel::TcFilter, ApplyHooks::default()))
+        .teardown(&options(InterworkingModel::TcFilter))
         .await
         .unwrap();
     assert!(
@@ -258,15 +248,10 @@ async fn check_is_clean_after_attach_and_reports_a_deleted_filter() {
         InterworkingModel::TcFilter,
     )
     .unwrap();
-    let vmm = KeepingVmm::new(0, 0);
+    let vmm = keeping_vmm(0, 0);
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     sandbox
-        .attach(
-            endpoint,
-            &vmm,
-            &options(InterworkingModel::TcFilter, ApplyHooks::default()),
-            false,
-        )
+        .attach(endpoint, &vmm, &options(InterworkingModel::TcFilter), false)
         .await
         .unwrap();
     assert_eq!(sandbox.check().await.unwrap(), []);
@@ -285,7 +270,7 @@ async fn check_is_clean_after_attach_and_reports_a_deleted_filter() {
         ]
     );
     sandbox
-        .teardown(&options(InterworkingModel::TcFilter, ApplyHooks::default()))
+        .teardown(&options(InterworkingModel::TcFilter))
         .await
         .unwrap();
     sandbox.forget().unwrap();

@@ -10,12 +10,15 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{KeepingVmm, endpoints, options};
+use common::{endpoints, keeping_vmm, options};
 use opentelemetry::trace::{SpanId, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use sandbox_net::{Sandbox, SandboxError};
+use sandbox_net_endpoints::AttachOptions;
 use sandbox_net_endpoints::EndpointFailure;
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
+#[cfg(feature = "fault-injection")]
+use sandbox_net_interworking::ApplyHooks;
+use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
 use tracing::{Instrument as _, subscriber::DefaultGuard};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -169,8 +172,8 @@ async fn an_attach_is_one_span_tree() {
     )
     .unwrap();
     // No limiter in the VMM: the limits become HTB trees on the host side.
-    let vmm = KeepingVmm::new(10_000_000, 10_000_000);
-    let opts = options(InterworkingModel::TcFilter, ApplyHooks::default());
+    let vmm = keeping_vmm(10_000_000, 10_000_000);
+    let opts = options(InterworkingModel::TcFilter);
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = endpoint.id.to_string();
     sandbox
@@ -237,6 +240,7 @@ async fn an_attach_is_one_span_tree() {
 }
 
 #[tokio::test]
+#[cfg(feature = "fault-injection")]
 #[cfg_attr(
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
@@ -253,14 +257,14 @@ async fn a_failed_step_is_an_error_status_and_the_rollback_a_child_span() {
         InterworkingModel::TcFilter,
     )
     .unwrap();
-    let vmm = KeepingVmm::new(10_000_000, 10_000_000);
-    let failing = options(
-        InterworkingModel::TcFilter,
-        ApplyHooks {
+    let vmm = keeping_vmm(10_000_000, 10_000_000);
+    let failing = AttachOptions {
+        hooks: ApplyHooks {
             fail_before: Some(3),
             ..ApplyHooks::default()
         },
-    );
+        ..options(InterworkingModel::TcFilter)
+    };
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = endpoint.id.to_string();
     let err = sandbox
@@ -318,7 +322,7 @@ async fn a_failed_step_is_an_error_status_and_the_rollback_a_child_span() {
     assert_same_snapshot(&before, &fx.pod.snapshot());
 
     sandbox
-        .teardown(&options(InterworkingModel::TcFilter, ApplyHooks::default()))
+        .teardown(&options(InterworkingModel::TcFilter))
         .await
         .unwrap();
     drop(sandbox);

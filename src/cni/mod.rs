@@ -19,6 +19,8 @@ pub mod exec;
 pub mod plugin;
 pub mod result;
 pub mod runtime;
+// Continuing the runtime's trace needs the OpenTelemetry layer, which only the binaries install.
+#[cfg(feature = "cli")]
 pub mod trace;
 pub mod version;
 

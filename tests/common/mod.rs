@@ -4,91 +4,32 @@
 
 pub mod cni;
 
-use std::sync::Mutex;
-
 use sandbox_net_endpoints::{
-    AttachOptions, Capabilities, ClassifyOptions, Endpoint, EndpointId, Hypervisor,
-    HypervisorConfig, HypervisorError, NetDevice, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, Endpoint,
+    physical::SysfsPci,
+    testing::{self, StandInVmm},
 };
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel, TapOptions};
-use sandbox_net_netns::{Netns, ScanOptions, testing::TestNetns};
+use sandbox_net_interworking::InterworkingModel;
+use sandbox_net_netns::{Netns, testing::TestNetns};
 
-/// A stand-in for a VMM (none can run here) without a limiter of its own: it keeps the
-/// devices it is given, as a VMM holds its queue descriptors.
-pub struct KeepingVmm {
-    pub rx: u64,
-    pub tx: u64,
-    pub devices: Mutex<Vec<NetDevice>>,
+/// The stand-in VMM of these tests: multi-queue with 2 queue pairs, no limiter of its own (so
+/// `rx`/`tx` are applied on the host), keeping the devices as a VMM holds its queues.
+pub fn keeping_vmm(rx: u64, tx: u64) -> StandInVmm {
+    StandInVmm::new().with_queues(2).with_limits(rx, tx)
 }
 
-impl KeepingVmm {
-    pub fn new(rx: u64, tx: u64) -> Self {
-        Self {
-            rx,
-            tx,
-            devices: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Hypervisor for KeepingVmm {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_queue: true,
-            rate_limiter: false,
-        }
-    }
-    fn config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            queues: 2,
-            disable_vhost_net: true,
-            rx_rate_limiter_max_rate: self.rx,
-            tx_rate_limiter_max_rate: self.tx,
-            ..HypervisorConfig::default()
-        }
-    }
-    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.devices.lock().unwrap().push(device);
-        Ok(())
-    }
-    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.add_device(device).await
-    }
-    async fn hot_remove_device(&self, endpoint: &EndpointId) -> Result<(), HypervisorError> {
-        self.devices
-            .lock()
-            .unwrap()
-            .retain(|d| &d.endpoint != endpoint);
-        Ok(())
-    }
-}
-
-/// Attach options with persistent taps (the VMM reopens them by name), as the CLI uses.
-pub fn options(model: InterworkingModel, hooks: ApplyHooks) -> AttachOptions {
+/// Attach options with persistent taps (the VMM reopens them by name), as the CLI uses, on
+/// the host's sysfs.
+pub fn options(model: InterworkingModel) -> AttachOptions {
     AttachOptions {
-        model,
-        tap: TapOptions {
-            persist: true,
-            ..TapOptions::default()
-        },
         sysfs: SysfsPci::host(),
-        hooks,
-        link_group: None,
+        ..testing::options(model, testing::persistent_taps())
     }
 }
 
-/// The endpoints of `netns` with Kata's rules.
+/// The endpoints of `netns` under Kata's rules, classified strictly.
 pub async fn endpoints(netns: &Netns) -> Vec<Endpoint> {
-    let rtnl = netns.rtnl().await.unwrap();
-    let scan = rtnl.scan(&ScanOptions::default()).await.unwrap();
-    let classify = ClassifyOptions {
-        strict: true,
-        vhost_user_dir: std::env::temp_dir(),
-    };
-    endpoints_from_scan(netns, &scan.interfaces, 0, &classify)
-        .await
-        .unwrap()
-        .0
+    testing::endpoints(netns).await
 }
 
 /// Adds a second and third addressed veth (eth1, eth2) inside the pod.

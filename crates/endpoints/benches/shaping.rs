@@ -16,64 +16,24 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use sandbox_net_endpoints::testing::StandInVmm;
 use sandbox_net_endpoints::{
-    AttachOptions, Backend, Capabilities, ClassifyOptions, EndpointId, Hypervisor,
-    HypervisorConfig, HypervisorError, NetDevice, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, Backend, ClassifyOptions, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_guest::{
     Guest, GuestConfig,
     flood::{flood, udp_frame, unlimit_send_buffer},
     packet::Identity,
 };
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Kernel, TapOptions};
+use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
 use sandbox_net_netns::{ScanOptions, testing::PodFixture};
 use sandbox_net_persist::MacAddr;
 
 const MEASURE: Duration = Duration::from_secs(3);
-
-/// A stand-in VMM that keeps the device it is given.
-struct KeepingVmm {
-    limit_bits: u64,
-    device: Mutex<Option<NetDevice>>,
-}
-
-impl Hypervisor for KeepingVmm {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_queue: false,
-            rate_limiter: false,
-        }
-    }
-    fn config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            disable_vhost_net: true,
-            rx_rate_limiter_max_rate: self.limit_bits,
-            tx_rate_limiter_max_rate: self.limit_bits,
-            ..HypervisorConfig::default()
-        }
-    }
-    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        let endpoint = device.endpoint.clone();
-        let mut slot = self.device.lock().map_err(|_| HypervisorError {
-            op: "add",
-            endpoint,
-            reason: "poisoned lock".into(),
-        })?;
-        *slot = Some(device);
-        Ok(())
-    }
-    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.add_device(device).await
-    }
-    async fn hot_remove_device(&self, _: &EndpointId) -> Result<(), HypervisorError> {
-        Ok(())
-    }
-}
 
 fn host_rx_bytes(dev: &str) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
@@ -111,24 +71,18 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
     )
     .await?;
     let ep = eps.first_mut().context("no endpoint")?;
-    let vmm = KeepingVmm {
-        limit_bits,
-        device: Mutex::new(None),
-    };
+    let vmm = StandInVmm::new()
+        .single_queue()
+        .with_limits(limit_bits, limit_bits);
     let options = AttachOptions {
         model,
         tap: TapOptions::default(),
         sysfs: SysfsPci::host(),
-        hooks: ApplyHooks::default(),
         link_group: None,
+        ..AttachOptions::default()
     };
     ep.attach(kernel, &vmm, &options, false).await?;
-    let device = vmm
-        .device
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .take()
-        .context("no device")?;
+    let device = vmm.take_device(&ep.id).context("no device")?;
     let queues = match device.backend {
         Backend::Tap { queues, .. } | Backend::Macvtap { queues, .. } => queues,
         _ => bail!("unexpected backend"),

@@ -4,8 +4,8 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 
 use rand::RngExt;
 use sandbox_net_interworking::{
-    ApplyHooks, ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step,
-    TapOptions, UndoError, apply_with, random_local_mac, undo, vm_link_name,
+    ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
+    UndoError, apply_with, random_local_mac, undo, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -32,8 +32,9 @@ pub struct AttachOptions {
     pub tap: TapOptions,
     /// Where PCI functions are bound to vfio-pci (`SysfsPci::host()` in production).
     pub sysfs: SysfsPci,
-    /// Test-only fault point of the kernel steps.
-    pub hooks: ApplyHooks,
+    /// Fault points of the kernel steps (feature `fault-injection`, for tests).
+    #[cfg(feature = "fault-injection")]
+    pub hooks: sandbox_net_interworking::ApplyHooks,
     /// The device group every link the attach creates is put in (the sandbox's), so that a
     /// teardown deletes them in one request; `None` for none.
     pub link_group: Option<u32>,
@@ -43,8 +44,23 @@ impl AttachOptions {
     /// How plans are applied under these options.
     fn apply_options(&self) -> ApplyOptions {
         ApplyOptions {
+            #[cfg(feature = "fault-injection")]
             hooks: self.hooks,
             link_group: self.link_group,
+        }
+    }
+}
+
+impl Default for AttachOptions {
+    /// tcfilter, default taps, the host's sysfs, no device group.
+    fn default() -> Self {
+        Self {
+            model: InterworkingModel::TcFilter,
+            tap: TapOptions::default(),
+            sysfs: SysfsPci::host(),
+            #[cfg(feature = "fault-injection")]
+            hooks: sandbox_net_interworking::ApplyHooks::default(),
+            link_group: None,
         }
     }
 }

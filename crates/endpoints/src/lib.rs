@@ -23,6 +23,8 @@ pub mod limiter;
 pub mod physical;
 pub mod record;
 pub mod reopen;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod vhost_user;
 
 pub use classify::{

@@ -3,227 +3,26 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, OwnedFd},
-    path::PathBuf,
-    sync::Mutex,
-    time::Duration,
-};
+use std::path::PathBuf;
 
 use rtnetlink::packet_route::link::NetkitMode;
+use sandbox_net_endpoints::testing::{self, OnDevice, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
-    AttachOptions, Backend, Capabilities, ClassifyOptions, Endpoint, EndpointId, EndpointKind,
-    Facts, Hypervisor, HypervisorConfig, HypervisorError, NetDevice, Unsupported,
-    endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, Facts, Unsupported,
+    endpoints_from_scan,
 };
-use sandbox_net_guest::{Guest, GuestConfig, GuestStats, packet::Identity, ping::ping};
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Kernel, TapOptions};
+use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
 use sandbox_net_netns::{
     ScanOptions, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, open_vhost_net, skip_if_unsupported,
     testing::{PodFixture, TestNetns, assert_same_snapshot},
-    vhost_features,
 };
 use sandbox_net_persist::{
     IfName,
     scan::{NetkitInfo, NetkitMode as ScannedNetkitMode},
 };
 
-/// A stand-in for the VMM, which cannot run here: it takes each device's queue descriptors
-/// and runs the user-space guest on them (answering for the guest addresses with the device's
-/// MAC), so that attaching is proven with real frames. It holds the vhost-net descriptors it
-/// is given after checking each with `VHOST_GET_FEATURES`, as QEMU does first. It can be told
-/// to refuse devices.
-struct StandInVmm {
-    multi_queue: bool,
-    queues: usize,
-    refuse: bool,
-    /// vhost-net on (the default configuration) or off, and its device.
-    vhost: bool,
-    vhost_net_path: PathBuf,
-    /// The guest's addresses.
-    ipv4: Vec<Ipv4Addr>,
-    ipv6: Vec<Ipv6Addr>,
-    devices: Mutex<HashMap<EndpointId, Held>>,
-    hot_ops: Mutex<Vec<String>>,
-}
-
-/// What the stand-in VMM holds of one device.
-struct Held {
-    what: String,
-    guest: Option<Guest>,
-    /// The vhost-net descriptors and the features each answered.
-    vhost: Vec<(OwnedFd, u64)>,
-}
-
-impl Default for StandInVmm {
-    fn default() -> Self {
-        Self {
-            multi_queue: false,
-            queues: 0,
-            refuse: false,
-            vhost: false,
-            vhost_net_path: PathBuf::from(VHOST_NET_PATH),
-            ipv4: vec!["10.200.0.2".parse().unwrap()],
-            ipv6: vec!["fd00:200::2".parse().unwrap()],
-            devices: Mutex::default(),
-            hot_ops: Mutex::default(),
-        }
-    }
-}
-
-impl StandInVmm {
-    fn new(queues: usize) -> Self {
-        Self {
-            multi_queue: true,
-            queues,
-            ..Self::default()
-        }
-    }
-
-    fn take(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        let refuse = |reason: String| HypervisorError {
-            op: "add",
-            endpoint: device.endpoint.clone(),
-            reason,
-        };
-        if self.refuse {
-            return Err(refuse("refused by the test".into()));
-        }
-        let identity = Identity {
-            mac: device.mac,
-            ipv4: self.ipv4.clone(),
-            ipv6: self.ipv6.clone(),
-        };
-        let guest = |queues| {
-            let config = GuestConfig {
-                identity,
-                vnet_hdr: true,
-            };
-            Guest::start(config, queues).map_err(|e| refuse(format!("guest: {e}")))
-        };
-        let checked = |vhost: Vec<OwnedFd>| {
-            vhost
-                .into_iter()
-                .map(|fd| match vhost_features(fd.as_fd()) {
-                    Ok(features) => Ok((fd, features)),
-                    Err(e) => Err(refuse(e.to_string())),
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let held = match device.backend {
-            Backend::Tap {
-                name,
-                queues,
-                vhost,
-            } => Held {
-                what: format!("tap {name} x{}", queues.len()),
-                vhost: checked(vhost)?,
-                guest: Some(guest(queues)?),
-            },
-            Backend::Macvtap {
-                name,
-                queues,
-                vhost,
-            } => Held {
-                what: format!("macvtap {name} x{}", queues.len()),
-                vhost: checked(vhost)?,
-                guest: Some(guest(queues)?),
-            },
-            Backend::VhostUser { socket } => Held {
-                what: format!("vhost-user {}", socket.display()),
-                guest: None,
-                vhost: Vec::new(),
-            },
-            Backend::Vfio { bdf, device } => Held {
-                what: format!("vfio {bdf} {}", device.display()),
-                guest: None,
-                vhost: Vec::new(),
-            },
-        };
-        self.devices.lock().unwrap().insert(device.endpoint, held);
-        Ok(())
-    }
-
-    fn device(&self, id: &EndpointId) -> Option<String> {
-        self.devices
-            .lock()
-            .unwrap()
-            .get(id)
-            .map(|held| held.what.clone())
-    }
-
-    fn guest_stats(&self, id: &EndpointId) -> GuestStats {
-        self.devices.lock().unwrap()[id]
-            .guest
-            .as_ref()
-            .unwrap()
-            .stats()
-    }
-
-    /// The features answered by each vhost-net descriptor of a device.
-    fn vhost_features(&self, id: &EndpointId) -> Vec<u64> {
-        self.devices.lock().unwrap()[id]
-            .vhost
-            .iter()
-            .map(|(_, features)| *features)
-            .collect()
-    }
-
-    /// Stops the guests: the VMM gives up the descriptors, as at VM shutdown.
-    fn shutdown(&self) {
-        self.devices.lock().unwrap().clear();
-    }
-}
-
-impl Hypervisor for StandInVmm {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_queue: self.multi_queue,
-            rate_limiter: true,
-        }
-    }
-
-    fn config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            queues: self.queues,
-            disable_vhost_net: !self.vhost,
-            vhost_net_path: self.vhost_net_path.clone(),
-            ..HypervisorConfig::default()
-        }
-    }
-
-    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.take(device)
-    }
-
-    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.hot_ops
-            .lock()
-            .unwrap()
-            .push(format!("hot-add {}", device.endpoint));
-        self.take(device)
-    }
-
-    async fn hot_remove_device(&self, endpoint: &EndpointId) -> Result<(), HypervisorError> {
-        self.hot_ops
-            .lock()
-            .unwrap()
-            .push(format!("hot-remove {endpoint}"));
-        self.devices.lock().unwrap().remove(endpoint);
-        Ok(())
-    }
-}
-
 fn options(model: InterworkingModel) -> AttachOptions {
-    AttachOptions {
-        model,
-        tap: TapOptions::default(),
-        sysfs: SysfsPci::new("/nonexistent-sysfs"),
-        hooks: ApplyHooks::default(),
-        link_group: None,
-    }
+    testing::options(model, TapOptions::default())
 }
 
 /// The endpoints of the pod, classified with a vhost-user directory of the test's own.
@@ -244,14 +43,7 @@ async fn endpoints(
 }
 
 async fn ping_count(fx: &PodFixture, dst: &str) -> u16 {
-    let dst: IpAddr = dst.parse().unwrap();
-    fx.host
-        .netns()
-        .run(move || ping(dst, 2, Duration::from_secs(2)))
-        .await
-        .unwrap()
-        .unwrap()
-        .received
+    testing::ping_count(fx.host.netns(), dst, 2).await
 }
 
 #[tokio::test]
@@ -278,7 +70,9 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
         assert_eq!(eps.len(), 1);
         let ep = &mut eps[0];
         assert_eq!(ep.kind, EndpointKind::Veth);
-        let vmm = StandInVmm::new(2);
+        let vmm = StandInVmm::new()
+            .with_queues(2)
+            .on_device(OnDevice::RunGuest);
         ep.attach(kernel, &vmm, &options(model), false)
             .await
             .unwrap();
@@ -290,7 +84,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
         if model != InterworkingModel::None {
             assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{model}");
             assert_eq!(ping_count(&fx, "fd00:200::2").await, 2, "{model}");
-            let stats = vmm.guest_stats(&ep.id);
+            let stats = vmm.guest_stats(&ep.id).unwrap();
             assert_eq!(
                 (stats.icmp_echo_replies, stats.icmpv6_echo_replies),
                 (2, 2),
@@ -361,7 +155,9 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
-    let vmm = StandInVmm::new(1);
+    let vmm = StandInVmm::new()
+        .with_queues(1)
+        .on_device(OnDevice::RunGuest);
     let opts = options(InterworkingModel::TcFilter);
     for ep in eps.iter_mut() {
         ep.attach(kernel, &vmm, &opts, false).await.unwrap();
@@ -482,11 +278,13 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
     // Asked for macvtap, an ipvlan gets tcfilter: a macvtap cannot sit on an ipvlan.
     let opts = options(InterworkingModel::Macvtap);
     assert_eq!(ipvlan.model(opts.model), Some(InterworkingModel::TcFilter));
-    let vmm = StandInVmm {
-        ipv4: vec!["10.200.5.2".parse().unwrap()],
-        ipv6: vec!["fd00:205::2".parse().unwrap()],
-        ..StandInVmm::new(2)
-    };
+    let vmm = StandInVmm::new()
+        .with_queues(2)
+        .on_device(OnDevice::RunGuest)
+        .with_guest_addresses(
+            vec!["10.200.5.2".parse().unwrap()],
+            vec!["fd00:205::2".parse().unwrap()],
+        );
     ipvlan.attach(kernel, &vmm, &opts, false).await.unwrap();
     let tap = format!("tap{}_kata", ipvlan.index);
     assert_eq!(vmm.device(&ipvlan.id), Some(format!("tap {tap} x2")));
@@ -498,7 +296,7 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
     );
     assert_eq!(ping_count(&fx, "10.200.5.2").await, 2);
     assert_eq!(ping_count(&fx, "fd00:205::2").await, 2);
-    let stats = vmm.guest_stats(&ipvlan.id);
+    let stats = vmm.guest_stats(&ipvlan.id).unwrap();
     assert_eq!((stats.icmp_echo_replies, stats.icmpv6_echo_replies), (2, 2));
     vmm.shutdown();
     ipvlan.detach(kernel, &vmm, &opts, false).await.unwrap();
@@ -526,7 +324,9 @@ async fn hot_attach_and_hot_detach_of_a_tap_endpoint() {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
-    let vmm = StandInVmm::new(4);
+    let vmm = StandInVmm::new()
+        .with_queues(4)
+        .on_device(OnDevice::RunGuest);
     let mut tap = Endpoint::tap(
         7,
         IfName::new("eth9").unwrap(),
@@ -540,7 +340,7 @@ async fn hot_attach_and_hot_detach_of_a_tap_endpoint() {
     assert_eq!((link.mtu, link.up), (1400, true));
     tap.detach(kernel, &vmm, &opts, true).await.unwrap();
     assert_eq!(
-        *vmm.hot_ops.lock().unwrap(),
+        vmm.hot_ops(),
         [
             format!("hot-add {}", tap.id),
             format!("hot-remove {}", tap.id)
@@ -569,10 +369,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let link = ep.link_name().to_string();
 
     // The VMM refuses the device: the wiring is rolled back.
-    let refusing = StandInVmm {
-        refuse: true,
-        ..StandInVmm::new(1)
-    };
+    let refusing = StandInVmm::new().refusing("refused by the test");
     let err = ep
         .attach(
             kernel,
@@ -599,7 +396,9 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let err = ep
         .attach(
             kernel,
-            &StandInVmm::new(300),
+            &StandInVmm::new()
+                .with_queues(300)
+                .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
             false,
         )
@@ -615,7 +414,9 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let err = far
         .attach(
             kernel,
-            &StandInVmm::new(1),
+            &StandInVmm::new()
+                .with_queues(1)
+                .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
             false,
         )
@@ -640,7 +441,9 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let err = ep
         .attach(
             kernel,
-            &StandInVmm::new(1),
+            &StandInVmm::new()
+                .with_queues(1)
+                .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
             false,
         )
@@ -655,7 +458,9 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let err = ghost
         .attach(
             kernel,
-            &StandInVmm::new(1),
+            &StandInVmm::new()
+                .with_queues(1)
+                .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
             false,
         )
@@ -694,10 +499,10 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
             .await
             .unwrap();
         let ep = &mut eps[0];
-        let vmm = StandInVmm {
-            vhost: true,
-            ..StandInVmm::new(queues)
-        };
+        let vmm = StandInVmm::new()
+            .with_queues(queues)
+            .on_device(OnDevice::RunGuest)
+            .with_vhost_net();
         let opts = options(InterworkingModel::TcFilter);
         ep.attach(kernel, &vmm, &opts, false).await.unwrap();
         assert_eq!(vmm.device(&ep.id), Some(format!("tap tap0_kata x{queues}")));
@@ -733,11 +538,10 @@ async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_no
         .await
         .unwrap();
     let missing = std::env::temp_dir().join(format!("sbx-no-vhost-net-{}", std::process::id()));
-    let vmm = StandInVmm {
-        vhost: true,
-        vhost_net_path: missing.clone(),
-        ..StandInVmm::new(2)
-    };
+    let vmm = StandInVmm::new()
+        .with_queues(2)
+        .on_device(OnDevice::RunGuest)
+        .with_vhost_net_path(missing.clone());
     let err = eps[0]
         .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
         .await
@@ -790,7 +594,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
         let ep = &mut eps[0];
         assert_eq!(ep.kind, EndpointKind::Netkit);
         assert_eq!(ep.model(model), Some(model));
-        let vmm = StandInVmm::new(2);
+        let vmm = StandInVmm::new().with_queues(2).on_device(OnDevice::RunGuest);
         ep.attach(kernel, &vmm, &options(model), false)
             .await
             .unwrap();
@@ -801,7 +605,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
         assert_eq!(vmm.device(&ep.id).as_deref(), Some(expected_device));
         assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{model}");
         assert_eq!(ping_count(&fx, "fd00:200::2").await, 2, "{model}");
-        let stats = vmm.guest_stats(&ep.id);
+        let stats = vmm.guest_stats(&ep.id).unwrap();
         assert_eq!(
             (stats.icmp_echo_replies, stats.icmpv6_echo_replies),
             (2, 2),
@@ -898,31 +702,6 @@ fn physical_endpoint_classification_needs_a_pci_address() {
     );
 }
 
-/// A directory tree standing in for the sysfs of a PCI NIC bound to e1000e in IOMMU group 7
-/// (this machine has no PCI NIC to hand over). Plain files record what is written to them.
-fn stand_in_pci_tree(root: &std::path::Path, bdf: &str) {
-    use std::fs;
-    let pci = root.join("bus/pci");
-    let device = pci.join("devices").join(bdf);
-    fs::create_dir_all(&device).unwrap();
-    for driver in ["e1000e", "vfio-pci"] {
-        fs::create_dir_all(pci.join("drivers").join(driver)).unwrap();
-        fs::write(pci.join("drivers").join(driver).join("bind"), "").unwrap();
-        fs::write(pci.join("drivers").join(driver).join("unbind"), "").unwrap();
-    }
-    fs::write(pci.join("drivers_probe"), "").unwrap();
-    fs::write(device.join("driver_override"), "(null)\n").unwrap();
-    fs::write(device.join("vendor"), "0x8086\n").unwrap();
-    fs::write(device.join("device"), "0x10d3\n").unwrap();
-    std::os::unix::fs::symlink(pci.join("drivers/e1000e"), device.join("driver")).unwrap();
-    fs::create_dir_all(root.join("kernel/iommu_groups/7")).unwrap();
-    std::os::unix::fs::symlink(
-        root.join("kernel/iommu_groups/7"),
-        device.join("iommu_group"),
-    )
-    .unwrap();
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -930,9 +709,8 @@ fn stand_in_pci_tree(root: &std::path::Path, bdf: &str) {
 )]
 async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_on_detach() {
     let fx = PodFixture::new();
-    let sysfs_root = tempfile::tempdir().unwrap();
-    let bdf = "0000:00:03.0";
-    stand_in_pci_tree(sysfs_root.path(), bdf);
+    let sysfs = StandInSysfs::new(true);
+    let bdf = testing::STAND_IN_BDF;
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
     let kernel = Kernel {
         netns: fx.pod.netns(),
@@ -952,10 +730,12 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_on_detach() {
         },
     );
     let opts = AttachOptions {
-        sysfs: SysfsPci::new(sysfs_root.path()),
+        sysfs: sysfs.sysfs(),
         ..options(InterworkingModel::TcFilter)
     };
-    let vmm = StandInVmm::new(1);
+    let vmm = StandInVmm::new()
+        .with_queues(1)
+        .on_device(OnDevice::RunGuest);
     nic.attach(kernel, &vmm, &opts, false).await.unwrap();
     assert_eq!(
         vmm.device(&nic.id).as_deref(),
@@ -963,38 +743,21 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_on_detach() {
     );
     let binding = nic.vfio.clone().unwrap();
     assert_eq!(binding.original_driver.as_deref(), Some("e1000e"));
-    let device = sysfs_root.path().join("bus/pci/devices").join(bdf);
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
-    assert_eq!(read(device.join("driver_override")).trim(), "vfio-pci");
-    assert_eq!(
-        read(sysfs_root.path().join("bus/pci/drivers/e1000e/unbind")).trim(),
-        bdf
-    );
-    assert_eq!(
-        read(sysfs_root.path().join("bus/pci/drivers_probe")).trim(),
-        bdf
-    );
+    let read = |relative: &str| sysfs.read(relative).trim().to_owned();
+    let override_file = format!("devices/{bdf}/driver_override");
+    assert_eq!(read(&override_file), "vfio-pci");
+    assert_eq!(read("drivers/e1000e/unbind"), bdf);
+    assert_eq!(read("drivers_probe"), bdf);
     assert!(
         nic.steps.is_empty(),
         "no netlink change for a physical endpoint"
     );
 
     // As the kernel would have done on drivers_probe: the device is now on vfio-pci.
-    std::fs::remove_file(device.join("driver")).unwrap();
-    std::os::unix::fs::symlink(
-        sysfs_root.path().join("bus/pci/drivers/vfio-pci"),
-        device.join("driver"),
-    )
-    .unwrap();
+    sysfs.set_driver(Some("vfio-pci"));
     nic.detach(kernel, &vmm, &opts, false).await.unwrap();
-    assert_eq!(read(device.join("driver_override")).trim(), "");
-    assert_eq!(
-        read(sysfs_root.path().join("bus/pci/drivers/vfio-pci/unbind")).trim(),
-        bdf
-    );
-    assert_eq!(
-        read(sysfs_root.path().join("bus/pci/drivers/e1000e/bind")).trim(),
-        bdf
-    );
+    assert_eq!(read(&override_file), "");
+    assert_eq!(read("drivers/vfio-pci/unbind"), bdf);
+    assert_eq!(read("drivers/e1000e/bind"), bdf);
     assert!(nic.vfio.is_none());
 }

@@ -3,126 +3,38 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
-
-use sandbox_net_endpoints::{
-    AttachOptions, Capabilities, ClassifyOptions, Endpoint, EndpointId, Facts, Hypervisor,
-    HypervisorConfig, HypervisorError, NetDevice, endpoints_from_scan, ifb_name,
-    physical::SysfsPci,
-};
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Kernel, TapOptions, check};
-use sandbox_net_netns::{
-    ScanOptions,
-    testing::{PodFixture, TestNetns, assert_same_snapshot},
-};
+use sandbox_net_endpoints::testing::{self, StandInVmm};
+use sandbox_net_endpoints::{AttachOptions, Endpoint, Facts, ifb_name, physical::SysfsPci};
+use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions, check};
+use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
 use sandbox_net_persist::endpoint::EndpointKind;
 use serde_json::Value;
 
-/// A stand-in VMM (none can run here) without a limiter of its own, which keeps the devices.
-struct NoLimiterVmm {
-    rx: u64,
-    tx: u64,
-    devices: Mutex<Vec<NetDevice>>,
-}
-
-impl NoLimiterVmm {
-    fn new(rx: u64, tx: u64) -> Self {
-        Self {
-            rx,
-            tx,
-            devices: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Hypervisor for NoLimiterVmm {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            multi_queue: false,
-            rate_limiter: false,
-        }
-    }
-    fn config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            disable_vhost_net: true,
-            rx_rate_limiter_max_rate: self.rx,
-            tx_rate_limiter_max_rate: self.tx,
-            ..HypervisorConfig::default()
-        }
-    }
-    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.devices.lock().unwrap().push(device);
-        Ok(())
-    }
-    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        self.add_device(device).await
-    }
-    async fn hot_remove_device(&self, _: &EndpointId) -> Result<(), HypervisorError> {
-        Ok(())
-    }
+/// A VMM without a limiter of its own, one queue pair, configured with these rates.
+fn no_limiter_vmm(rx: u64, tx: u64) -> StandInVmm {
+    StandInVmm::new().single_queue().with_limits(rx, tx)
 }
 
 fn options(model: InterworkingModel) -> AttachOptions {
     AttachOptions {
-        model,
-        tap: TapOptions::default(),
         sysfs: SysfsPci::host(),
-        hooks: ApplyHooks::default(),
-        link_group: None,
+        ..testing::options(model, TapOptions::default())
     }
 }
 
 async fn endpoints(ns: &TestNetns) -> Vec<Endpoint> {
-    let rtnl = ns.netns().rtnl().await.unwrap();
-    let scan = rtnl.scan(&ScanOptions::default()).await.unwrap();
-    let classify = ClassifyOptions {
-        strict: true,
-        vhost_user_dir: std::env::temp_dir(),
-    };
-    endpoints_from_scan(ns.netns(), &scan.interfaces, 0, &classify)
-        .await
-        .unwrap()
-        .0
+    testing::endpoints(ns.netns()).await
 }
 
-/// `(handle, parent, rate, ceil)` of the htb classes on `dev`, rates in bytes/s, read from
-/// `tc -d class show` (iproute2 6.1 prints htb classes as text even with `-j`).
+/// `(handle, parent, rate, ceil)` of the HTB classes on `dev`, rates in bytes/s.
 fn tc_classes(ns: &TestNetns, dev: &str) -> Vec<(String, String, u64, u64)> {
-    fn bytes(text: &str) -> u64 {
-        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-        let unit = &text[digits.len()..];
-        let scale = match unit {
-            "bit" => 1.0,
-            "Kbit" => 1e3,
-            "Mbit" => 1e6,
-            "Gbit" => 1e9,
-            "Tbit" => 1e12,
-            other => panic!("unknown rate unit {other:?} in {text:?}"),
-        };
-        (digits.parse::<f64>().unwrap() * scale / 8.0).round() as u64
-    }
-    let text = ns.tc(&["-d", "class", "show", "dev", dev]);
-    let mut out: Vec<_> = text
-        .lines()
-        .filter(|l| l.starts_with("class htb "))
-        .map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let after = |key: &str| words[words.iter().position(|w| *w == key).unwrap() + 1];
-            let parent = if words[3] == "root" {
-                "root".to_string()
-            } else {
-                after("parent").to_string()
-            };
-            (
-                words[2].to_string(),
-                parent,
-                bytes(after("rate")),
-                bytes(after("ceil")),
-            )
+    ns.htb_classes(dev)
+        .into_iter()
+        .map(|class| {
+            let parent = class.parent.unwrap_or_else(|| "root".to_owned());
+            (class.handle, parent, class.rate, class.ceil)
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 fn htb_root(ns: &TestNetns, dev: &str) -> Option<Value> {
@@ -161,7 +73,7 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
             rtnl: &rtnl,
         };
         let mut eps = endpoints(&fx.pod).await;
-        let vmm = NoLimiterVmm::new(bits, bits);
+        let vmm = no_limiter_vmm(bits, bits);
         eps[0]
             .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
             .await
@@ -177,7 +89,7 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
             assert_eq!(root["options"]["default"], "0x2", "{root}");
         }
         assert_eq!(check(kernel, &eps[0].steps).await.unwrap(), []);
-        vmm.devices.lock().unwrap().clear();
+        vmm.shutdown();
         eps[0]
             .detach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
             .await
@@ -207,7 +119,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     let mut eps = endpoints(&fx.pod).await;
     assert_eq!(eps.len(), 2);
     // The none model shapes tx through an IFB per endpoint (Kata shared one ifb0).
-    let vmm = NoLimiterVmm::new(0, 20_000_000);
+    let vmm = no_limiter_vmm(0, 20_000_000);
     for ep in eps.iter_mut() {
         ep.attach(kernel, &vmm, &options(InterworkingModel::None), false)
             .await
@@ -224,7 +136,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     }
     // The VMM lets go of the first endpoint's device only (its tap closes with it).
     let first = eps[0].id.clone();
-    vmm.devices.lock().unwrap().retain(|d| d.endpoint != first);
+    vmm.release(&first);
     eps[0]
         .detach(kernel, &vmm, &options(InterworkingModel::None), false)
         .await
@@ -265,7 +177,7 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
         rtnl: &rtnl,
     };
     let mut eps = endpoints(&fx.pod).await;
-    let vmm = NoLimiterVmm::new(10_000_000, 100_000_000);
+    let vmm = no_limiter_vmm(10_000_000, 100_000_000);
     eps[0]
         .attach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
         .await
@@ -281,7 +193,7 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
         tree(1_250_000),
         "rx through the IFB"
     );
-    vmm.devices.lock().unwrap().clear();
+    vmm.shutdown();
     eps[0]
         .detach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
         .await
@@ -304,7 +216,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
     };
     let mut eps = endpoints(&fx.pod).await;
 
-    let absurd = NoLimiterVmm::new(u64::MAX, 0);
+    let absurd = no_limiter_vmm(u64::MAX, 0);
     let err = eps[0]
         .attach(
             kernel,
@@ -334,7 +246,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
     let err = vhost_user
         .attach(
             kernel,
-            &NoLimiterVmm::new(0, 10_000_000),
+            &no_limiter_vmm(0, 10_000_000),
             &options(InterworkingModel::TcFilter),
             false,
         )

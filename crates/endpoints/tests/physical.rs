@@ -2,115 +2,21 @@
 //! detection on a real veth.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    os::unix::fs::symlink,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
-use sandbox_net_endpoints::physical::{
-    PciAddress, SysfsPci, VfioBinding, VfioError, ethtool_bus_info, pci_address_from_bus_info,
+use sandbox_net_endpoints::{
+    physical::{PciAddress, VfioBinding, VfioError, ethtool_bus_info, pci_address_from_bus_info},
+    testing::{STAND_IN_BDF as BDF, StandInSysfs},
 };
 use sandbox_net_netns::testing::PodFixture;
 use sandbox_net_persist::IfName;
-
-const BDF: &str = "0000:00:03.0";
 
 fn bdf() -> PciAddress {
     BDF.parse().unwrap()
 }
 
-/// A directory tree that stands in for `/sys` with one PCI NIC (an Intel 82574L, `0x8086`
-/// `0x10d3`, bound to e1000e), because this machine has no PCI NIC to hand over:
-///
-/// ```text
-/// bus/pci/devices/0000:00:03.0/{vendor, device, driver_override = "(null)\n"}
-/// bus/pci/devices/0000:00:03.0/driver      -> ../../drivers/e1000e
-/// bus/pci/devices/0000:00:03.0/iommu_group -> <root>/kernel/iommu_groups/7 (if iommu)
-/// bus/pci/drivers/{e1000e, vfio-pci}/{bind, unbind}
-/// bus/pci/drivers_probe
-/// ```
-///
-/// Plain files do not act like the kernel's (no driver symlink moves): each holds the last
-/// value written to it, which is what the tests check.
-struct StandIn {
-    dir: tempfile::TempDir,
-}
-
-fn stand_in_pci_tree(iommu: bool) -> StandIn {
-    let stand_in = StandIn {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let root = stand_in.root();
-    let device = root.join("bus/pci/devices").join(BDF);
-    fs::create_dir_all(&device).unwrap();
-    fs::write(device.join("vendor"), "0x8086\n").unwrap();
-    fs::write(device.join("device"), "0x10d3\n").unwrap();
-    fs::write(device.join("driver_override"), "(null)\n").unwrap();
-    for driver in ["e1000e", "vfio-pci"] {
-        let dir = root.join("bus/pci/drivers").join(driver);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("bind"), "").unwrap();
-        fs::write(dir.join("unbind"), "").unwrap();
-    }
-    fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
-    stand_in.set_driver(Some("e1000e"));
-    if iommu {
-        fs::create_dir_all(root.join("kernel/iommu_groups/7")).unwrap();
-        symlink(
-            root.join("kernel/iommu_groups/7"),
-            device.join("iommu_group"),
-        )
-        .unwrap();
-    }
-    stand_in
-}
-
-impl StandIn {
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn sysfs(&self) -> SysfsPci {
-        SysfsPci::new(self.root())
-    }
-
-    fn device(&self) -> PathBuf {
-        self.root().join("bus/pci/devices").join(BDF)
-    }
-
-    /// What the file at `relative` (under `bus/pci`) holds.
-    fn read(&self, relative: &str) -> String {
-        fs::read_to_string(self.root().join("bus/pci").join(relative)).unwrap()
-    }
-
-    /// Points the device's `driver` link at a driver, as the kernel does on bind.
-    fn set_driver(&self, driver: Option<&str>) {
-        let link = self.device().join("driver");
-        let _ = fs::remove_file(&link);
-        if let Some(driver) = driver {
-            symlink(format!("../../drivers/{driver}"), link).unwrap();
-        }
-    }
-
-    /// Every regular file of the tree and its contents.
-    fn files(&self) -> BTreeMap<PathBuf, String> {
-        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-            for entry in fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                let kind = fs::symlink_metadata(&path).unwrap().file_type();
-                if kind.is_dir() {
-                    walk(&path, out);
-                } else if kind.is_file() {
-                    out.insert(path.clone(), fs::read_to_string(&path).unwrap());
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(self.root(), &mut out);
-        out
-    }
+fn stand_in_pci_tree(iommu: bool) -> StandInSysfs {
+    StandInSysfs::new(iommu)
 }
 
 #[test]

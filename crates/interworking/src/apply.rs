@@ -1,9 +1,8 @@
 //! Applying a plan, with rollback on failure.
 
-use std::{
-    collections::HashMap,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::collections::HashMap;
+#[cfg(feature = "fault-injection")]
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sandbox_net_netns::{LinkChange, NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
 use sandbox_net_persist::{IfName, scan::Link, steps::Step};
@@ -28,8 +27,10 @@ impl Kernel<'_> {
     }
 }
 
-/// Test-only fault points, to prove that every partial attach is undone: `ApplyHooks::default()`
-/// injects nothing.
+/// Fault points, to prove that every partial attach is undone: `ApplyHooks::default()` injects
+/// nothing. Only in builds with the `fault-injection` feature (the tests turn it on): a release
+/// build cannot be configured to fail or kill itself.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyHooks {
     /// Fail instead of applying the step at this position, as if the kernel had refused it.
@@ -62,7 +63,8 @@ pub enum StepError {
     /// A rate the kernel cannot take, or no psched clock to encode it with.
     #[error(transparent)]
     Rate(#[from] RateError),
-    /// The test-only fault point fired.
+    /// A fault point of the `fault-injection` feature fired.
+    #[cfg(feature = "fault-injection")]
     #[error("fault injected for a test")]
     Injected,
 }
@@ -74,7 +76,9 @@ impl StepError {
             Self::Netlink(e) => e.errno(),
             Self::Tap(e) => e.errno(),
             Self::Limit(e) => e.errno(),
-            Self::Rate(_) | Self::Injected => None,
+            Self::Rate(_) => None,
+            #[cfg(feature = "fault-injection")]
+            Self::Injected => None,
         }
     }
 }
@@ -112,7 +116,8 @@ fn rollback_summary(failures: &[UndoFailure]) -> String {
 /// How [`apply_with`] runs a plan.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
-    /// Test-only fault points.
+    /// Fault points (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     pub hooks: ApplyHooks,
     /// The device group every link the steps create is put in, as it is created, so that a
     /// teardown can delete them all in one request.
@@ -121,20 +126,8 @@ pub struct ApplyOptions {
 
 /// Applies `steps` in order. On the first failure the steps already applied are undone in
 /// reverse, and the error says which step failed and what the rollback could not undo.
-pub async fn apply(
-    kernel: Kernel<'_>,
-    steps: &[Step],
-    hooks: ApplyHooks,
-) -> Result<AppliedPair, AttachError> {
-    apply_with(
-        kernel,
-        steps,
-        ApplyOptions {
-            hooks,
-            ..ApplyOptions::default()
-        },
-    )
-    .await
+pub async fn apply(kernel: Kernel<'_>, steps: &[Step]) -> Result<AppliedPair, AttachError> {
+    apply_with(kernel, steps, ApplyOptions::default()).await
 }
 
 /// [`apply`] with a device group for the links the steps create.
@@ -152,6 +145,7 @@ pub async fn apply_with(
     steps: &[Step],
     options: ApplyOptions,
 ) -> Result<AppliedPair, AttachError> {
+    #[cfg(feature = "fault-injection")]
     let hooks = options.hooks;
     let mut applied = AppliedPair::default();
     let mut links = Links {
@@ -162,6 +156,7 @@ pub async fn apply_with(
     };
     let mut failure = None;
     for (position, step) in steps.iter().enumerate() {
+        #[cfg(feature = "fault-injection")]
         if let Some(countdown) = hooks.kill_countdown {
             match countdown.load(Ordering::SeqCst) {
                 0 => {
@@ -171,6 +166,7 @@ pub async fn apply_with(
                 left => countdown.store(left - 1, Ordering::SeqCst),
             }
         }
+        #[cfg(feature = "fault-injection")]
         if hooks.fail_before == Some(position) {
             failure = Some(Failure::at(position, StepError::Injected));
             break;

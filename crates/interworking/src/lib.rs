@@ -26,9 +26,9 @@ mod check;
 mod pair;
 mod undo;
 
-pub use apply::{
-    AppliedPair, ApplyHooks, ApplyOptions, AttachError, Kernel, StepError, apply, apply_with,
-};
+#[cfg(feature = "fault-injection")]
+pub use apply::ApplyHooks;
+pub use apply::{AppliedPair, ApplyOptions, AttachError, Kernel, StepError, apply, apply_with};
 pub use check::{Drift, check};
 pub use pair::{NetworkPair, PairError, TapOptions, random_local_mac, vm_link_name};
 pub use sandbox_net_persist::steps::{InterworkingModel, Step, UnknownModel};

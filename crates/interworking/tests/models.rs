@@ -7,9 +7,11 @@
 use std::{net::IpAddr, time::Duration};
 
 use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
+#[cfg(feature = "fault-injection")]
+use sandbox_net_interworking::ApplyHooks;
 use sandbox_net_interworking::{
-    ApplyHooks, ApplyOptions, InterworkingModel, Kernel, NetworkPair, Step, TapOptions, apply,
-    apply_with, check, random_local_mac, undo,
+    ApplyOptions, InterworkingModel, Kernel, NetworkPair, Step, TapOptions, apply, apply_with,
+    check, random_local_mac, undo,
 };
 use sandbox_net_netns::{
     ScanOptions,
@@ -78,7 +80,7 @@ async fn every_model_carries_traffic_and_detaches_to_the_exact_snapshot() {
             };
             let pair = pair_for(&fx.pod, "eth0", 0, model, queues).await;
             let steps = pair.plan(random_local_mac());
-            let applied = apply(kernel, &steps, ApplyHooks::default()).await.unwrap();
+            let applied = apply(kernel, &steps).await.unwrap();
             assert_eq!(
                 check(kernel, &steps).await.unwrap(),
                 [],
@@ -152,6 +154,7 @@ async fn every_model_carries_traffic_and_detaches_to_the_exact_snapshot() {
 }
 
 #[tokio::test]
+#[cfg(feature = "fault-injection")]
 #[cfg_attr(
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
@@ -168,12 +171,15 @@ async fn a_failure_at_any_step_rolls_back_to_the_snapshot() {
         let pair = pair_for(&fx.pod, "eth0", 0, model, 2).await;
         let steps = pair.plan(random_local_mac());
         for at in 0..steps.len() {
-            let err = apply(
+            let err = apply_with(
                 kernel,
                 &steps,
-                ApplyHooks {
-                    fail_before: Some(at),
-                    ..ApplyHooks::default()
+                ApplyOptions {
+                    hooks: ApplyHooks {
+                        fail_before: Some(at),
+                        ..ApplyHooks::default()
+                    },
+                    ..ApplyOptions::default()
                 },
             )
             .await
@@ -220,13 +226,9 @@ async fn a_real_kernel_refusal_rolls_back_too() {
         rtnl: &rtnl,
     };
     let pair = pair_for(&fx.pod, "eth0", 0, InterworkingModel::TcFilter, 1).await;
-    let err = apply(
-        kernel,
-        &pair.plan(random_local_mac()),
-        ApplyHooks::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = apply(kernel, &pair.plan(random_local_mac()))
+        .await
+        .unwrap_err();
     assert_eq!(err.position, 1);
     assert_eq!(err.source.errno(), Some(libc::EEXIST));
     assert_same_snapshot(&squatted, &fx.pod.snapshot());
@@ -340,7 +342,7 @@ async fn check_reports_a_filter_deleted_behind_our_back() {
     };
     let pair = pair_for(&fx.pod, "eth0", 0, InterworkingModel::TcFilter, 1).await;
     let steps = pair.plan(random_local_mac());
-    let _applied = apply(kernel, &steps, ApplyHooks::default()).await.unwrap();
+    let _applied = apply(kernel, &steps).await.unwrap();
     fx.pod.ip(&["link", "set", "tap0_kata", "mtu", "1400"]);
     std::process::Command::new("tc")
         .args([
@@ -411,12 +413,7 @@ async fn three_endpoints_attach_and_all_detach() {
     {
         let pair = pair_for(&fx.pod, dev, index as u32, model, 1).await;
         let steps = pair.plan(random_local_mac());
-        taps.push(
-            apply(kernel, &steps, ApplyHooks::default())
-                .await
-                .unwrap()
-                .tap,
-        );
+        taps.push(apply(kernel, &steps).await.unwrap().tap);
         all_steps.push(steps);
     }
     for name in ["tap0_kata", "tap1_kata", "tap2_kata"] {

@@ -225,6 +225,21 @@ impl TestNetns {
         parse_json("tc", &full, &run_tool("tc", &full, None))
     }
 
+    /// The HTB classes on `dev`, sorted by handle, read from `tc -d class show` (iproute2 6.1
+    /// prints HTB classes as text even with `-j`). The one reader of tc's class lines for every
+    /// test: rates are parsed exactly (`1.25Mbit` is 1 250 000 bit/s) and turned into the
+    /// bytes per second HTB works in.
+    pub fn htb_classes(&self, dev: &str) -> Vec<HtbClass> {
+        let text = self.tc(&["-d", "class", "show", "dev", dev]);
+        let mut classes: Vec<HtbClass> = text
+            .lines()
+            .filter(|line| line.starts_with("class htb "))
+            .map(HtbClass::parse)
+            .collect();
+        classes.sort_by(|a, b| a.handle.cmp(&b.handle));
+        classes
+    }
+
     /// Writes a sysctl of this namespace (`/proc/sys/...` relative path, e.g.
     /// `net/ipv6/conf/default/accept_dad`). Panics on failure.
     pub fn sysctl(&self, key: &str, value: &str) {
@@ -949,6 +964,74 @@ fn sorted_strings(list: &serde_json::Value) -> serde_json::Value {
 fn sorted(mut items: Vec<serde_json::Value>) -> serde_json::Value {
     items.sort_by_cached_key(|item| item.to_string());
     serde_json::Value::Array(items)
+}
+
+/// One HTB class as `tc -d class show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HtbClass {
+    /// `1:1`.
+    pub handle: String,
+    /// The parent class, `None` for a class at the root.
+    pub parent: Option<String>,
+    /// Bytes per second.
+    pub rate: u64,
+    /// Bytes per second.
+    pub ceil: u64,
+    /// Bytes, when tc prints it.
+    pub quantum: Option<u64>,
+}
+
+impl HtbClass {
+    /// Parses `class htb 1:2 parent 1:1 prio 0 quantum 125000 rate 10Mbit ceil 10Mbit ...`.
+    fn parse(line: &str) -> Self {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1).copied())
+        };
+        let rate = |key: &str| {
+            let text = after(key).unwrap_or_else(|| panic!("no {key} in tc class line {line:?}"));
+            tc_rate_bits(text).div_ceil(8)
+        };
+        Self {
+            handle: words[2].to_owned(),
+            parent: after("parent").map(str::to_owned),
+            rate: rate("rate"),
+            ceil: rate("ceil"),
+            quantum: after("quantum").map(|q| {
+                q.parse()
+                    .unwrap_or_else(|_| panic!("bad quantum {q:?} in {line:?}"))
+            }),
+        }
+    }
+}
+
+/// `10Mbit` -> 10 000 000, `1.25Gbit` -> 1 250 000 000, `800bit` -> 800: exact, in bits/s.
+pub fn tc_rate_bits(text: &str) -> u64 {
+    let number = text
+        .strip_suffix("bit")
+        .unwrap_or_else(|| panic!("not a tc rate: {text:?}"));
+    let (mantissa, scale) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 1_000u64),
+        Some('M') => (&number[..number.len() - 1], 1_000_000),
+        Some('G') => (&number[..number.len() - 1], 1_000_000_000),
+        Some('T') => (&number[..number.len() - 1], 1_000_000_000_000),
+        _ => (number, 1),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let parse = |digits: &str| -> u64 {
+        if digits.is_empty() {
+            0
+        } else {
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("not a tc rate: {text:?}"))
+        }
+    };
+    let fraction_scale = 10u64.pow(u32::try_from(fraction.len()).unwrap_or(u32::MAX));
+    parse(whole) * scale + parse(fraction) * scale / fraction_scale
 }
 
 #[cfg(test)]

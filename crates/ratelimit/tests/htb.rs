@@ -14,7 +14,10 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcMessage, TcOption},
 };
-use sandbox_net_netns::{Rtnl, testing::TestNetns};
+use sandbox_net_netns::{
+    Rtnl,
+    testing::{HtbClass, TestNetns},
+};
 use sandbox_net_persist::scan::Link;
 use sandbox_net_ratelimit::{
     CLASS_1_1, CLASS_1_2, HtbRate, LimitError, PschedClock, ROOT_HANDLE, RateError, TC_H_ROOT,
@@ -33,53 +36,8 @@ async fn veth_netns() -> (TestNetns, Rtnl, Link) {
     (ns, rtnl, link)
 }
 
-/// A class as `tc -d class show` prints it.
-#[derive(Debug, PartialEq, Eq)]
-struct TcClass {
-    handle: String,
-    /// `None` for `root`.
-    parent: Option<String>,
-    /// Bytes/s.
-    rate: u64,
-    /// Bytes/s.
-    ceil: u64,
-    quantum: Option<u64>,
-}
-
-/// `10Mbit` → 1 250 000 bytes/s (tc prints exact SI units for these rates).
-fn tc_rate_bytes(text: &str) -> u64 {
-    let number = text.strip_suffix("bit").unwrap();
-    let (digits, factor) = match number.chars().last().unwrap() {
-        'K' => (&number[..number.len() - 1], 1_000),
-        'M' => (&number[..number.len() - 1], 1_000_000),
-        'G' => (&number[..number.len() - 1], 1_000_000_000),
-        'T' => (&number[..number.len() - 1], 1_000_000_000_000),
-        _ => (number, 1),
-    };
-    digits.parse::<u64>().unwrap() * factor / 8
-}
-
-fn tc_classes(ns: &TestNetns) -> Vec<TcClass> {
-    let text = ns.tc(&["-d", "class", "show", "dev", "veth0"]);
-    let mut classes = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("class htb ")) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |key: &str| {
-            words
-                .iter()
-                .position(|w| *w == key)
-                .map(|i| words[i + 1].to_string())
-        };
-        classes.push(TcClass {
-            handle: words[2].to_string(),
-            parent: after("parent"),
-            rate: tc_rate_bytes(&after("rate").unwrap()),
-            ceil: tc_rate_bytes(&after("ceil").unwrap()),
-            quantum: after("quantum").map(|q| q.parse().unwrap()),
-        });
-    }
-    classes.sort_by(|a, b| a.handle.cmp(&b.handle));
-    classes
+fn tc_classes(ns: &TestNetns) -> Vec<HtbClass> {
+    ns.htb_classes("veth0")
 }
 
 fn tc_qdiscs(ns: &TestNetns) -> serde_json::Value {
@@ -115,7 +73,7 @@ async fn tree_round_trip(bits: u64, bytes: u64) {
     assert_eq!(
         tc_classes(&ns),
         [
-            TcClass {
+            HtbClass {
                 handle: "1:1".into(),
                 parent: None,
                 rate: bytes,
@@ -123,7 +81,7 @@ async fn tree_round_trip(bits: u64, bytes: u64) {
                 // Not a leaf any more: tc prints no quantum.
                 quantum: None,
             },
-            TcClass {
+            HtbClass {
                 handle: "1:2".into(),
                 parent: Some("1:1".into()),
                 rate: bytes,

@@ -45,7 +45,7 @@ use std::{
 use sandbox_net_endpoints::{
     AttachOptions, ClassifyOptions, endpoints_from_scan, physical::SysfsPci,
 };
-use sandbox_net_interworking::{ApplyHooks, TapOptions};
+use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::{Netns, ScanOptions};
 use sandbox_net_persist::{IfName, steps::Step, store::StoreError};
 use serde_json::Value;
@@ -94,11 +94,13 @@ impl Outcome {
     }
 }
 
-/// Test-only fault points of ADD (`ApplyHooks::default()` injects nothing).
+/// Fault points of ADD, for the crash tests: only the `fault-injection` feature gives it
+/// any (`Faults::default()` injects nothing).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     /// The kernel steps' fault points.
-    pub apply: ApplyHooks,
+    #[cfg(feature = "fault-injection")]
+    pub apply: sandbox_net_interworking::ApplyHooks,
 }
 
 /// Runs one invocation: the environment `env` and the request `stdin`.
@@ -140,6 +142,7 @@ pub async fn run(env: &CniEnv, stdin: &[u8], faults: Faults) -> Outcome {
         ifname = tracing::field::Empty,
         version = %version
     );
+    #[cfg(feature = "cli")]
     super::trace::continue_trace(&span, env.traceparent.as_deref(), env.tracestate.as_deref());
     let outcome =
         tracing::Instrument::instrument(dispatch(command, env, &config, faults), span.clone())
@@ -222,13 +225,7 @@ fn open_netns(path: &Path) -> Result<Netns, CniError> {
 
 /// Options for teardown from the record (the model and taps come from the recorded steps).
 fn teardown_options() -> AttachOptions {
-    AttachOptions {
-        model: sandbox_net_interworking::InterworkingModel::TcFilter,
-        tap: TapOptions::default(),
-        sysfs: SysfsPci::host(),
-        hooks: ApplyHooks::default(),
-        link_group: None,
-    }
+    AttachOptions::default()
 }
 
 /// The VM-side link (tap or macvtap) an endpoint's steps create.
@@ -381,7 +378,7 @@ async fn wire(
     owner: Option<u32>,
     group: Option<u32>,
     config: &PluginConfig,
-    faults: Faults,
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] faults: Faults,
 ) -> Result<Vec<Wired>, CniError> {
     // The interfaces as the kernel has them; every one asked for must exist.
     let options = ScanOptions {
@@ -456,6 +453,7 @@ async fn wire(
             persist: true,
         },
         sysfs: SysfsPci::host(),
+        #[cfg(feature = "fault-injection")]
         hooks: faults.apply,
         link_group: None,
     };

@@ -30,7 +30,7 @@ use sandbox_net_persist::{
     scan::{Address, NamespaceScan, Neighbour, Route},
 };
 
-use crate::{
+use sandbox_net::{
     NetnsSource, Network, NetworkConfig,
     cni::{Attachment, ChainRunner, CniResult, NetworkConfigList, PluginExec},
 };

@@ -7,15 +7,17 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sandbox_net::{
-    NetnsSource, Network, NetworkConfig, SandboxError,
+    InterworkingModel, Netns, NetnsSource, Network, NetworkConfig, SandboxError, ScanOptions,
+    TapOptions,
     cni::{NetworkConfigList, PluginExec, runtime::CniRecord},
-    demo,
-    handover::{DeviceInfo, HandOver},
     telemetry,
 };
-use sandbox_net_interworking::{InterworkingModel, TapOptions};
-use sandbox_net_netns::{Netns, ScanOptions};
-use sandbox_net_persist::IfName;
+use sandbox_net::IfName;
+
+mod demo;
+mod render;
+
+use sandbox_net::handover::{DeviceInfo, HandOver};
 
 /// Exit status of a failed operation.
 const EXIT_FAILURE: u8 = 1;
@@ -277,7 +279,7 @@ enum Command {
 
 fn parse_model(text: &str) -> Result<InterworkingModel, String> {
     text.parse()
-        .map_err(|e: sandbox_net_interworking::UnknownModel| e.to_string())
+        .map_err(|e: sandbox_net::UnknownModel| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -478,7 +480,7 @@ async fn scan(netns: &str, json: bool, all: bool) -> anyhow::Result<()> {
         );
     } else {
         println!("namespace {} {}", netns.path().display(), netns.id());
-        print!("{}", sandbox_net::render::scan_table(&scan));
+        print!("{}", render::scan_table(&scan));
     }
     Ok(())
 }

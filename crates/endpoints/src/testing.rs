@@ -1,0 +1,504 @@
+//! Test support (feature `testing`, for this crate's and downstream tests and benches; never in
+//! a release build): the one stand-in VMM, the stand-in sysfs tree of a PCI NIC, and the
+//! attach options and endpoints the tests build.
+//!
+//! The stand-ins exist because neither can exist on the build machines: no VMM is started by
+//! these tests (the QEMU tests boot a real one), and there is no PCI NIC to hand over.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use sandbox_net_guest::{Guest, GuestConfig, GuestStats, packet::Identity};
+use sandbox_net_interworking::{InterworkingModel, TapOptions};
+use sandbox_net_netns::{Netns, ScanOptions};
+
+use crate::{
+    AttachOptions, Backend, Capabilities, ClassifyOptions, Endpoint, EndpointId, Hypervisor,
+    HypervisorConfig, HypervisorError, NetDevice, endpoints_from_scan, physical::SysfsPci,
+};
+
+/// What the stand-in VMM does with a device's descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDevice {
+    /// Keep them, as a VMM holds its queues until it stops.
+    Keep,
+    /// Close them at once, as when a VMM opens persistent taps by name later.
+    Drop,
+    /// Run the user-space guest on the queues, answering ARP, NDP and ping for
+    /// [`GUEST_IPV4`] and [`GUEST_IPV6`] with the device's MAC.
+    RunGuest,
+}
+
+/// The IPv4 address the stand-in's guests answer for.
+pub const GUEST_IPV4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+/// The IPv6 address the stand-in's guests answer for.
+pub const GUEST_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
+
+/// One device the stand-in VMM holds.
+#[derive(Debug)]
+struct Held {
+    /// `tap NAME xQUEUES`, `macvtap NAME xQUEUES`, `vhost-user SOCKET` or `vfio BDF DEVICE`.
+    description: String,
+    /// The device itself, while kept.
+    device: Option<NetDevice>,
+    /// The guest running on its queues.
+    guest: Option<Guest>,
+    /// The vhost-net descriptors it holds (unless kept in `device`).
+    vhost: Vec<OwnedFd>,
+    /// What `VHOST_GET_FEATURES` answered on each vhost-net descriptor, as QEMU asks first.
+    vhost_features: Vec<u64>,
+}
+
+/// A VMM stand-in with knobs: queue pairs, multi-queue, a limiter of its own or rates for the
+/// host to apply, vhost-net, what it does with the descriptors, and refusing devices.
+/// It records every hot-plug operation.
+#[derive(Debug)]
+pub struct StandInVmm {
+    /// Queue pairs asked for per device.
+    pub queues: usize,
+    /// Whether it drives more than one queue pair.
+    pub multi_queue: bool,
+    /// Whether it has a rate limiter of its own (then the host applies none).
+    pub builtin_limiter: bool,
+    /// Rate into the VM, bits/s (0: none).
+    pub rx: u64,
+    /// Rate out of the VM, bits/s (0: none).
+    pub tx: u64,
+    /// Whether it asks for vhost-net descriptors (the build machines have no vhost-net).
+    pub vhost_net: bool,
+    /// The vhost-net device it asks for.
+    pub vhost_net_path: PathBuf,
+    /// The addresses its guests answer for (with [`OnDevice::RunGuest`]).
+    pub guest_ipv4: Vec<Ipv4Addr>,
+    /// The IPv6 addresses its guests answer for.
+    pub guest_ipv6: Vec<Ipv6Addr>,
+    /// What it does with the descriptors.
+    pub on_device: OnDevice,
+    /// Refuse every device with this reason.
+    pub refuse: Option<String>,
+    devices: Mutex<HashMap<EndpointId, Held>>,
+    hot_ops: Mutex<Vec<String>>,
+}
+
+impl Default for StandInVmm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StandInVmm {
+    /// Like QEMU without vhost-net: multi-queue, one queue pair, no limiter of its own, no
+    /// rates; it keeps the descriptors.
+    pub fn new() -> Self {
+        Self {
+            queues: 1,
+            multi_queue: true,
+            builtin_limiter: false,
+            rx: 0,
+            tx: 0,
+            vhost_net: false,
+            vhost_net_path: PathBuf::from(sandbox_net_netns::VHOST_NET_PATH),
+            guest_ipv4: vec![GUEST_IPV4],
+            guest_ipv6: vec![GUEST_IPV6],
+            on_device: OnDevice::Keep,
+            refuse: None,
+            devices: Mutex::new(HashMap::new()),
+            hot_ops: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks for `queues` queue pairs per device.
+    pub fn with_queues(mut self, queues: usize) -> Self {
+        self.queues = queues;
+        self
+    }
+
+    /// Drives one queue pair only.
+    pub fn single_queue(mut self) -> Self {
+        self.multi_queue = false;
+        self
+    }
+
+    /// Configured with these rates (bits/s), applied on the host unless it has its own limiter.
+    pub fn with_limits(mut self, rx: u64, tx: u64) -> Self {
+        self.rx = rx;
+        self.tx = tx;
+        self
+    }
+
+    /// Has a rate limiter of its own (as Cloud Hypervisor and Firecracker).
+    pub fn with_builtin_limiter(mut self) -> Self {
+        self.builtin_limiter = true;
+        self
+    }
+
+    /// Asks for vhost-net descriptors.
+    pub fn with_vhost_net(mut self) -> Self {
+        self.vhost_net = true;
+        self
+    }
+
+    /// Asks for vhost-net descriptors of this device (a missing one proves the error path).
+    pub fn with_vhost_net_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.vhost_net = true;
+        self.vhost_net_path = path.into();
+        self
+    }
+
+    /// Its guests answer for these addresses instead of [`GUEST_IPV4`] and [`GUEST_IPV6`].
+    pub fn with_guest_addresses(mut self, ipv4: Vec<Ipv4Addr>, ipv6: Vec<Ipv6Addr>) -> Self {
+        self.guest_ipv4 = ipv4;
+        self.guest_ipv6 = ipv6;
+        self
+    }
+
+    /// Does this with the descriptors.
+    pub fn on_device(mut self, on_device: OnDevice) -> Self {
+        self.on_device = on_device;
+        self
+    }
+
+    /// Refuses every device.
+    pub fn refusing(mut self, reason: &str) -> Self {
+        self.refuse = Some(reason.to_owned());
+        self
+    }
+
+    fn take(&self, op: &'static str, device: NetDevice) -> Result<(), HypervisorError> {
+        if let Some(reason) = &self.refuse {
+            return Err(HypervisorError {
+                op,
+                endpoint: device.endpoint,
+                reason: reason.clone(),
+            });
+        }
+        let endpoint = device.endpoint.clone();
+        let fail = |reason: String| HypervisorError {
+            op,
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let (description, vhost_features) = match &device.backend {
+            Backend::Tap {
+                name,
+                queues,
+                vhost,
+            } => (format!("tap {name} x{}", queues.len()), check_vhost(vhost)),
+            Backend::Macvtap {
+                name,
+                queues,
+                vhost,
+            } => (
+                format!("macvtap {name} x{}", queues.len()),
+                check_vhost(vhost),
+            ),
+            Backend::VhostUser { socket } => {
+                (format!("vhost-user {}", socket.display()), Ok(Vec::new()))
+            }
+            Backend::Vfio { bdf, device } => {
+                (format!("vfio {bdf} {}", device.display()), Ok(Vec::new()))
+            }
+        };
+        let vhost_features = vhost_features.map_err(&fail)?;
+        let mut held = Held {
+            description,
+            device: None,
+            guest: None,
+            vhost: Vec::new(),
+            vhost_features,
+        };
+        match self.on_device {
+            OnDevice::Keep => held.device = Some(device),
+            OnDevice::Drop => {}
+            OnDevice::RunGuest => match device.backend {
+                Backend::Tap { queues, vhost, .. } | Backend::Macvtap { queues, vhost, .. } => {
+                    let identity = Identity {
+                        mac: device.mac,
+                        ipv4: self.guest_ipv4.clone(),
+                        ipv6: self.guest_ipv6.clone(),
+                    };
+                    let config = GuestConfig {
+                        identity,
+                        vnet_hdr: true,
+                    };
+                    let guest = Guest::start(config, queues)
+                        .map_err(|e| fail(format!("the test guest did not start: {e}")))?;
+                    held.guest = Some(guest);
+                    held.vhost = vhost;
+                }
+                Backend::VhostUser { .. } | Backend::Vfio { .. } => {}
+            },
+        }
+        self.devices.lock().unwrap().insert(endpoint, held);
+        Ok(())
+    }
+
+    /// How the device of `endpoint` reached the VMM (`tap tap0_kata x2`, ...), if it holds one.
+    pub fn device(&self, endpoint: &EndpointId) -> Option<String> {
+        self.devices
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .map(|held| held.description.clone())
+    }
+
+    /// How many devices it holds.
+    pub fn device_count(&self) -> usize {
+        self.devices.lock().unwrap().len()
+    }
+
+    /// The counters of the guest running on the device of `endpoint`.
+    pub fn guest_stats(&self, endpoint: &EndpointId) -> Option<GuestStats> {
+        self.devices
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .and_then(|held| held.guest.as_ref().map(Guest::stats))
+    }
+
+    /// What each vhost-net descriptor of the device of `endpoint` answered to
+    /// `VHOST_GET_FEATURES` (empty without vhost-net).
+    pub fn vhost_features(&self, endpoint: &EndpointId) -> Vec<u64> {
+        self.devices
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .map(|held| held.vhost_features.clone())
+            .unwrap_or_default()
+    }
+
+    /// The device of `endpoint`, taken out of the VMM (its descriptors with it), if kept.
+    pub fn take_device(&self, endpoint: &EndpointId) -> Option<NetDevice> {
+        self.devices
+            .lock()
+            .unwrap()
+            .get_mut(endpoint)
+            .and_then(|held| held.device.take())
+    }
+
+    /// Lets go of the device of `endpoint`, as when the VM unplugs it.
+    pub fn release(&self, endpoint: &EndpointId) {
+        self.devices.lock().unwrap().remove(endpoint);
+    }
+
+    /// Stops: every descriptor is closed, every guest stopped, as at VM shutdown.
+    pub fn shutdown(&self) {
+        self.devices.lock().unwrap().clear();
+    }
+
+    /// The hot-plug operations so far: `hot-add ID`, `hot-remove ID`.
+    pub fn hot_ops(&self) -> Vec<String> {
+        self.hot_ops.lock().unwrap().clone()
+    }
+}
+
+/// `VHOST_GET_FEATURES` on each descriptor: a VMM's first question, which only a vhost
+/// descriptor answers.
+fn check_vhost(vhost: &[OwnedFd]) -> Result<Vec<u64>, String> {
+    vhost
+        .iter()
+        .map(|fd| sandbox_net_netns::vhost_features(fd.as_fd()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+impl Hypervisor for StandInVmm {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            multi_queue: self.multi_queue,
+            rate_limiter: self.builtin_limiter,
+        }
+    }
+
+    fn config(&self) -> HypervisorConfig {
+        HypervisorConfig {
+            queues: self.queues,
+            disable_vhost_net: !self.vhost_net,
+            vhost_net_path: self.vhost_net_path.clone(),
+            rx_rate_limiter_max_rate: self.rx,
+            tx_rate_limiter_max_rate: self.tx,
+        }
+    }
+
+    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        self.take("add", device)
+    }
+
+    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        self.hot_ops
+            .lock()
+            .unwrap()
+            .push(format!("hot-add {}", device.endpoint));
+        self.take("hot-add", device)
+    }
+
+    async fn hot_remove_device(&self, endpoint: &EndpointId) -> Result<(), HypervisorError> {
+        self.hot_ops
+            .lock()
+            .unwrap()
+            .push(format!("hot-remove {endpoint}"));
+        self.release(endpoint);
+        Ok(())
+    }
+}
+
+/// Attach options for tests: `model`, taps as given, no PCI functions to bind (a sysfs root
+/// that does not exist), no device group, no fault points.
+pub fn options(model: InterworkingModel, tap: TapOptions) -> AttachOptions {
+    AttachOptions {
+        model,
+        tap,
+        sysfs: SysfsPci::new("/nonexistent-sysfs"),
+        ..AttachOptions::default()
+    }
+}
+
+/// Persistent taps (a VMM reopens them by name), as the CLI makes them.
+pub fn persistent_taps() -> TapOptions {
+    TapOptions {
+        persist: true,
+        ..TapOptions::default()
+    }
+}
+
+/// The endpoints of `netns` under Kata's scan rules, classified strictly (an unsupported
+/// interface fails the test) with vhost-user sockets looked for in `vhost_user_dir`.
+pub async fn endpoints_in(netns: &Netns, vhost_user_dir: PathBuf) -> Vec<Endpoint> {
+    let rtnl = netns.rtnl().await.unwrap();
+    let scan = rtnl.scan(&ScanOptions::default()).await.unwrap();
+    let classify = ClassifyOptions {
+        strict: true,
+        vhost_user_dir,
+    };
+    endpoints_from_scan(netns, &scan.interfaces, 0, &classify)
+        .await
+        .unwrap()
+        .0
+}
+
+/// [`endpoints_in`] with no vhost-user socket directory of the test's own.
+pub async fn endpoints(netns: &Netns) -> Vec<Endpoint> {
+    endpoints_in(netns, std::env::temp_dir()).await
+}
+
+/// The PCI function of the stand-in sysfs tree.
+pub const STAND_IN_BDF: &str = "0000:00:03.0";
+
+/// A directory tree standing in for the sysfs of a PCI NIC (vendor `0x8086`, device `0x10d3`,
+/// bound to e1000e, in IOMMU group 7 when `iommu`), because the build machines have no PCI NIC
+/// to hand over:
+///
+/// ```text
+/// bus/pci/devices/0000:00:03.0/{vendor, device, driver_override = "(null)\n"}
+/// bus/pci/devices/0000:00:03.0/driver      -> ../../drivers/e1000e
+/// bus/pci/devices/0000:00:03.0/iommu_group -> <root>/kernel/iommu_groups/7 (if iommu)
+/// bus/pci/drivers/{e1000e, vfio-pci}/{bind, unbind}
+/// bus/pci/drivers_probe
+/// ```
+///
+/// Plain files do not act like the kernel's (no driver symlink moves by themselves): each holds
+/// the last value written to it, which is what the tests check; [`StandInSysfs::set_driver`]
+/// moves the symlink as the kernel would.
+#[derive(Debug)]
+pub struct StandInSysfs {
+    dir: tempfile::TempDir,
+}
+
+impl StandInSysfs {
+    /// Builds the tree in a fresh temporary directory.
+    pub fn new(iommu: bool) -> Self {
+        use std::fs;
+        let stand_in = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let root = stand_in.root();
+        let device = stand_in.device();
+        fs::create_dir_all(&device).unwrap();
+        fs::write(device.join("vendor"), "0x8086\n").unwrap();
+        fs::write(device.join("device"), "0x10d3\n").unwrap();
+        fs::write(device.join("driver_override"), "(null)\n").unwrap();
+        for driver in ["e1000e", "vfio-pci"] {
+            let dir = root.join("bus/pci/drivers").join(driver);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("bind"), "").unwrap();
+            fs::write(dir.join("unbind"), "").unwrap();
+        }
+        fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+        stand_in.set_driver(Some("e1000e"));
+        if iommu {
+            fs::create_dir_all(root.join("kernel/iommu_groups/7")).unwrap();
+            std::os::unix::fs::symlink(
+                root.join("kernel/iommu_groups/7"),
+                device.join("iommu_group"),
+            )
+            .unwrap();
+        }
+        stand_in
+    }
+
+    /// The tree's root (what `/sys` is on a real machine).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A [`SysfsPci`] working on this tree.
+    pub fn sysfs(&self) -> SysfsPci {
+        SysfsPci::new(self.root())
+    }
+
+    /// The PCI function's directory.
+    pub fn device(&self) -> PathBuf {
+        self.root().join("bus/pci/devices").join(STAND_IN_BDF)
+    }
+
+    /// Points the function's `driver` link at `driver` (or removes it), as the kernel does
+    /// when a driver binds or unbinds.
+    pub fn set_driver(&self, driver: Option<&str>) {
+        let link = self.device().join("driver");
+        let _ = std::fs::remove_file(&link);
+        if let Some(driver) = driver {
+            // Relative, as the kernel's links are.
+            std::os::unix::fs::symlink(format!("../../drivers/{driver}"), &link).unwrap();
+        }
+    }
+
+    /// What the last write to `relative` (under `bus/pci`) left in it.
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.root().join("bus/pci").join(relative)).unwrap()
+    }
+
+    /// Every regular file of the tree and its contents.
+    pub fn files(&self) -> std::collections::BTreeMap<PathBuf, String> {
+        fn walk(dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+                if kind.is_dir() {
+                    walk(&path, out);
+                } else if kind.is_file() {
+                    out.insert(path.clone(), std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        walk(self.root(), &mut out);
+        out
+    }
+}
+
+/// How many of `count` echo requests from inside `netns` to `dst` were answered (within two
+/// seconds each), sent with the raw-socket ping of the test guest crate.
+pub async fn ping_count(netns: &Netns, dst: &str, count: u16) -> u16 {
+    let dst: std::net::IpAddr = dst.parse().unwrap();
+    netns
+        .run(move || sandbox_net_guest::ping::ping(dst, count, std::time::Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .unwrap()
+        .received
+}
