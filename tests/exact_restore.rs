@@ -9,9 +9,9 @@
 
 mod common;
 
-use common::{KeepingVmm, endpoints, options};
+use common::{endpoints, keeping_vmm, options};
 use sandbox_net::Sandbox;
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
+use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{UnusualPod, assert_same_snapshot, snapshot_differences};
 
 /// The pods of [`UnusualPod::ALL`] whose addresses and routes are unusual (the qdisc ones are
@@ -39,15 +39,10 @@ async fn attach_all(
     state: &std::path::Path,
 ) {
     let mut sandbox = Sandbox::create(state, "unusual", fx.pod.netns().clone(), model).unwrap();
-    let vmm = KeepingVmm::new(0, 0);
+    let vmm = keeping_vmm(0, 0);
     for endpoint in endpoints(fx.pod.netns()).await {
         sandbox
-            .attach(
-                endpoint,
-                &vmm,
-                &options(model, ApplyHooks::default()),
-                false,
-            )
+            .attach(endpoint, &vmm, &options(model), false)
             .await
             .unwrap();
     }
@@ -75,7 +70,7 @@ async fn unusual_pods_are_given_back_exactly_after_a_restore_and_teardown() {
             // A new process: the state file alone.
             let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
             sandbox
-                .teardown(&options(model, ApplyHooks::default()))
+                .teardown(&options(model))
                 .await
                 .unwrap_or_else(|e| panic!("{pod} {model}: {e}"));
             let after = fx.pod.snapshot();
@@ -104,8 +99,8 @@ async fn unusual_pods_are_given_back_exactly_after_a_detach() {
             let state = dir.path().join("state.json");
             let mut sandbox =
                 Sandbox::create(&state, "unusual", fx.pod.netns().clone(), model).unwrap();
-            let vmm = KeepingVmm::new(0, 0);
-            let opts = options(model, ApplyHooks::default());
+            let vmm = keeping_vmm(0, 0);
+            let opts = options(model);
             let mut ids = Vec::new();
             for endpoint in endpoints(fx.pod.netns()).await {
                 ids.push(
