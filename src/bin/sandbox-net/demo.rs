@@ -544,7 +544,10 @@ async fn cleanup(scene: Scene) -> anyhow::Result<()> {
             .del(&pod.list, &pod.attachment, Some(&pod.result))
             .await
     {
-        problems.push(format!("CNI DEL: {}", crate::cni::error::error_chain(&e)));
+        problems.push(format!(
+            "CNI DEL: {}",
+            sandbox_net::cni::error::error_chain(&e)
+        ));
     }
     if let Some(dir) = scene.state.parent() {
         let _ = std::fs::remove_dir_all(dir);
