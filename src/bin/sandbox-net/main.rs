@@ -6,13 +6,13 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sandbox_net::IfName;
 use sandbox_net::{
     InterworkingModel, Netns, NetnsSource, Network, NetworkConfig, SandboxError, ScanOptions,
     TapOptions,
     cni::{NetworkConfigList, PluginExec, runtime::CniRecord},
     telemetry,
 };
-use sandbox_net::IfName;
 
 mod demo;
 mod render;
