@@ -594,7 +594,9 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
         let ep = &mut eps[0];
         assert_eq!(ep.kind, EndpointKind::Netkit);
         assert_eq!(ep.model(model), Some(model));
-        let vmm = StandInVmm::new().with_queues(2).on_device(OnDevice::RunGuest);
+        let vmm = StandInVmm::new()
+            .with_queues(2)
+            .on_device(OnDevice::RunGuest);
         ep.attach(kernel, &vmm, &options(model), false)
             .await
             .unwrap();
