@@ -7,8 +7,8 @@ use crate::{Rtnl, convert, error::NetlinkError, link::describe};
 
 impl Rtnl {
     /// Every address of the namespace, IPv4 and IPv6, each with its link's index
-    /// (`ip addr show`). One dump; the kernel does not filter address dumps by link anyway
-    /// (FIELD-GUIDE T7).
+    /// (`ip addr show`). One dump: rtnetlink's address filters (index, prefix, address) are
+    /// applied client-side over a full dump anyway.
     pub async fn addresses(&self) -> Result<Vec<(u32, Address)>, NetlinkError> {
         let msgs = self
             .dump("list", "addresses", |h| h.address().get().execute())

@@ -246,7 +246,7 @@ impl Rtnl {
         msg: netlink_packet_route::link::LinkMessage,
     ) -> Result<(), NetlinkError> {
         // `change` is RTM_NEWLINK without CREATE, what `ip link set` sends; `set` would add
-        // CREATE|EXCL, which is meant for bridge ports (FIELD-GUIDE T8).
+        // CREATE|EXCL, which is meant for bridge ports.
         self.handle()
             .link()
             .change(msg)

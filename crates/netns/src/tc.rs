@@ -64,7 +64,8 @@ impl Rtnl {
 
     /// Deletes the link's ingress qdisc and the filters under it (`tc qdisc del dev DEV
     /// ingress`). The request names the parent `ffff:fff1`: without it the kernel answers
-    /// `ENOENT` (FIELD-GUIDE T4).
+    /// `ENOENT`: rtnetlink's qdisc delete request sends parent 0 and handle 0 unless the
+    /// header is set by hand.
     pub async fn del_ingress_qdisc(&self, link: &Link) -> Result<(), NetlinkError> {
         let mut request = self.handle().qdisc().del(link.index as i32);
         request.message_mut().header.parent = TcHandle::INGRESS;
@@ -74,8 +75,8 @@ impl Rtnl {
             .map_err(|e| self.request_error("delete ingress qdisc of", describe(link), e))
     }
 
-    /// Whether the link has an ingress qdisc. (A qdisc dump ignores the index it is given, so
-    /// the answer is filtered here; FIELD-GUIDE T6.)
+    /// Whether the link has an ingress qdisc. (The kernel answers a qdisc dump with every
+    /// link's qdiscs whatever index the request names, so the answer is filtered here.)
     pub async fn has_ingress_qdisc(&self, link: &Link) -> Result<bool, NetlinkError> {
         let qdiscs = self
             .dump("list", "qdiscs", |h| h.qdisc().get().execute())
@@ -95,8 +96,10 @@ impl Rtnl {
     /// ingress qdisc.
     pub async fn add_redirect(&self, from: &Link, to: &Link) -> Result<(), NetlinkError> {
         let object = || format!("redirect from {} to {}", describe(from), describe(to));
-        // priority() before protocol(): priority() overwrites both halves of tcm_info
-        // (FIELD-GUIDE T1); the protocol goes in network byte order (T2).
+        // priority() before protocol(): priority() sets tcm_info to `prio << 16 | prio` and
+        // protocol() then replaces only the low half. The protocol goes in network byte
+        // order, or tc shows a wrong protocol. Only redirect(), not u32() as well: each pushes
+        // the filter kind and two kinds make the request invalid.
         let request = self
             .handle()
             .traffic_filter(from.index as i32)
@@ -142,7 +145,8 @@ impl Rtnl {
 }
 
 /// The redirect a filter message carries, if any. A u32 filter dumps as several messages;
-/// only its key message holds the action (FIELD-GUIDE T6).
+/// only its key message holds the action (the other two are the priority root and the hash
+/// table `800:`).
 fn redirect_of(msg: &TcMessage) -> Option<Redirect> {
     let info = msg.header.info;
     msg.attributes.iter().find_map(|attr| {

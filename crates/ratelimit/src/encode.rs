@@ -1,4 +1,4 @@
-//! Pure HTB encoders and dump parsers (FIELD-GUIDE §4): `tc_htb_glob`, `tc_ratespec`,
+//! Pure HTB encoders and dump parsers: `tc_htb_glob`, `tc_ratespec`,
 //! `tc_htb_opt`, the rate tables, the qdisc and class messages, and the parsers of what the
 //! kernel dumps back. No I/O.
 
@@ -372,8 +372,8 @@ fn find(attributes: &[Attribute], kind: u16) -> Option<&Vec<u8>> {
 /// kind `htb`.
 ///
 /// A kernel dump carries `TCA_OPTIONS` as one `TcOption::Other` of type 2 whose value is
-/// the nested attribute stream (netlink-packet-route has no HTB types; FIELD-GUIDE §4.8):
-/// it is copied out (`DefaultNla`'s value is private, T14) and walked. A message built by
+/// the nested attribute stream (netlink-packet-route has no HTB types): it is copied out
+/// (`DefaultNla`'s value field is private, so through `value_len` and `emit_value`) and walked. A message built by
 /// this crate carries the HTB attributes directly, one `TcOption::Other` each; a lone
 /// 20-byte `TCA_HTB_INIT` (also type 2) is told apart from the wrapper by not being an
 /// attribute stream.

@@ -1,5 +1,7 @@
 //! Host-side rate limiting with HTB: pure encoders and dump parsers, and the kernel
-//! operations that add, read and remove Kata's HTB tree on a link (FIELD-GUIDE §4, §8.9).
+//! operations that add, read and remove Kata's HTB tree on a link. The tree is host-side on
+//! purpose (a guest escape cannot bypass it); Kata applies it only for hypervisors without a
+//! built-in limiter.
 //!
 //! ```no_run
 //! # async fn example(rtnl: &sandbox_net_netns::Rtnl, link: &sandbox_net_persist::scan::Link)
@@ -35,7 +37,7 @@
 //!
 //! ## Limitations
 //! - IFB devices (the tx direction of macvtap and tap endpoints) are not handled here yet.
-//! - Bursts follow the FIELD-GUIDE's rule (fractional microseconds kept), which differs
+//! - Bursts keep fractional microseconds ([`PschedClock::xmittime`]), which differs
 //!   slightly from the installed iproute2 6.1: it sends the same 20000 ticks at 10 Mbit/s
 //!   but 0 ticks where this sends 5 at 40 Gbit/s, and smaller rate-table entries. The kernel
 //!   ignores the rate tables for an Ethernet link layer.

@@ -98,7 +98,7 @@ impl PschedClock {
     /// saturating at `u32::MAX` (below about 46.6 kbit/s a 1600-byte burst does not fit in 32
     /// bits; iproute2 6.1 overflows there). A rate of 0 gives `u32::MAX`.
     ///
-    /// This is the FIELD-GUIDE's rule (§4.5), which keeps sub-microsecond times. It is
+    /// This rule keeps sub-microsecond times. It is
     /// evaluated left to right, `(1e6 × size) / rate`, which is exact whenever the division
     /// is (iproute2's `1e6 × (size / rate)` gives 99 instead of 100 ticks for 8 bytes at
     /// 10 Mbit/s). The iproute2 6.1 of the build machines truncates the microseconds to an

@@ -1,5 +1,6 @@
-//! Adding, reading and removing the HTB tree of a link (FIELD-GUIDE §8.9) over a
-//! namespace-bound netlink handle.
+//! Adding, reading and removing the HTB tree of a link over a namespace-bound netlink
+//! handle. The tree is Kata's: root qdisc `1:` with default class `1:2`, class `1:1` under
+//! it and `1:2` under `1:1`, each with rate = ceil = the limit.
 
 use std::io;
 
@@ -97,8 +98,9 @@ pub async fn add_htb_tree(
 /// Reads the link's HTB tree: the root qdisc `1:` and its classes. `None` when the link has
 /// no root qdisc `1:` of kind `htb`.
 ///
-/// Two dumps: the qdiscs of the namespace (a qdisc dump ignores the ifindex, so they are
-/// filtered here; FIELD-GUIDE T6) and the classes of the link.
+/// Two dumps: the qdiscs of the namespace (the kernel answers a qdisc dump with every
+/// link's qdiscs whatever ifindex the request names, so they are filtered here) and the
+/// classes of the link.
 #[tracing::instrument(name = "ratelimit.htb_read", skip_all, fields(link = %link.name, ifindex = link.index))]
 pub async fn read_htb_tree(rtnl: &Rtnl, link: &Link) -> Result<Option<HtbTree>, LimitError> {
     let on = On { rtnl, link };
@@ -129,7 +131,8 @@ pub async fn read_htb_tree(rtnl: &Rtnl, link: &Link) -> Result<Option<HtbTree>, 
 }
 
 /// Deletes the link's root qdisc `1:` and, with it, its classes (`tc qdisc del dev DEV root
-/// handle 1:`). The request names parent root and handle `1:0` (FIELD-GUIDE T4).
+/// handle 1:`). The request names parent root and handle `1:0`: rtnetlink's qdisc delete
+/// request would send parent 0 and handle 0, which the kernel answers with `ENOENT`.
 ///
 /// When the link has no root qdisc `1:` the error is [`LimitError::NoTree`], whose
 /// [`errno`](LimitError::errno) is `ENOENT`: the caller decides whether that means "already
@@ -212,7 +215,7 @@ impl On<'_> {
     }
 
     /// Sends one request and drains its answers. An `NLMSG_ERROR` without a code is the
-    /// ACK (FIELD-GUIDE T9); one with a code is the kernel's refusal, kept with its errno and
+    /// ACK; one with a code (a negative errno) is the kernel's refusal, kept with its errno and
     /// extended-ack text.
     async fn send(
         &self,

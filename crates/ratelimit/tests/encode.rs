@@ -1,5 +1,5 @@
-//! The pure encoders and parsers: exact bytes against FIELD-GUIDE §4 (and what iproute2 6.1's
-//! `tc` sends), the rate limits, and property tests of the round trip through the wire format.
+//! The pure encoders and parsers: exact bytes against the layouts of `linux/pkt_sched.h`
+//! (and what iproute2 6.1's `tc` sends), the rate limits, and property tests of the round trip through the wire format.
 #![allow(clippy::unwrap_used)]
 
 use netlink_packet_core::{DefaultNla, Emitable, Nla, Parseable};
@@ -215,7 +215,7 @@ fn rate64_starts_at_two_to_the_32_bytes() {
 
 #[test]
 fn a_dump_nests_the_options_in_one_tca_options() {
-    // What FIELD-GUIDE §4.8 describes: after the wire, an htb class's TCA_OPTIONS is one
+    // How the kernel's dump looks: after the wire, an htb class's TCA_OPTIONS is one
     // `Other` of type 2 holding the nested stream.
     let rate = HtbRate::from_bits(1_000_000_000).unwrap();
     let parsed = through_the_wire(&class_message(4, CLASS_1_2, CLASS_1_1, rate, &CLOCK));
