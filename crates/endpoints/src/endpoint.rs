@@ -284,7 +284,7 @@ impl Endpoint {
         if let Err(e) = &result {
             // As `instrument(err)` would, with the whole chain: the span's status then names
             // the step that failed, not only the endpoint.
-            tracing::error!(error = %crate::physical::error_chain(e));
+            tracing::error!(error = %sandbox_net_netns::error_chain(e));
         }
         result
     }

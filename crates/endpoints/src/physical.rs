@@ -26,7 +26,6 @@
 //! - No VF admin MAC through the PF, no `modprobe`.
 
 use std::{
-    error::Error as StdError,
     fmt,
     fs::{self, OpenOptions},
     io::{self, Write as _},
@@ -36,7 +35,7 @@ use std::{
 };
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType};
-use sandbox_net_netns::Netns;
+use sandbox_net_netns::{Netns, errno_in_chain, error_chain};
 use sandbox_net_persist::IfName;
 use serde::{Deserialize, Serialize};
 
@@ -249,12 +248,7 @@ fn driver_info_here(ifname: &IfName) -> io::Result<DriverInfo> {
         cmd: ETHTOOL_GDRVINFO,
         ..EthtoolDrvinfo::default()
     };
-    // SAFETY: ifreq is plain old data for which all-zero bytes are a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    // `IfName` holds at most 15 bytes and no NUL, so the name stays NUL-terminated.
-    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.as_str().bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let mut request = sandbox_net_netns::ifreq_named(ifname);
     request.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: `request` is an initialised ifreq naming the interface, whose ifr_data points to
     // `info`, a live `struct ethtool_drvinfo` (the size the kernel copies back for
@@ -270,33 +264,6 @@ fn driver_info_here(ifname: &IfName) -> io::Result<DriverInfo> {
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// An error and its sources joined with `: `.
-pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
-/// The first OS error number in an error's chain.
-fn errno_in_chain(err: &(dyn StdError + 'static)) -> Option<i32> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(code) = e
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::raw_os_error)
-        {
-            return Some(code);
-        }
-        current = e.source();
-    }
-    None
 }
 
 /// A failed step of reading or changing a PCI function's driver through sysfs.

@@ -9,7 +9,7 @@ use std::{error::Error as StdError, io, path::PathBuf};
 use sandbox_net_persist::NetnsId;
 
 /// Walks an error's chain for the first OS error number.
-pub(crate) fn errno_in_chain(err: &(dyn StdError + 'static)) -> Option<i32> {
+pub fn errno_in_chain(err: &(dyn StdError + 'static)) -> Option<i32> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<io::Error>()
@@ -194,8 +194,19 @@ impl NetlinkError {
     }
 }
 
+/// An error and its sources joined with `: `, as the CLI prints them.
+pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Turns rtnetlink's error into an `io::Error` that keeps the errno when there is one.
-pub(crate) fn rtnetlink_to_io(err: rtnetlink::Error) -> io::Error {
+pub fn rtnetlink_to_io(err: rtnetlink::Error) -> io::Error {
     match err {
         rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
         other => io::Error::other(other.to_string()),

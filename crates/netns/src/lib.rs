@@ -24,6 +24,7 @@ mod address;
 mod convert;
 mod error;
 mod exec;
+mod ifreq;
 mod lean_dump;
 mod link;
 mod macvtap;
@@ -39,7 +40,10 @@ mod tc;
 pub mod testing;
 mod vhost;
 
-pub use error::{MacvtapError, NetlinkError, NetnsError, TapError};
+pub use error::{
+    MacvtapError, NetlinkError, NetnsError, TapError, errno_in_chain, error_chain, rtnetlink_to_io,
+};
+pub use ifreq::ifreq_named;
 pub use link::LinkChange;
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
 pub use namespace::{NETNS_RUN_DIR, Netns, named_path};

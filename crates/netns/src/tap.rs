@@ -279,11 +279,7 @@ fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapErr
 
 /// An `ifreq` carrying `name` (NUL-terminated; `IfName` guarantees at most 15 bytes) and flags.
 fn ifreq(name: &IfName, flags: u16) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data for which all-zero bytes are a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.as_str().bytes()) {
-        *dst = src as libc::c_char;
-    }
+    let mut request = crate::ifreq_named(name);
     request.ifr_ifru.ifru_flags = flags as libc::c_short;
     request
 }

@@ -96,16 +96,7 @@ pub fn require_feature(feature: &str, reason: &str) {
     }
 }
 
-/// An error and its sources joined with `: `, as the CLI prints them.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        parts.push(e.to_string());
-        source = e.source();
-    }
-    parts.join(": ")
-}
+pub use crate::error_chain;
 
 /// Errors that carry an errno, for [`skip_if_unsupported!`](crate::skip_if_unsupported).
 pub trait Errno {

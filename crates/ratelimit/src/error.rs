@@ -1,7 +1,9 @@
 //! Typed errors: [`RateError`] for the pure core (rates, the psched clock, dump parsing) and
 //! [`LimitError`] for the kernel operations.
 
-use std::{error::Error as StdError, io, path::PathBuf};
+use std::{io, path::PathBuf};
+
+use sandbox_net_netns::errno_in_chain;
 
 /// A rate the encoder refuses, a psched clock it cannot read, or a class or qdisc message it
 /// cannot parse. Raised before anything is sent to the kernel.
@@ -172,18 +174,4 @@ fn kernel_says(ext_ack: &Option<String>) -> String {
         Some(text) => format!(" (kernel: {text})"),
         None => String::new(),
     }
-}
-
-/// Walks an error's chain for the first OS error number.
-fn errno_in_chain(err: &(dyn StdError + 'static)) -> Option<i32> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && let Some(code) = io.raw_os_error()
-        {
-            return Some(code);
-        }
-        current = e.source();
-    }
-    None
 }

@@ -13,7 +13,7 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcHandle, TcHeader, TcMessage},
 };
-use sandbox_net_netns::Rtnl;
+use sandbox_net_netns::{Rtnl, rtnetlink_to_io};
 use sandbox_net_persist::scan::Link;
 
 use crate::{
@@ -271,14 +271,6 @@ impl On<'_> {
             netns: self.rtnl.netns().to_path_buf(),
             source,
         }
-    }
-}
-
-/// Turns rtnetlink's error into an `io::Error` that keeps the errno when there is one.
-fn rtnetlink_to_io(err: rtnetlink::Error) -> io::Error {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
-        other => io::Error::other(other.to_string()),
     }
 }
 
