@@ -166,32 +166,46 @@ impl Network {
                     file: self.sandbox.state_path().to_path_buf(),
                     source,
                 })?;
+        let added = self.attach_all(endpoints, hypervisor, false).await?;
+        if added.is_empty() {
+            // Nothing was recorded: the document says so (an empty pod is a sandbox too).
+            self.sandbox.save()?;
+        }
+        Ok((added, skipped))
+    }
+
+    /// Attaches `endpoints` in order (hot-plugged into a running VM when `hot`). If one
+    /// fails, those this call attached are detached again, last first, before its error is
+    /// returned; a failure to take one back is logged, the attach error is what the caller
+    /// gets. Returns the ids of the attached endpoints.
+    async fn attach_all<H: Hypervisor>(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        hypervisor: &H,
+        hot: bool,
+    ) -> Result<Vec<EndpointId>, SandboxError> {
         let options = self.config.attach_options();
         let mut added = Vec::new();
         for endpoint in endpoints {
             match self
                 .sandbox
-                .attach(endpoint, hypervisor, &options, false)
+                .attach(endpoint, hypervisor, &options, hot)
                 .await
             {
                 Ok(endpoint) => added.push(endpoint.id),
                 Err(e) => {
+                    let what = if hot { "hot-add" } else { "add" };
                     for id in added.iter().rev() {
-                        if let Err(undo) =
-                            self.sandbox.detach(id, hypervisor, &options, false).await
+                        if let Err(undo) = self.sandbox.detach(id, hypervisor, &options, hot).await
                         {
-                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed add");
+                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed {what}");
                         }
                     }
                     return Err(e);
                 }
             }
         }
-        if added.is_empty() {
-            // Nothing was recorded: the document says so (an empty pod is a sandbox too).
-            self.sandbox.save()?;
-        }
-        Ok((added, skipped))
+        Ok(added)
     }
 
     /// Detaches endpoints: all (`None`, last attached first) or those with the given ids.
@@ -293,26 +307,7 @@ impl Network {
                     file: file.clone(),
                     source,
                 })?;
-        let options = self.config.attach_options();
-        let mut added = Vec::new();
-        for endpoint in endpoints {
-            match self
-                .sandbox
-                .attach(endpoint, hypervisor, &options, true)
-                .await
-            {
-                Ok(endpoint) => added.push(endpoint.id),
-                Err(e) => {
-                    for id in added.iter().rev() {
-                        if let Err(undo) = self.sandbox.detach(id, hypervisor, &options, true).await
-                        {
-                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed hot-add");
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let added = self.attach_all(endpoints, hypervisor, true).await?;
         Ok((added, skipped))
     }
 
