@@ -38,7 +38,7 @@ pub use sandbox_net_endpoints::{
 // Endpoints and their errors.
 pub use sandbox_net_endpoints::{
     AttachOptions, ClassifyOptions, Endpoint, EndpointError, EndpointFailure, EndpointId,
-    EndpointKind, RateLimits, RecordError, SkippedInterface, Unsupported,
+    EndpointKind, RateLimits, RecordError, ReopenOptions, SkippedInterface, Unsupported,
 };
 // Wiring: the models, their options and what `check` reports.
 pub use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions, UnknownModel};

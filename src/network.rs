@@ -101,6 +101,11 @@ impl Network {
     }
 
     /// Loads a sandbox's network from its state file, in a new process.
+    ///
+    /// What the state records wins over `config`: the interworking model is the recorded one
+    /// (a caller's default must not re-plug a macvtap sandbox as tcfilter), and every undo
+    /// works from the recorded steps. `config` supplies only what is not recorded (scan and
+    /// classification rules, tap ownership, the sysfs root) for endpoints hot-added later.
     #[tracing::instrument(name = "network.restore", skip_all, fields(state = %state_path.as_ref().display()), err)]
     pub fn restore(
         state_path: impl AsRef<Path>,
@@ -110,6 +115,14 @@ impl Network {
         for warning in warnings {
             tracing::warn!(%warning, "state file");
         }
+        let recorded = sandbox.state().model;
+        if recorded != config.model {
+            tracing::info!(%recorded, given = %config.model, "the recorded interworking model is used");
+        }
+        let config = NetworkConfig {
+            model: recorded,
+            ..config
+        };
         Ok(Self { sandbox, config })
     }
 
@@ -136,6 +149,11 @@ impl Network {
             }
         }
         Ok(())
+    }
+
+    /// The configuration in force (after [`Network::restore`], with the recorded model).
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
     }
 
     /// The sandbox underneath (state, namespace).
