@@ -96,19 +96,7 @@ impl NetworkConfigList {
         let Value::Object(map) = value else {
             return Err(bad("(top level)", "expected an object".into()));
         };
-        let name = match map.get("name") {
-            Some(Value::String(n)) if valid_network_name(n) => n.clone(),
-            Some(Value::String(n)) => {
-                return Err(bad(
-                    "name",
-                    format!(
-                        "{n:?} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'"
-                    ),
-                ));
-            }
-            Some(other) => return Err(bad("name", format!("expected a string, found {other}"))),
-            None => return Err(bad("name", "missing".into())),
-        };
+        let name = network_name(map).map_err(|reason| bad("name", reason))?;
         let named = named_versions(map).map_err(|(field, reason)| bad(&field, reason))?;
         let version = CniVersion::select(
             named.first().map(String::as_str),
@@ -242,6 +230,19 @@ pub(crate) fn named_versions(map: &Map<String, Value>) -> Result<Vec<String>, (S
         return Err(("cniVersion".into(), "missing".into()));
     }
     Ok(named)
+}
+
+/// The `name` of a network configuration, checked against [`valid_network_name`]; otherwise
+/// why not, for the caller to report against the field `name`.
+pub(crate) fn network_name(map: &Map<String, Value>) -> Result<String, String> {
+    match map.get("name") {
+        Some(Value::String(n)) if valid_network_name(n) => Ok(n.clone()),
+        Some(Value::String(n)) => Err(format!(
+            "{n:?} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'"
+        )),
+        Some(other) => Err(format!("expected a string, found {other}")),
+        None => Err("missing".into()),
+    }
 }
 
 /// The specification's rule for network names (and container ids): a letter or digit, then

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::cni::{
     CniVersion,
-    config::{named_versions, valid_network_name},
+    config::{named_versions, network_name, valid_network_name},
     error::{CniError, code},
     exec::CniCommand,
     result::CniResult,
@@ -226,19 +226,7 @@ impl PluginConfig {
         let bad = |field: &str, reason: String| {
             CniError::new(code::INVALID_CONFIG, format!("{field}: {reason}"))
         };
-        let network = match map.get("name") {
-            Some(Value::String(n)) if valid_network_name(n) => n.clone(),
-            Some(Value::String(n)) => {
-                return Err(bad(
-                    "name",
-                    format!(
-                        "{n:?} must start with a letter or digit, followed by letters, digits, '_', '.' or '-'"
-                    ),
-                ));
-            }
-            Some(other) => return Err(bad("name", format!("expected a string, found {other}"))),
-            None => return Err(bad("name", "missing".into())),
-        };
+        let network = network_name(map).map_err(|reason| bad("name", reason))?;
         let model = match map.get("model") {
             None | Some(Value::Null) => InterworkingModel::TcFilter,
             Some(Value::String(m)) => match m.parse::<InterworkingModel>() {
