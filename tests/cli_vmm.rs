@@ -137,7 +137,12 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
     let before = fx.pod.snapshot();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    attach(&fx, &state, &["--queues", "2", "--no-persist"]);
+    // Four pairs asked for, two vCPUs: two pairs.
+    attach(
+        &fx,
+        &state,
+        &["--queues", "4", "--vcpus", "2", "--no-persist"],
+    );
     assert_eq!(our_links(&fx.pod), ["tap0_kata"]);
 
     // A stand-in VMM (no VMM takes these arguments without booting): it records its pid and

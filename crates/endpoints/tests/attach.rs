@@ -503,9 +503,15 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
             .with_queues(queues)
             .on_device(OnDevice::RunGuest)
             .with_vhost_net();
-        let opts = options(InterworkingModel::TcFilter);
+        // Asked without the virtio-net header: vhost-net gets a tap with one all the same.
+        let mut opts = options(InterworkingModel::TcFilter);
+        opts.tap.vnet_hdr = false;
         ep.attach(kernel, &vmm, &opts, false).await.unwrap();
         assert_eq!(vmm.device(&ep.id), Some(format!("tap tap0_kata x{queues}")));
+        assert_eq!(
+            fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"]["vnet_hdr"],
+            true
+        );
         // One vhost-net descriptor per queue, each answering VHOST_GET_FEATURES as vhost-net.
         let features = vmm.vhost_features(&ep.id);
         assert_eq!(features.len(), queues, "{features:x?}");

@@ -83,6 +83,9 @@ enum Command {
         /// Queue pairs per device (1..=256).
         #[arg(long, default_value_t = 1)]
         queues: usize,
+        /// The VM's vCPUs: queue pairs are never more (lowered with a warning).
+        #[arg(long)]
+        vcpus: Option<usize>,
         /// Host-side limit into the VM, bits/s (0: none).
         #[arg(long, value_name = "BITS", default_value_t = 0)]
         rx_rate: u64,
@@ -332,6 +335,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 state,
                 model,
                 queues,
+                vcpus,
                 rx_rate,
                 tx_rate,
                 owner,
@@ -341,6 +345,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 json,
             } => {
                 let tap = vmm_cli::attach_tap_options(owner, group);
+                let queues = vmm_cli::queues_for_vcpus(queues, vcpus);
                 let request = AttachRequest {
                     netns,
                     state,

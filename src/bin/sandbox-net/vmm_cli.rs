@@ -435,6 +435,19 @@ pub async fn hot_remove(
     Ok(())
 }
 
+/// `queues`, lowered to `vcpus` (with a warning) when that is less: a Linux guest uses
+/// `min(queue pairs, online vCPUs)`, and the other queues would only cost the host.
+pub fn queues_for_vcpus(queues: usize, vcpus: Option<usize>) -> usize {
+    match vcpus {
+        Some(vcpus) if queues > vcpus.max(1) => {
+            let vcpus = vcpus.max(1);
+            eprintln!("warning: {queues} queue pairs for {vcpus} vCPU(s): using {vcpus}");
+            vcpus
+        }
+        _ => queues,
+    }
+}
+
 /// The tap options `attach` uses: persistent (the VMM starts later, in another process).
 pub fn attach_tap_options(owner: Option<u32>, group: Option<u32>) -> TapOptions {
     TapOptions {
@@ -449,6 +462,14 @@ pub fn attach_tap_options(owner: Option<u32>, group: Option<u32>) -> TapOptions 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_pairs_are_never_more_than_the_vcpus() {
+        assert_eq!(queues_for_vcpus(4, Some(2)), 2);
+        assert_eq!(queues_for_vcpus(2, Some(4)), 2);
+        assert_eq!(queues_for_vcpus(4, None), 4);
+        assert_eq!(queues_for_vcpus(4, Some(0)), 1);
+    }
 
     #[test]
     fn arguments_are_quoted_only_when_a_shell_needs_it() {
