@@ -195,7 +195,7 @@ async fn qmp_hot_adds_and_removes_a_second_interface_of_a_running_guest() {
     assert_eq!(ids.len(), 1);
     let record = network.sandbox().state().endpoints[1].clone();
     assert_eq!((record.index, record.attached), (1, true));
-    let seen = vm.wait_for_interface("eth1", std::time::Duration::from_secs(60));
+    let seen = vm.wait_for_interface("eth1", std::time::Duration::from_secs(120));
     assert_eq!(seen.mac, eth1_mac.to_string());
     // The guest is told its address from the guest configuration.
     let config = GuestNetwork::from_state(network.sandbox().state());
@@ -228,7 +228,7 @@ async fn qmp_hot_adds_and_removes_a_second_interface_of_a_running_guest() {
         .unwrap();
     assert_ne!(again, ids);
     assert_eq!(network.sandbox().state().endpoints[1].index, 1);
-    vm.wait_for_interface("eth1", std::time::Duration::from_secs(60));
+    vm.wait_for_interface("eth1", std::time::Duration::from_secs(120));
 
     assert!(vm.power_off().success());
     network.teardown().await.unwrap();

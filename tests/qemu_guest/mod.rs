@@ -21,6 +21,8 @@ use sandbox_net_netns::Netns;
 
 /// How long a boot may take to reach `SBX-READY` (TCG on a loaded 2-core machine).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a command in the guest may take (TCG under load is slow, not stuck).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The kernel and initramfs, built once per test process.
 pub fn guest_files() -> &'static (PathBuf, PathBuf) {
@@ -179,12 +181,17 @@ impl TestVm {
                     let Ok(line) = line else { break };
                     let line = format!("{prefix}{}", line.trim_end_matches('\r'));
                     let (lock, cvar) = &*console;
-                    lock.lock().unwrap().lines.push(line);
+                    lock.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .lines
+                        .push(line);
                     cvar.notify_all();
                 }
                 if prefix.is_empty() {
                     let (lock, cvar) = &*console;
-                    lock.lock().unwrap().closed = true;
+                    lock.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .closed = true;
                     cvar.notify_all();
                 }
             });
@@ -232,14 +239,14 @@ impl TestVm {
             let now = Instant::now();
             if console.closed || now >= deadline {
                 let why = if console.closed {
-                    "QEMU's console closed"
+                    "QEMU's console closed".to_string()
                 } else {
-                    "timed out"
+                    format!("no answer within {timeout:?}")
                 };
-                panic!(
-                    "{why} waiting for the guest; console:\n  {}",
-                    console.lines.join("\n  ")
-                );
+                let lines = console.lines.join("\n  ");
+                // Not poisoning the lock: the console readers still take it.
+                drop(console);
+                panic!("{why} waiting for the guest; console:\n  {lines}");
             }
             console = cvar.wait_timeout(console, deadline - now).unwrap().0;
         }
@@ -253,8 +260,8 @@ impl TestVm {
         let stdin = self.stdin.as_mut().expect("the console is open");
         writeln!(stdin, "echo {begin}; {command}; echo \"{end}$?\"").unwrap();
         stdin.flush().unwrap();
-        let first = self.wait_for_line(from, |l| l == begin, Duration::from_secs(60));
-        let last = self.wait_for_line(first, |l| l.starts_with(&end), Duration::from_secs(60));
+        let first = self.wait_for_line(from, |l| l == begin, COMMAND_TIMEOUT);
+        let last = self.wait_for_line(first, |l| l.starts_with(&end), COMMAND_TIMEOUT);
         let lines = self.lines();
         let status = lines[last][end.len()..].trim().parse().unwrap_or(-1);
         let output = lines[first + 1..last]
@@ -332,7 +339,7 @@ pub async fn ping_until_answered(
     ip: std::net::IpAddr,
     count: u16,
 ) -> sandbox_net_guest::ping::PingReport {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let report = netns
             .run(move || sandbox_net_guest::ping::ping(ip, 1, Duration::from_secs(2)))
