@@ -260,7 +260,9 @@ impl TestVm {
         let stdin = self.stdin.as_mut().expect("the console is open");
         writeln!(stdin, "echo {begin}; {command}; echo \"{end}$?\"").unwrap();
         stdin.flush().unwrap();
-        let first = self.wait_for_line(from, |l| l == begin, COMMAND_TIMEOUT);
+        // At the end of a line: were the console to echo the command, its output would follow
+        // the echo on the same line.
+        let first = self.wait_for_line(from, |l| l.ends_with(&begin), COMMAND_TIMEOUT);
         let last = self.wait_for_line(first, |l| l.starts_with(&end), COMMAND_TIMEOUT);
         let lines = self.lines();
         let status = lines[last][end.len()..].trim().parse().unwrap_or(-1);
