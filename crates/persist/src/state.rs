@@ -4,6 +4,9 @@
 //! `#[serde(default)]`, so older documents keep loading; a document from a newer version is
 //! refused, because dropping what it says could leak kernel objects. An endpoint of a kind this
 //! version does not know is kept aside, verbatim, and written back unchanged.
+//!
+//! Versions: 1, the first; 2 adds the sandbox's `owner` (a version 1 document has none) and
+//! journal lines that record a change of owner.
 
 use std::path::PathBuf;
 
@@ -13,12 +16,13 @@ use serde_json::Value;
 use crate::{
     MacAddr, NetnsId,
     endpoint::{EndpointId, EndpointKind},
+    owner::Owner,
     scan::Interface,
     steps::{InterworkingModel, Step},
 };
 
 /// The version this code writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The namespace a sandbox lives in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +143,11 @@ pub struct SandboxState {
     /// last first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cni: Vec<CniRecord>,
+    /// The process that holds the sandbox (since version 2): the one attaching or detaching
+    /// it while that runs, then the shim or VMM its caller named; none when nobody was named
+    /// (or the document is older). A sandbox whose owner is gone may be reaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
 }
 
 impl SandboxState {
@@ -158,6 +167,7 @@ impl SandboxState {
             endpoints: Vec::new(),
             unknown_endpoints: Vec::new(),
             cni: Vec::new(),
+            owner: None,
         }
     }
 
@@ -175,15 +185,39 @@ impl SandboxState {
     }
 }
 
-/// One line of the journal next to a document (`<file>.journal`): an endpoint record written
-/// since the document was, numbered. A document says up to which number it includes the
-/// journal (`journal_seq`); the lines after that number are applied over it, in order.
+/// One line of the journal next to a document (`<file>.journal`): a change written since the
+/// document was, numbered: an endpoint's record, or the sandbox's owner. A document says up
+/// to which number it includes the journal (`journal_seq`); the lines after that number are
+/// applied over it, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// Its number, increasing across the sandbox's life.
     pub seq: u64,
     /// The endpoint's record as of this entry.
-    pub endpoint: EndpointRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointRecord>,
+    /// The sandbox's owner as of this entry (since version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerChange>,
+}
+
+/// A change of a sandbox's owner, in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    /// The new owner (none: nobody holds the sandbox).
+    pub owner: Option<Owner>,
+}
+
+impl JournalEntry {
+    /// Applies the entry to `state`.
+    pub fn apply_to(self, state: &mut SandboxState) {
+        if let Some(endpoint) = self.endpoint {
+            state.upsert_endpoint(endpoint);
+        }
+        if let Some(change) = self.owner {
+            state.owner = change.owner;
+        }
+    }
 }
 
 /// Why a document cannot be read (the store adds the file's name).

@@ -23,7 +23,7 @@ use std::{
 };
 
 use crate::state::{
-    DocumentError, EndpointRecord, JournalEntry, Loaded, SandboxState, parse_document,
+    DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState, parse_document,
     render_document_with_journal,
 };
 
@@ -121,6 +121,8 @@ struct Inner {
     included_seq: u64,
     /// Whether a document exists that journal entries can be read over.
     document_written: bool,
+    /// Where the journal's last line, cut short by a crash, starts (as loaded).
+    torn_from: Option<u64>,
 }
 
 impl StateStore {
@@ -211,6 +213,7 @@ impl StateStore {
         let last_seq = self.apply_journal(&mut loaded)?;
         let mut inner = self.inner();
         inner.document_written = true;
+        inner.journal = None;
         inner.included_seq = loaded.journal_seq;
         inner.last_seq = last_seq.max(loaded.journal_seq);
         Ok(loaded)
@@ -220,6 +223,7 @@ impl StateStore {
     /// the last entry's number (0 when there is no journal).
     fn apply_journal(&self, loaded: &mut Loaded) -> Result<u64, StoreError> {
         let path = journal_path(&self.path);
+        self.inner().torn_from = None;
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -243,13 +247,15 @@ impl StateStore {
         let mut text = Vec::new();
         io::Read::read_to_end(&mut file, &mut text).map_err(read_error)?;
         let mut last = 0;
-        let mut lines = text.split_inclusive(|b| *b == b'\n').enumerate().peekable();
-        while let Some((number, line)) = lines.next() {
-            let complete = line.ends_with(b"\n");
-            if !complete && lines.peek().is_none() {
+        let mut offset = 0;
+        for (number, line) in text.split_inclusive(|b| *b == b'\n').enumerate() {
+            if !line.ends_with(b"\n") {
+                // Only the last line can lack its newline.
                 tracing::warn!(journal = %path.display(), line = number + 1, "journal line cut short by a crash ignored");
+                self.inner().torn_from = Some(offset);
                 break;
             }
+            offset += line.len() as u64;
             let entry: JournalEntry =
                 serde_json::from_slice(line).map_err(|source| StoreError::Journal {
                     path: path.clone(),
@@ -258,7 +264,7 @@ impl StateStore {
                 })?;
             last = last.max(entry.seq);
             if entry.seq > loaded.journal_seq {
-                loaded.state.upsert_endpoint(entry.endpoint);
+                entry.apply_to(&mut loaded.state);
             }
         }
         Ok(last)
@@ -282,6 +288,38 @@ impl StateStore {
         state: &SandboxState,
         record: &EndpointRecord,
     ) -> Result<(), StoreError> {
+        self.append(
+            state,
+            JournalEntry {
+                seq: 0,
+                endpoint: Some(record.clone()),
+                owner: None,
+            },
+        )
+    }
+
+    /// Records `state`'s owner, durably: one line appended to the journal once a document
+    /// exists. Before that nothing is written: there is nothing on disk to own yet, and the
+    /// first save writes the owner with the rest.
+    pub fn save_owner(&self, state: &SandboxState) -> Result<(), StoreError> {
+        if !self.inner().document_written {
+            return Ok(());
+        }
+        self.append(
+            state,
+            JournalEntry {
+                seq: 0,
+                endpoint: None,
+                owner: Some(OwnerChange {
+                    owner: state.owner.clone(),
+                }),
+            },
+        )
+    }
+
+    /// Appends `entry` (numbered here) to the journal, or saves the whole of `state` when
+    /// there is no document yet.
+    fn append(&self, state: &SandboxState, mut entry: JournalEntry) -> Result<(), StoreError> {
         let mut inner = self.inner();
         if !inner.document_written {
             drop(inner);
@@ -299,14 +337,19 @@ impl StateStore {
                 .mode(0o600)
                 .open(&path)
                 .map_err(io("open the journal", &path))?;
+            // A line cut short by a crash is cut off before anything follows it: appended to,
+            // it would become a complete line that cannot be read, and the journal with it.
+            if let Some(length) = inner.torn_from.take() {
+                journal
+                    .set_len(length)
+                    .and_then(|()| journal.sync_data())
+                    .map_err(io("cut the torn last line off", &path))?;
+            }
             // The journal's own entry in the directory must outlive a crash too.
             sync_dir(&self.path).map_err(io("sync the directory of", &self.path))?;
             inner.journal = Some(journal);
         }
-        let entry = JournalEntry {
-            seq: inner.last_seq + 1,
-            endpoint: record.clone(),
-        };
+        entry.seq = inner.last_seq + 1;
         // Serializing our own types cannot fail: every map key is a string.
         let mut line = serde_json::to_vec(&entry).unwrap_or_default();
         line.push(b'\n');
@@ -330,8 +373,14 @@ impl StateStore {
                 source,
             }
         };
+        // Named after the document (`.<file>.<random>.tmp`), so that one left by a crash can be
+        // told apart and removed by whoever holds the document's lock next.
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(path.file_name().unwrap_or_default());
+        prefix.push(".");
         let mut temp = tempfile::Builder::new()
-            .prefix(".state-")
+            .prefix(&prefix)
+            .suffix(TEMP_SUFFIX)
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(directory_of(path))
             .map_err(io("create a temporary file for"))?;
@@ -353,8 +402,9 @@ impl StateStore {
         })?;
         sync_dir(path).map_err(io("sync the directory of"))?;
         inner.document_written = true;
-        if included > inner.included_seq {
+        if included > inner.included_seq || inner.torn_from.is_some() {
             inner.included_seq = included;
+            inner.torn_from = None;
             // The document now includes every entry: the journal can be emptied. Not synced:
             // entries left by a crash before this point are numbered at most `included`, and
             // loading skips them.
@@ -385,6 +435,73 @@ impl StateStore {
         }
         let _ = fs::remove_file(lock_path(&self.path));
         Ok(())
+    }
+}
+
+/// The end of a temporary file's name.
+const TEMP_SUFFIX: &str = ".tmp";
+/// The prefix of temporary files written before they were named after their document.
+const LEGACY_TEMP_PREFIX: &str = ".state-";
+
+/// What a file in a state directory is to the store, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreFile {
+    /// A state document (or a file of someone else: only reading it tells).
+    Document,
+    /// The lock of the document at this path.
+    Lock(PathBuf),
+    /// The journal of the document at this path.
+    Journal(PathBuf),
+    /// A temporary file of a save, of the document at this path when its name says so; one
+    /// that outlives its save was left by a crash.
+    Temporary(Option<PathBuf>),
+}
+
+impl StoreFile {
+    /// What the file at `path` is, by its name.
+    pub fn of(path: &Path) -> Self {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let document = |name: &str| path.with_file_name(name);
+        if let Some(doc) = name.strip_suffix(".lock") {
+            return Self::Lock(document(doc));
+        }
+        if let Some(doc) = name.strip_suffix(".journal") {
+            return Self::Journal(document(doc));
+        }
+        if name.starts_with(LEGACY_TEMP_PREFIX) {
+            return Self::Temporary(None);
+        }
+        if let Some(inner) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+            && let Some((doc, random)) = inner.rsplit_once('.')
+            && !doc.is_empty()
+            && !random.is_empty()
+            && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Self::Temporary(Some(document(doc)));
+        }
+        Self::Document
+    }
+}
+
+impl StateStore {
+    /// Removes `temporary`, a temporary file of this document's saves (see [`StoreFile`])
+    /// left by a crash: while this store holds the lock, no save of another process can be
+    /// writing it. Returns false, removing nothing, for a file that is not one of them.
+    pub fn remove_stale_temporary(&self, temporary: &Path) -> Result<bool, StoreError> {
+        if StoreFile::of(temporary) != StoreFile::Temporary(Some(self.path.clone())) {
+            return Ok(false);
+        }
+        remove_if_present(temporary).map_err(|source| StoreError::Io {
+            op: "remove the stale temporary file",
+            path: temporary.to_path_buf(),
+            source,
+        })?;
+        Ok(true)
     }
 }
 

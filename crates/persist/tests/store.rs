@@ -7,14 +7,14 @@ use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
 use proptest::prelude::*;
 use sandbox_net_persist::{
-    AddressScope, IfName, NeighbourState, NetnsId, RouteProtocol, RouteType,
+    AddressScope, IfName, NeighbourState, NetnsId, Owner, RouteProtocol, RouteType,
     endpoint::{EndpointId, EndpointKind},
     scan::{Address, Interface, Link, Neighbour, Route},
     state::{
         EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, VfioRecord, parse_document,
     },
     steps::{InterworkingModel, Step},
-    store::{StateStore, StoreError},
+    store::{StateStore, StoreError, StoreFile},
 };
 
 const KINDS: [EndpointKind; 8] = [
@@ -255,7 +255,10 @@ fn the_document_is_private_and_no_temporary_file_is_left() {
     names.sort();
     assert_eq!(names, ["state.json", "state.json.lock"]);
     let text = fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("{\"schema_version\":1,"), "{text}");
+    assert!(
+        text.starts_with(&format!("{{\"schema_version\":{SCHEMA_VERSION},")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -274,7 +277,11 @@ fn bad_documents_are_errors_naming_the_file_and_nothing_is_deleted() {
             format!("state file {p} cannot be loaded"),
         ),
         (
-            good.replacen("\"schema_version\":1", "\"schema_version\":2", 1),
+            good.replacen(
+                &format!("\"schema_version\":{SCHEMA_VERSION}"),
+                &format!("\"schema_version\":{}", SCHEMA_VERSION + 1),
+                1,
+            ),
             format!("state file {p} cannot be loaded"),
         ),
         (
@@ -285,7 +292,7 @@ fn bad_documents_are_errors_naming_the_file_and_nothing_is_deleted() {
     let causes = [
         "not a valid JSON document",
         "not a valid JSON document",
-        "schema version 2 is newer than the 1 this version reads; upgrade sandbox-net to handle it",
+        "schema version 3 is newer than the 2 this version reads; upgrade sandbox-net to handle it",
         "not a sandbox state document: the top level is not an object",
     ];
     for ((content, message), cause) in cases.into_iter().zip(causes) {
@@ -524,4 +531,144 @@ fn a_new_sandbox_does_not_read_a_stale_journal_left_at_its_path() {
     }
     let store = StateStore::open(&path).unwrap();
     assert_eq!(store.load().unwrap().state, fresh);
+}
+
+#[test]
+fn a_version_one_document_loads_with_no_owner_and_the_owner_round_trips() {
+    let mut doc = serde_json::to_value(state(vec![planned_veth()])).unwrap();
+    doc["schema_version"] = 1.into();
+    assert!(doc.get("owner").is_none(), "nobody named: no owner key");
+    let loaded = parse_document(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert_eq!(loaded.state.owner, None);
+    assert_eq!(loaded.state.endpoints, [planned_veth()]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path().join("state.json")).unwrap();
+    let mut owned = state(Vec::new());
+    owned.owner = Some(Owner::current().unwrap());
+    store.save(&owned).unwrap();
+    let loaded = store.load().unwrap().state;
+    assert_eq!(loaded.owner, owned.owner);
+    assert_eq!(loaded.schema_version, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_change_of_owner_is_a_journal_line_read_over_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let me = Owner::current().unwrap();
+    let vmm = Owner {
+        pid: 1,
+        ..me.clone()
+    };
+    let mut current = state(vec![planned_veth()]);
+    current.owner = Some(me);
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.save(&current).unwrap();
+        let document = fs::read(&path).unwrap();
+        current.owner = Some(vmm.clone());
+        store.save_owner(&current).unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            document,
+            "one line, not a rewrite"
+        );
+        assert_eq!(
+            fs::read_to_string(journal_of(&path))
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state.owner, Some(vmm));
+    // Handing it to nobody is recorded too.
+    current.owner = None;
+    store.save_owner(&current).unwrap();
+    drop(store);
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, current);
+}
+
+#[test]
+fn an_append_after_a_torn_line_cuts_it_off_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let planned = planned_veth();
+    let mut current = state(Vec::new());
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.save(&current).unwrap();
+        current.upsert_endpoint(planned.clone());
+        store.save_endpoint(&current, &planned).unwrap();
+    }
+    // A crash in the middle of appending the second line.
+    let journal = journal_of(&path);
+    let mut torn = fs::read(&journal).unwrap();
+    torn.extend_from_slice(br#"{"seq":2,"endpoint":{"id":"#);
+    fs::write(&journal, &torn).unwrap();
+    // The next process appends: the torn line must not swallow the new one.
+    let store = StateStore::open(&path).unwrap();
+    let mut loaded = store.load().unwrap().state;
+    assert_eq!(loaded, current);
+    let mut done = planned.clone();
+    done.attached = true;
+    loaded.upsert_endpoint(done.clone());
+    store.save_endpoint(&loaded, &done).unwrap();
+    drop(store);
+    let store = StateStore::open(&path).unwrap();
+    let again = store.load().unwrap().state;
+    assert!(
+        again.endpoints[0].attached,
+        "the entry after the torn line counts"
+    );
+    assert_eq!(again, loaded);
+}
+
+#[test]
+fn files_of_the_store_are_told_apart_by_name_and_a_stale_temporary_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("sb-1.json");
+    let at = |name: &str| dir.path().join(name);
+    assert_eq!(StoreFile::of(&doc), StoreFile::Document);
+    assert_eq!(
+        StoreFile::of(&at("sb-1.json.lock")),
+        StoreFile::Lock(doc.clone())
+    );
+    assert_eq!(
+        StoreFile::of(&at("sb-1.json.journal")),
+        StoreFile::Journal(doc.clone())
+    );
+    assert_eq!(
+        StoreFile::of(&at(".sb-1.json.Xy12Zq.tmp")),
+        StoreFile::Temporary(Some(doc.clone()))
+    );
+    assert_eq!(
+        StoreFile::of(&at(".state-Ab12Cd")),
+        StoreFile::Temporary(None)
+    );
+    assert_eq!(StoreFile::of(&at("README.txt")), StoreFile::Document);
+
+    // A save's temporary file is named after its document, and gone once the save is done.
+    let store = StateStore::open(&doc).unwrap();
+    store.save(&state(Vec::new())).unwrap();
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".tmp")),
+        "no temporary file left: {names:?}"
+    );
+    // One left by a crash is removed by the lock's holder; another document's is not.
+    let stale = at(".sb-1.json.Qw34Er.tmp");
+    let other = at(".sb-2.json.Qw34Er.tmp");
+    fs::write(&stale, b"{").unwrap();
+    fs::write(&other, b"{").unwrap();
+    assert!(store.remove_stale_temporary(&stale).unwrap());
+    assert!(!stale.exists());
+    assert!(!store.remove_stale_temporary(&other).unwrap());
+    assert!(other.exists());
 }
