@@ -17,7 +17,7 @@ use sandbox_net_endpoints::{
 use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions};
 use sandbox_net_netns::{Netns, ScanOptions, set_tap_persist};
 use sandbox_net_persist::{
-    IfName, MacAddr,
+    IfName, MacAddr, Owner,
     scan::{Interface, NamespaceScan},
 };
 
@@ -74,10 +74,16 @@ pub enum NetnsSource {
 }
 
 /// A sandbox's network.
+///
+/// Its state records an owner: while an operation runs, this process; between operations,
+/// the process named with [`Network::set_owner`] (the shim, or the VMM it started), or none.
+/// `reconcile` reaps a sandbox whose owner is gone and leaves a live one alone.
 #[derive(Debug)]
 pub struct Network {
     sandbox: Sandbox,
     config: NetworkConfig,
+    /// The owner between operations, as named by the caller.
+    holder: Option<Owner>,
 }
 
 impl Network {
@@ -97,7 +103,11 @@ impl Network {
                 Sandbox::create_in_new_netns(state_path, sandbox_id, path, config.model)?
             }
         };
-        Ok(Self { sandbox, config })
+        Ok(Self {
+            sandbox,
+            config,
+            holder: None,
+        })
     }
 
     /// Loads a sandbox's network from its state file, in a new process.
@@ -123,7 +133,43 @@ impl Network {
             model: recorded,
             ..config
         };
-        Ok(Self { sandbox, config })
+        let holder = sandbox.owner().cloned();
+        Ok(Self {
+            sandbox,
+            config,
+            holder,
+        })
+    }
+
+    /// Names the process that holds the sandbox between operations (a shim names itself,
+    /// or the VMM it started: see [`Owner::of_pid`]), or nobody. Recorded at once, durably.
+    /// While the owner runs, `reconcile` only checks the sandbox; once it is gone, the
+    /// sandbox is reaped. A sandbox with no owner is kept.
+    pub fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
+        self.sandbox.set_owner(owner.clone())?;
+        self.holder = owner;
+        Ok(())
+    }
+
+    /// The owner named between operations.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.holder.as_ref()
+    }
+
+    /// Runs after an operation: the sandbox goes back to the owner named by the caller. A
+    /// failure to record that is returned unless the operation itself failed (then it is
+    /// logged, and the operation's error returned).
+    fn hand_back<T>(&mut self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
+        let handed = self.sandbox.set_owner(self.holder.clone());
+        match (result, handed) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(handed)) => {
+                tracing::warn!(error = %handed, "the sandbox's owner was not handed back");
+                Err(e)
+            }
+        }
     }
 
     /// Records that the sandbox's taps are persistent only until a VMM holds their queues:
@@ -166,6 +212,16 @@ impl Network {
     /// Returns the new endpoints' ids and the interfaces skipped as unsupported.
     #[tracing::instrument(name = "network.add_endpoints", skip_all, fields(netns = %self.netns_label(), model = %self.config.model), err)]
     pub async fn add_endpoints<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        interfaces: Option<Vec<Interface>>,
+    ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
+        self.sandbox.own()?;
+        let result = self.add_endpoints_owned(hypervisor, interfaces).await;
+        self.hand_back(result)
+    }
+
+    async fn add_endpoints_owned<H: Hypervisor>(
         &mut self,
         hypervisor: &H,
         interfaces: Option<Vec<Interface>>,
@@ -235,6 +291,16 @@ impl Network {
         hypervisor: &H,
         ids: Option<&[EndpointId]>,
     ) -> Result<(), SandboxError> {
+        self.sandbox.own()?;
+        let result = self.remove_endpoints_owned(hypervisor, ids).await;
+        self.hand_back(result)
+    }
+
+    async fn remove_endpoints_owned<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        ids: Option<&[EndpointId]>,
+    ) -> Result<(), SandboxError> {
         let ids: Vec<EndpointId> = match ids {
             Some(ids) => ids.to_vec(),
             None => self
@@ -273,6 +339,16 @@ impl Network {
     /// unsupported.
     #[tracing::instrument(name = "network.hot_add", skip_all, fields(netns = %self.netns_label()), err)]
     pub async fn hot_add<H: Hypervisor>(
+        &mut self,
+        hypervisor: &H,
+        names: Option<&[IfName]>,
+    ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
+        self.sandbox.own()?;
+        let result = self.hot_add_owned(hypervisor, names).await;
+        self.hand_back(result)
+    }
+
+    async fn hot_add_owned<H: Hypervisor>(
         &mut self,
         hypervisor: &H,
         names: Option<&[IfName]>,
@@ -342,11 +418,13 @@ impl Network {
         let scan = self.sandbox.scan(&ScanOptions::unfiltered()).await?;
         let endpoint = Endpoint::tap(self.next_index(&scan), guest_name, mac, mtu);
         let options = self.config.attach_options();
-        Ok(self
+        self.sandbox.own()?;
+        let result = self
             .sandbox
             .attach(endpoint, hypervisor, &options, true)
-            .await?
-            .id)
+            .await
+            .map(|endpoint| endpoint.id);
+        self.hand_back(result)
     }
 
     /// Opens again the devices of every endpoint of an attached sandbox, for a VMM started
@@ -388,7 +466,9 @@ impl Network {
         id: &EndpointId,
     ) -> Result<(), SandboxError> {
         let options = self.config.attach_options();
-        self.sandbox.detach(id, hypervisor, &options, true).await
+        self.sandbox.own()?;
+        let result = self.sandbox.detach(id, hypervisor, &options, true).await;
+        self.hand_back(result)
     }
 
     /// Differences between the kernel and the recorded state (empty when intact).
@@ -402,8 +482,12 @@ impl Network {
     /// all; on failure the state file stays, for another try.
     #[tracing::instrument(name = "network.teardown", skip_all, fields(netns = %self.netns_label()), err)]
     pub async fn teardown(mut self) -> Result<(), SandboxError> {
-        self.sandbox.teardown(&self.config.attach_options()).await?;
-        self.sandbox.forget()
+        // The teardown records this process as the owner before it changes anything; the
+        // sandbox goes back to its owner only if something is left.
+        match self.sandbox.teardown(&self.config.attach_options()).await {
+            Ok(()) => self.sandbox.forget(),
+            Err(e) => self.hand_back(Err(e)),
+        }
     }
 
     /// Runs a CNI network configuration into the sandbox's namespace (see

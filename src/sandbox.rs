@@ -10,7 +10,7 @@ use sandbox_net_endpoints::{
 use sandbox_net_interworking::{Drift, Kernel, check};
 use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
 use sandbox_net_persist::{
-    IfName,
+    IfName, Owner, OwnerError,
     endpoint::EndpointId,
     state::{CniRecord, EndpointRecord, NetnsRecord, SandboxState},
     steps::InterworkingModel,
@@ -115,6 +115,15 @@ pub enum SandboxError {
         #[source]
         source: Box<crate::cni::runtime::RuntimeError>,
     },
+    /// The process to record as the sandbox's owner cannot be named.
+    #[error("state file {file}: cannot name the sandbox's owner")]
+    Owner {
+        /// The state file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: OwnerError,
+    },
     /// Teardown went on past failures; these are all of them.
     #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
     Teardown {
@@ -129,6 +138,14 @@ impl From<EndpointError> for SandboxError {
     fn from(e: EndpointError) -> Self {
         Self::Endpoint(Box::new(e))
     }
+}
+
+/// The calling process, as the owner of the sandbox whose state is `file`.
+fn current_owner(file: &Path) -> Result<Owner, SandboxError> {
+    Owner::current().map_err(|source| SandboxError::Owner {
+        file: file.to_path_buf(),
+        source,
+    })
 }
 
 fn list(failures: &[EndpointError]) -> String {
@@ -215,6 +232,9 @@ impl Sandbox {
             created_by_us,
         };
         let mut state = SandboxState::new(sandbox_id, record, model);
+        // Until its caller names another, the sandbox is this process's: if it dies half way,
+        // the sandbox can be reaped.
+        state.owner = Some(current_owner(store.path())?);
         // A random device group for the links this sandbox creates; never 0, the default
         // group every other link is in.
         state.link_group = rand::rng().random_range(1..=u32::MAX);
@@ -288,6 +308,33 @@ impl Sandbox {
     /// The state file.
     pub fn state_path(&self) -> &Path {
         self.store.path()
+    }
+
+    /// The state store (locked for this process).
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// The process recorded as the sandbox's owner, if any.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.state.owner.as_ref()
+    }
+
+    /// Records `owner` as the sandbox's owner (none: nobody holds it), durably once the
+    /// state file exists (a line of its journal). Nothing is written when it is already the
+    /// owner.
+    pub fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
+        if self.state.owner == owner {
+            return Ok(());
+        }
+        self.state.owner = owner;
+        Ok(self.store.save_owner(&self.state)?)
+    }
+
+    /// Records the calling process as the owner, for an operation it is about to run.
+    pub fn own(&mut self) -> Result<(), SandboxError> {
+        let me = current_owner(self.store.path())?;
+        self.set_owner(Some(me))
     }
 
     /// Attaches `endpoint`: its plan is written to the state file before anything changes,
@@ -524,6 +571,8 @@ impl Sandbox {
     /// sandbox ran into its namespace get their DEL, last first. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
     pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
+        // A teardown that dies half way leaves a sandbox whose owner is gone: reaped next.
+        self.own()?;
         let rtnl = match self.netns.clone() {
             Some(netns) => Some(self.take_rtnl(&netns).await?),
             None => None,
@@ -533,7 +582,14 @@ impl Sandbox {
         if let Some(rtnl) = &rtnl
             && self.state.link_group != 0
             && self.state.endpoints.iter().any(|e| !e.steps.is_empty())
-            && let Err(e) = rtnl.delete_link_group(self.state.link_group).await
+            && let Err(e) = {
+                #[cfg(feature = "fault-injection")]
+                options.hooks.kill_point(&format_args!(
+                    "delete the links of device group {}",
+                    self.state.link_group
+                ));
+                rtnl.delete_link_group(self.state.link_group).await
+            }
             && !matches!(e.errno(), Some(libc::ENODEV | libc::ENOENT))
         {
             tracing::warn!(group = self.state.link_group, error = %e, "links not deleted as a group; deleting them one by one");

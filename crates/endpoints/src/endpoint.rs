@@ -5,7 +5,7 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 use rand::RngExt;
 use sandbox_net_interworking::{
     ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply_with, random_local_mac, undo, vm_link_name,
+    UndoError, apply_with, random_local_mac, undo, undo_with, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -389,7 +389,7 @@ impl Endpoint {
     ) -> Vec<EndpointFailure> {
         let mut failures = Vec::new();
         if let Some(kernel) = kernel
-            && let Err(e) = undo(kernel, &self.steps).await
+            && let Err(e) = undo_with(kernel, &self.steps, options.apply_options()).await
         {
             failures.push(e.into());
         }

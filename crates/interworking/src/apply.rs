@@ -41,6 +41,24 @@ pub struct ApplyHooks {
     pub kill_countdown: Option<&'static AtomicUsize>,
 }
 
+#[cfg(feature = "fault-injection")]
+impl ApplyHooks {
+    /// A kill point outside `apply` (before an undo step, before a teardown's request): counts
+    /// down [`ApplyHooks::kill_countdown`] and, when it is at zero, kills this process with
+    /// SIGKILL before `what` is done.
+    pub fn kill_point(&self, what: &dyn std::fmt::Display) {
+        if let Some(countdown) = self.kill_countdown {
+            match countdown.load(Ordering::SeqCst) {
+                0 => {
+                    tracing::warn!(step = %what, "test fault point: killing this process");
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                }
+                left => countdown.store(left - 1, Ordering::SeqCst),
+            }
+        }
+    }
+}
+
 /// What applying a plan produced that the VMM needs.
 #[derive(Debug, Default)]
 pub struct AppliedPair {

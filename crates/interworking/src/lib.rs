@@ -32,4 +32,4 @@ pub use apply::{AppliedPair, ApplyOptions, AttachError, Kernel, StepError, apply
 pub use check::{Drift, check};
 pub use pair::{NetworkPair, PairError, TapOptions, random_local_mac, vm_link_name};
 pub use sandbox_net_persist::steps::{InterworkingModel, Step, UnknownModel};
-pub use undo::{UndoError, UndoFailure, undo};
+pub use undo::{UndoError, UndoFailure, undo, undo_with};

@@ -10,7 +10,7 @@ use sandbox_net_persist::{
 };
 use sandbox_net_ratelimit::del_htb_tree;
 
-use crate::apply::{Kernel, StepError};
+use crate::apply::{ApplyOptions, Kernel, StepError};
 
 /// One step that could not be undone.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,18 @@ fn list(failures: &[UndoFailure]) -> String {
 ///
 /// Changes to a link that the same steps created are not undone one by one: deleting the link
 /// undoes them all.
-#[tracing::instrument(name = "interworking.undo", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
 pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
+    undo_with(kernel, steps, ApplyOptions::default()).await
+}
+
+/// [`undo`] under `options`: with the `fault-injection` feature, its kill countdown counts
+/// down before each step is undone (the device group is not used: nothing is created).
+#[tracing::instrument(name = "interworking.undo", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
+pub async fn undo_with(
+    kernel: Kernel<'_>,
+    steps: &[Step],
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] options: ApplyOptions,
+) -> Result<(), UndoError> {
     let created: HashSet<&IfName> = steps
         .iter()
         .filter_map(|s| match s {
@@ -62,6 +72,10 @@ pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
         {
             continue;
         }
+        #[cfg(feature = "fault-injection")]
+        options
+            .hooks
+            .kill_point(&format_args!("undo {}", step.describe()));
         if let Err(source) = undo_one(kernel, step).await {
             tracing::warn!(step = %step.describe(), error = %source, "undo failed");
             failures.push(UndoFailure {
