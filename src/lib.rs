@@ -22,12 +22,14 @@ pub mod cni;
 pub mod guest_config;
 pub mod handover;
 pub mod network;
+pub mod reconcile;
 pub mod sandbox;
 #[cfg(feature = "cli")]
 pub mod telemetry;
 pub mod vmm;
 
 pub use network::{NetnsSource, Network, NetworkConfig};
+pub use reconcile::{ReconcileError, ReconcileOptions, ReconcileReport, reconcile};
 pub use sandbox::{Sandbox, SandboxError};
 
 // The VMM boundary: what a shim implements and what it is handed.
@@ -49,3 +51,5 @@ pub use sandbox_net_endpoints as endpoints;
 pub use sandbox_net_interworking as interworking;
 // The data model: names, addresses, the scan and the state document.
 pub use sandbox_net_persist::{IfName, IfNameError, MacAddr, MacAddrError, scan, state};
+// Who holds a sandbox, for `Network::set_owner` and `reconcile`.
+pub use sandbox_net_persist::{Liveness, Owner, OwnerError};

@@ -5,7 +5,10 @@
 
 use std::process::{Command, Output};
 
-use sandbox_net_netns::{ScanOptions, testing::PodFixture};
+use sandbox_net_netns::{
+    ScanOptions,
+    testing::{PodFixture, assert_same_snapshot},
+};
 use sandbox_net_persist::scan::NamespaceScan;
 
 fn sandbox_net(args: &[&str]) -> Output {
@@ -271,5 +274,131 @@ fn the_demo_runs_and_reports_real_figures() {
     assert!(
         text.contains("  pod          built by the CNI reference plugins ptp + host-local"),
         "{text}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+fn reconcile_through_the_cli_keeps_a_live_owner_and_reaps_it_once_gone() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let state = dir.path().join("pod.json");
+    let state_arg = state.to_str().unwrap();
+    // The VMM the sandbox is for (a stand-in process).
+    let mut vmm = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = vmm.id().to_string();
+
+    // A pid without a process is refused before anything changes.
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--owner-pid",
+        "4194305",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: --owner-pid: no running process has pid 4194305"
+    );
+    assert!(!state.exists());
+
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--rx-rate",
+        "10000000",
+        "--owner-pid",
+        &pid,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sandbox_net(&["reconcile", dir_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("alive      {state_arg}"))
+            && text.contains(&format!("owner pid {pid} ")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("summary: 0 reaped, 1 alive and clean, 0 alive with drift, 0 unowned (kept), 0 busy, 0 refused, 0 left\n"),
+        "{text}"
+    );
+    // Drift in a live sandbox is reported, exit 3, and left as it is.
+    fx.pod.tc(&["filter", "del", "dev", "eth0", "ingress"]);
+    let drifted = fx.pod.snapshot();
+    let out = sandbox_net(&["reconcile", dir_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sandboxes"][0]["outcome"], "alive_drift");
+    assert_eq!(report["sandboxes"][0]["owner"]["pid"], vmm.id());
+    assert_same_snapshot(&drifted, &fx.pod.snapshot());
+
+    // The VMM exits: a dry run says what would happen and changes nothing; then it is reaped.
+    vmm.kill().unwrap();
+    vmm.wait().unwrap();
+    let out = sandbox_net(&["reconcile", dir_arg, "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("would reap {state_arg}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {pid} ")) && text.contains("exited"),
+        "{text}"
+    );
+    assert!(state.exists());
+    assert_same_snapshot(&drifted, &fx.pod.snapshot());
+    let out = sandbox_net(&["reconcile", dir_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sandboxes"][0]["outcome"], "reaped", "{report}");
+    assert_eq!(report["summary"]["reaped"], 1);
+    assert!(!state.exists());
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[test]
+fn reconcile_refuses_bad_directories_and_files_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let out = sandbox_net(&["reconcile", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: state directory {} does not exist",
+            missing.display()
+        )
+    );
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "hello\n").unwrap();
+    let out = sandbox_net(&["reconcile", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a refused file fails the run");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "refused    state file {} cannot be loaded: not a valid JSON document",
+            foreign.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(", 1 refused, 0 left\n"), "{text}");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing created"
     );
 }

@@ -136,7 +136,9 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
+    // The state in a directory of its own, for `reconcile`.
+    let states = dir.path().join("states");
+    let state = states.join("state.json");
     // Four pairs asked for, two vCPUs: two pairs.
     attach(
         &fx,
@@ -198,6 +200,9 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
     // With --no-persist the tap now lives on the VMM's descriptors only.
     let info = &fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"];
     assert_eq!(info["persist"], false);
+    // The VMM is the sandbox's owner: while it runs, reconcile checks and changes nothing.
+    let alive = reconcile_until(&states, "alive_clean");
+    assert_eq!(alive["sandboxes"][0]["owner"]["pid"], vmm, "{alive}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vmm as i32),
@@ -215,8 +220,28 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
         "the tap outlived the VMM"
     );
 
-    detach(&state);
+    // Its owner gone, the sandbox is reaped.
+    let out = sandbox_net(&["reconcile", states.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reaped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reaped["sandboxes"][0]["outcome"], "reaped", "{reaped}");
+    assert!(!state.exists());
     assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+/// Runs `reconcile --json` on `dir` until its one sandbox has `outcome` (exec records the
+/// VMM as the owner just after starting it); returns that report.
+fn reconcile_until(dir: &Path, outcome: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let out = sandbox_net(&["reconcile", dir.to_str().unwrap(), "--json"]);
+        last = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if last["sandboxes"][0]["outcome"] == outcome {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("reconcile never reported {outcome}: {last}");
 }
 
 #[tokio::test]

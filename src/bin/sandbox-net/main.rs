@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sandbox_net::IfName;
 use sandbox_net::{
-    InterworkingModel, Netns, NetnsSource, Network, NetworkConfig, SandboxError, ScanOptions,
-    TapOptions,
+    InterworkingModel, Netns, NetnsSource, Network, NetworkConfig, Owner, ReconcileOptions,
+    ReconcileReport, SandboxError, ScanOptions, TapOptions,
     cni::{NetworkConfigList, PluginExec, runtime::CniRecord},
+    reconcile::Outcome,
     telemetry,
 };
 
@@ -31,7 +32,9 @@ const EXIT_DRIFT: u8 = 3;
     about = "Network wiring for microVM sandboxes",
     after_help = "Exit status: 0 on success; 1 when the operation failed (the error names the \
                   namespace, device or file and the cause); 2 on a usage error; 3 when `check` \
-                  finds the kernel different from the state.\n\
+                  finds the kernel different from the state. `reconcile`: 0 when every state \
+                  was handled, 1 when one was refused or left half reaped, 3 when only live \
+                  sandboxes differ from their state.\n\
                   Logging: -v for info, -vv for debug; RUST_LOG overrides (e.g. RUST_LOG=sandbox_net_netns=trace).\n\
                   Tracing: --otel-stdout prints spans; OTEL_EXPORTER_OTLP_ENDPOINT exports them over OTLP."
 )]
@@ -105,6 +108,11 @@ enum Command {
         /// `exec` hands their queues over, then not.
         #[arg(long)]
         no_persist: bool,
+        /// The process that holds the sandbox once attached (the VMM, or the shim): while
+        /// it runs, `reconcile` leaves the sandbox alone; once it has exited, `reconcile`
+        /// tears the sandbox down. Without it the sandbox has no owner and is kept.
+        #[arg(long, value_name = "PID")]
+        owner_pid: Option<u32>,
         /// Print the devices as JSON.
         #[arg(long)]
         json: bool,
@@ -276,6 +284,32 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
     },
+    /// Adopt or reap every sandbox whose state lies under a directory.
+    ///
+    /// Owner gone (an attach or detach that died, a VMM or shim that exited): torn down from
+    /// the record, the pod restored, the state removed. Owner alive: checked, nothing changed.
+    /// No owner: kept (reaped with --reap-unowned). Files that cannot be read are reported by
+    /// name and left alone. Sandboxes are handled in parallel.
+    Reconcile {
+        /// The state directory (searched with its subdirectories).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Report what would be done, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Reap sandboxes that record no owner, too.
+        #[arg(long)]
+        reap_unowned: bool,
+        /// Sandboxes handled at once.
+        #[arg(long, value_name = "N", default_value_t = sandbox_net::reconcile::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        /// Also act on sandboxes recorded in the host's own network namespace.
+        #[arg(long)]
+        include_host_netns: bool,
+    },
     /// Run a self-contained demonstration in throwaway namespaces (needs root only).
     Demo,
 }
@@ -342,6 +376,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 group,
                 sandbox_id,
                 no_persist,
+                owner_pid,
                 json,
             } => {
                 let tap = vmm_cli::attach_tap_options(owner, group);
@@ -356,6 +391,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     tap,
                     sandbox_id,
                     no_persist,
+                    owner_pid,
                     json,
                 };
                 attach(request).await.map(|()| ExitCode::SUCCESS)
@@ -462,6 +498,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Check { state } => check(state).await,
+            Command::Reconcile {
+                dir,
+                json,
+                dry_run,
+                reap_unowned,
+                concurrency,
+                include_host_netns,
+            } => {
+                let options = ReconcileOptions {
+                    dry_run,
+                    reap_unowned,
+                    concurrency,
+                    host_netns: include_host_netns,
+                    ..ReconcileOptions::default()
+                };
+                reconcile(&dir, &options, json).await
+            }
             Command::Demo => demo::run().await.map(|report| {
                 print!("{report}");
                 ExitCode::SUCCESS
@@ -500,10 +553,17 @@ struct AttachRequest {
     tap: TapOptions,
     sandbox_id: Option<String>,
     no_persist: bool,
+    owner_pid: Option<u32>,
     json: bool,
 }
 
 async fn attach(request: AttachRequest) -> anyhow::Result<()> {
+    // The owner is named before anything changes: a pid without a process is a usage error.
+    let owner = request
+        .owner_pid
+        .map(Owner::of_pid)
+        .transpose()
+        .context("--owner-pid")?;
     let netns = Netns::open_path_or_name(&request.netns)?;
     let sandbox_id = request.sandbox_id.clone().unwrap_or_else(|| {
         netns
@@ -538,6 +598,11 @@ async fn attach(request: AttachRequest) -> anyhow::Result<()> {
     };
     for s in &skipped {
         eprintln!("warning: {} skipped: {}", s.link, s.reason);
+    }
+    if let Some(owner) = owner {
+        network
+            .set_owner(Some(owner))
+            .context("cannot record the sandbox's owner")?;
     }
     let devices = vmm.devices();
     if request.json {
@@ -729,4 +794,112 @@ async fn check(state: PathBuf) -> anyhow::Result<ExitCode> {
         println!("endpoint {endpoint}: {drift}");
     }
     Ok(ExitCode::from(EXIT_DRIFT))
+}
+
+async fn reconcile(
+    dir: &std::path::Path,
+    options: &ReconcileOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = sandbox_net::reconcile(dir, options).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot encode the report as JSON")?
+        );
+    } else {
+        print!("{}", reconcile_text(&report));
+    }
+    Ok(if !report.complete() {
+        ExitCode::from(EXIT_FAILURE)
+    } else if report.summary.alive_drift > 0 {
+        ExitCode::from(EXIT_DRIFT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One line per state file (and one per drift), then the summary.
+fn reconcile_text(report: &ReconcileReport) -> String {
+    let mut out = String::new();
+    for sandbox in &report.sandboxes {
+        let file = sandbox.file.display();
+        let id = sandbox
+            .sandbox_id
+            .as_deref()
+            .map(|id| format!(" (sandbox {id})"))
+            .unwrap_or_default();
+        let owner = sandbox
+            .owner
+            .as_ref()
+            .map(|o| format!("owner {o}"))
+            .unwrap_or_else(|| "no owner".into());
+        let line = match &sandbox.outcome {
+            Outcome::Reaped {
+                why,
+                endpoints,
+                namespace_gone,
+                steps_gone_with_namespace,
+            } => {
+                let gone = if *namespace_gone {
+                    format!(
+                        "; its namespace was gone, with {steps_gone_with_namespace} recorded step(s) in it"
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "reaped     {file}{id}: {endpoints} endpoint(s) torn down, state removed ({why}){gone}"
+                )
+            }
+            Outcome::WouldReap { why, endpoints } => {
+                format!("would reap {file}{id}: {endpoints} endpoint(s) ({why})")
+            }
+            Outcome::AliveClean { endpoints } => {
+                format!(
+                    "alive      {file}{id}: {owner} runs; the kernel matches the state ({endpoints} endpoint(s))"
+                )
+            }
+            Outcome::AliveDrift { drifts } => {
+                let mut text =
+                    format!("drift      {file}{id}: {owner} runs; the kernel differs (left as is)");
+                for d in drifts {
+                    text.push_str(&format!(
+                        "\n             endpoint {}: {}: expected {}, found {}",
+                        d.endpoint, d.step, d.expected, d.found
+                    ));
+                }
+                text
+            }
+            Outcome::Unowned { endpoints } => format!(
+                "unowned    {file}{id}: no owner recorded; kept ({endpoints} endpoint(s); --reap-unowned reaps it)"
+            ),
+            Outcome::Busy => {
+                format!(
+                    "busy       {file}{id}: locked by a live process (an attach or detach under way); left alone"
+                )
+            }
+            Outcome::Refused { error } => format!("refused    {error}"),
+            Outcome::Left { why, errors } => format!(
+                "left       {file}{id}: reaped in part ({why}); the state stays for another try: {}",
+                errors.join("; ")
+            ),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for file in &report.removed_leftovers {
+        out.push_str(&format!("removed    {}: left by a crash\n", file.display()));
+    }
+    let s = &report.summary;
+    let reaped = if report.dry_run {
+        format!("{} would be reaped", s.would_reap)
+    } else {
+        format!("{} reaped", s.reaped)
+    };
+    out.push_str(&format!(
+        "summary: {reaped}, {} alive and clean, {} alive with drift, {} unowned (kept), {} busy, {} refused, {} left\n",
+        s.alive_clean, s.alive_drift, s.unowned, s.busy, s.refused, s.left
+    ));
+    out
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 use sandbox_net::{
-    Network, NetworkConfig,
+    Network, NetworkConfig, Owner,
     guest_config::GuestNetwork,
     vmm::{
         self, VmmDevice, VmmKind, cloud_hypervisor, firecracker,
@@ -117,6 +117,14 @@ pub async fn exec(request: ExecRequest) -> anyhow::Result<ExitCode> {
         fds.len()
     );
     drop(fds);
+    // The VMM holds the sandbox from here on: while it runs, `reconcile` only checks the
+    // sandbox; once it has exited, `reconcile` reaps it.
+    let owned = Owner::of_pid(pid)
+        .map_err(anyhow::Error::from)
+        .and_then(|vmm| Ok(network.set_owner(Some(vmm))?));
+    if let Err(e) = owned {
+        eprintln!("warning: the VMM is not recorded as the sandbox's owner: {e:#}");
+    }
     let ended = if network.sandbox().state().taps_end_with_vmm {
         network.end_tap_persistence(&devices)
     } else {
