@@ -98,6 +98,14 @@ async fn reconcile_child() {
             };
             drop(attach_pod_with(&netns, Path::new(&state), with_hooks).await);
         }
+        "hold" => {
+            // Holds the sandbox (its lock) until stdin closes.
+            let held = Sandbox::restore(&state).unwrap();
+            println!("SBX_HOLDING");
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest).unwrap();
+            drop(held);
+        }
         "detach" => {
             let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
             sandbox
@@ -215,14 +223,6 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
     })
 }
 
-/// The tests of this binary run one at a time: a process forked by one test holds a copy of
-/// every descriptor of this process until it execs, the locks of state files included, and
-/// would make a sandbox another test just let go of look busy.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    SERIAL.lock().await
-}
-
 fn outcome_of<'a>(report: &'a ReconcileReport, file: &Path) -> &'a Outcome {
     &report
         .sandboxes
@@ -239,7 +239,6 @@ fn outcome_of<'a>(report: &'a ReconcileReport, file: &Path) -> &'a Outcome {
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn sixty_four_sandboxes_left_in_every_state_are_reaped_or_kept() {
-    let _serial = serial().await;
     require_root();
     let seed: u64 = std::env::var("SBX_SEED")
         .ok()
@@ -512,7 +511,6 @@ async fn foreign_files_and_newer_schemas_are_refused_by_name_and_left_alone() {
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn a_state_whose_namespace_is_gone_is_reaped_and_says_what_went_with_it() {
-    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("gone.json");
     let fx = PodFixture::new();
@@ -573,7 +571,6 @@ async fn a_state_whose_namespace_is_gone_is_reaped_and_says_what_went_with_it() 
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn unowned_sandboxes_are_kept_unless_asked_and_a_locked_one_is_left_alone() {
-    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (fx_unowned, fx_busy) = (PodFixture::new(), PodFixture::new());
     for fx in [&fx_unowned, &fx_busy] {
@@ -624,8 +621,31 @@ async fn unowned_sandboxes_are_kept_unless_asked_and_a_locked_one_is_left_alone(
     assert_same_snapshot(&before, &fx_unowned.pod.snapshot());
     assert!(!unowned.exists());
 
-    // Let go, the busy one's dead owner gets it reaped.
+    // Let go here, but held by another process: still busy.
     drop((held, held_vmm));
+    let mut holder = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "reconcile_child", "--nocapture"])
+        .env("SBX_CHILD_MODE", "hold")
+        .env("SBX_CHILD_NETNS", "")
+        .env("SBX_CHILD_STATE", &busy)
+        .env("SBX_CHILD_KILL", "none")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+    assert!(
+        lines.any(|l| l.unwrap().contains("SBX_HOLDING")),
+        "the child holds the sandbox"
+    );
+    let report = reconcile(dir.path(), &ReconcileOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome_of(&report, &busy), &Outcome::Busy);
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+
+    // Let go, the busy one's dead owner gets it reaped.
     let report = reconcile(dir.path(), &ReconcileOptions::default())
         .await
         .unwrap();

@@ -15,6 +15,7 @@
 
 pub mod endpoint;
 mod ifname;
+mod lock;
 mod mac;
 mod named;
 mod netns_id;

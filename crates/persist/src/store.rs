@@ -1,7 +1,8 @@
 //! The durable store of one sandbox's state document.
 //!
-//! - A lock (`<file>.lock`, `flock` exclusive) held for the store's lifetime, so two processes
-//!   never act on one sandbox at once.
+//! - A lock (`<file>.lock`, a POSIX record lock, see [`crate::lock`]) held for the store's
+//!   lifetime, so two processes (or two stores of one process) never act on one sandbox at
+//!   once.
 //! - Atomic, durable writes: a temporary file in the same directory, mode 0600, written and
 //!   `fsync`ed, renamed over the document, then the directory `fsync`ed. A crash leaves the old
 //!   document or the new one, never a torn one.
@@ -15,16 +16,19 @@
 //!   ignored.
 
 use std::{
-    fs::{self, File, OpenOptions, TryLockError},
+    fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
-use crate::state::{
-    DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState, parse_document,
-    render_document_with_journal,
+use crate::{
+    lock::SandboxLock,
+    state::{
+        DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState,
+        parse_document, render_document_with_journal,
+    },
 };
 
 /// A failure of the store, naming the file.
@@ -106,7 +110,7 @@ const fn libc_enoent() -> i32 {
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
-    _lock: File,
+    _lock: SandboxLock,
     /// The journal.
     inner: Mutex<Inner>,
 }
@@ -142,27 +146,15 @@ impl StateStore {
                 .map_err(io("create the directory of", &path))?;
         }
         let lock_path = lock_path(&path);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io("open the lock", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => Ok(Self {
+        match SandboxLock::try_take(&lock_path).map_err(io("take the lock", &lock_path))? {
+            Some(lock) => Ok(Self {
                 path,
                 _lock: lock,
                 inner: Mutex::default(),
             }),
-            Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            None => Err(StoreError::Locked {
                 path,
                 lock: lock_path,
-            }),
-            Err(TryLockError::Error(source)) => Err(StoreError::Io {
-                op: "lock",
-                path: lock_path,
-                source,
             }),
         }
     }

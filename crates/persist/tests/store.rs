@@ -672,3 +672,45 @@ fn files_of_the_store_are_told_apart_by_name_and_a_stale_temporary_is_removed() 
     assert!(!store.remove_stale_temporary(&other).unwrap());
     assert!(other.exists());
 }
+
+#[test]
+fn a_forked_child_does_not_keep_the_lock_after_the_store_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = saved(dir.path());
+    // A child forked while the store is held, as a process spawning another (a shim starting
+    // a VMM) does: until it execs or exits it shares every descriptor of its parent.
+    // SAFETY: the child calls only async-signal-safe functions (nanosleep, _exit).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        let pause = libc::timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec; _exit ends the child without running the parent's code.
+        unsafe {
+            libc::nanosleep(&pause, std::ptr::null_mut());
+            libc::_exit(0);
+        }
+    }
+    drop(store);
+    let again = StateStore::open(&path);
+    // SAFETY: plain syscalls on the child's pid.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    assert!(
+        again.is_ok(),
+        "the store let go, the forked child holds nothing: {:?}",
+        again.err()
+    );
+    // And within one process two stores still exclude each other.
+    let again = again.unwrap();
+    assert!(matches!(
+        StateStore::open(&path),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(again);
+    assert!(StateStore::open(&path).is_ok());
+}
