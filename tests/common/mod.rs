@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cni;
+pub mod reconcile;
 
 use sandbox_net_endpoints::{
     AttachOptions, Endpoint,
