@@ -36,6 +36,10 @@ pub struct NetworkConfig {
     pub scan: ScanOptions,
     /// Where PCI functions are bound to vfio-pci.
     pub sysfs: SysfsPci,
+    /// Attach even in the host's own network namespace (that of PID 1, compared by
+    /// identity), handing the node's own interfaces to the VM. Off: such a namespace is
+    /// refused before anything is written or changed.
+    pub allow_host_netns: bool,
 }
 
 impl Default for NetworkConfig {
@@ -46,6 +50,7 @@ impl Default for NetworkConfig {
             classify: ClassifyOptions::default(),
             scan: ScanOptions::default(),
             sysfs: SysfsPci::host(),
+            allow_host_netns: false,
         }
     }
 }
@@ -96,6 +101,9 @@ impl Network {
         config: NetworkConfig,
     ) -> Result<Self, SandboxError> {
         let sandbox = match netns {
+            NetnsSource::Given(netns) if config.allow_host_netns => {
+                Sandbox::create_in_host_netns(state_path, sandbox_id, netns, config.model)?
+            }
             NetnsSource::Given(netns) => {
                 Sandbox::create(state_path, sandbox_id, netns, config.model)?
             }

@@ -49,6 +49,16 @@ pub enum SandboxError {
         /// The identity found.
         found: NetnsId,
     },
+    /// The namespace to attach in is the host's own, and the caller did not say it meant it.
+    #[error(
+        "refusing to attach in network namespace {path}: it is the host's own (that of PID 1 \
+         or of this process), and attaching would hand the node's own interfaces to the VM; allow it explicitly \
+         (NetworkConfig::allow_host_netns, sandbox-net attach --allow-host-netns) if that is meant"
+    )]
+    HostNetns {
+        /// The path given for the namespace.
+        path: PathBuf,
+    },
     /// A netlink handle in the namespace could not be made.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -165,6 +175,23 @@ fn list(failures: &[EndpointError]) -> String {
         .join("; ")
 }
 
+/// Refuses `netns` when it is the node's own network (PID 1's, or this process's). Also when
+/// that cannot be told: guessing wrong would cost the node its network.
+fn refuse_host_netns(state: &Path, netns: &Netns) -> Result<(), SandboxError> {
+    let host = netns
+        .is_host_network()
+        .map_err(|source| SandboxError::Netns {
+            file: state.to_path_buf(),
+            source,
+        })?;
+    if host {
+        return Err(SandboxError::HostNetns {
+            path: netns.path().to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// A sandbox's network and its state file, locked for this process.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -178,13 +205,30 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts the state of a new sandbox in the given namespace (CNI's), to be written to
     /// `state_path` with the first endpoint's plan, before anything changes. The namespace is
-    /// not the sandbox's to delete. Refuses to overwrite an existing state file.
+    /// not the sandbox's to delete. Refuses to overwrite an existing state file, and refuses
+    /// the host's own namespace (that of PID 1 or of this process, by identity): attaching
+    /// there would hand the node's own interfaces to the VM ([`Sandbox::create_in_host_netns`] says it is meant).
     pub fn create(
         state_path: impl AsRef<Path>,
         sandbox_id: &str,
         netns: Netns,
         model: InterworkingModel,
     ) -> Result<Self, SandboxError> {
+        refuse_host_netns(state_path.as_ref(), &netns)?;
+        Self::start(state_path, sandbox_id, netns, model, false)
+    }
+
+    /// [`Sandbox::create`] without the refusal of the host's own namespace: for a caller
+    /// that means to wire the node's own interfaces (`--allow-host-netns`).
+    pub fn create_in_host_netns(
+        state_path: impl AsRef<Path>,
+        sandbox_id: &str,
+        netns: Netns,
+        model: InterworkingModel,
+    ) -> Result<Self, SandboxError> {
+        if netns.is_host_network().unwrap_or(false) {
+            tracing::warn!(netns = %netns.path().display(), "attaching in the host's own network namespace, as asked");
+        }
         Self::start(state_path, sandbox_id, netns, model, false)
     }
 

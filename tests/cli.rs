@@ -277,6 +277,27 @@ fn the_demo_runs_and_reports_real_figures() {
     );
 }
 
+/// Runs `script` with `sh -c` as PID 1 of fresh PID, mount and network namespaces (`unshare
+/// --pid --fork --mount-proc --net`): to the processes there, their own network namespace is
+/// PID 1's, the "host's". Nothing outside is touched: the namespaces go when it exits. `$BIN`
+/// is the sandbox-net binary, `$STATE` the state file.
+fn in_fresh_pid_and_net_namespaces(script: &str, state: &std::path::Path) -> Output {
+    Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("BIN", env!("CARGO_BIN_EXE_sandbox-net"))
+        .env("STATE", state)
+        .output()
+        .expect("unshare (util-linux) runs")
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -401,4 +422,53 @@ fn reconcile_refuses_bad_directories_and_files_by_name() {
         1,
         "nothing created"
     );
+fn attach_refuses_the_host_namespace_unless_allowed() {
+    sandbox_net_netns::testing::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    // Whatever the path, the namespace is PID 1's by identity: refused before any file is
+    // written or any link touched. The last one is run from a network namespace of its own,
+    // so that only the comparison with PID 1's can refuse it.
+    for (netns, prefix) in [
+        ("/proc/1/ns/net", ""),
+        ("/proc/self/ns/net", ""),
+        ("/proc/1/ns/net", "unshare --net "),
+    ] {
+        let out = in_fresh_pid_and_net_namespaces(
+            &format!("{prefix}\"$BIN\" attach --netns {netns} --state \"$STATE\""),
+            &state,
+        );
+        assert_eq!(out.status.code(), Some(1), "{netns}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: refusing to attach in network namespace {netns}: it is the host's own \
+                 (that of PID 1 or of this process), and attaching would hand the node's own interfaces to the VM; \
+                 allow it explicitly (NetworkConfig::allow_host_netns, sandbox-net attach \
+                 --allow-host-netns) if that is meant"
+            )
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{netns}: no state, lock or journal written"
+        );
+    }
+    // Said explicitly, it is done: a veth in the "host" namespace is attached and detached.
+    let out = in_fresh_pid_and_net_namespaces(
+        "set -e\n\
+         ip link add eth0 type veth peer name peer0\n\
+         ip addr add 10.9.0.2/24 dev eth0\n\
+         ip link set eth0 up\n\
+         \"$BIN\" attach --netns /proc/self/ns/net --state \"$STATE\" --allow-host-netns --json\n\
+         ip -j link show tap0_kata\n\
+         \"$BIN\" detach --state \"$STATE\"\n",
+        &state,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"device\": \"tap0_kata\""), "{text}");
+    assert!(text.contains("\"ifname\":\"tap0_kata\""), "{text}");
+    assert!(text.contains("detached 1 endpoint(s)"), "{text}");
+    assert!(!state.exists());
 }

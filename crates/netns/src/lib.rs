@@ -46,7 +46,7 @@ pub use error::{
 pub use ifreq::ifreq_named;
 pub use link::LinkChange;
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
-pub use namespace::{NETNS_RUN_DIR, Netns, named_path};
+pub use namespace::{NETNS_RUN_DIR, Netns, PID1_NETNS, named_path};
 pub use rtnl::Rtnl;
 pub use run::RUNNER_THREAD_NAME;
 pub use sandbox_net_persist::NetnsId;

@@ -27,6 +27,11 @@ use crate::error::NetnsError;
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// The network namespace of PID 1: the node's own (in the current PID namespace).
+pub const PID1_NETNS: &str = "/proc/1/ns/net";
+/// The network namespace of this process (of its main thread, which never changes namespace).
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
 /// `NSFS_MAGIC` from `linux/magic.h`: the filesystem type of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// `NS_GET_NSTYPE` = `_IO(0xb7, 0x3)` from `linux/nsfs.h`.
@@ -238,6 +243,37 @@ impl Netns {
                     ino: m.ino(),
                 } == self.id
             })
+    }
+
+    /// True when this is the node's own network: the namespace of PID 1, or the one this
+    /// process runs in (a shim or a CNI plugin runs in the node's). Compared by identity
+    /// (device and inode of `/proc/1/ns/net` and `/proc/self/ns/net`), never by path, so that
+    /// `/proc/self/ns/net`, another host process's namespace or a bind mount of the host's are
+    /// all recognised. PID 1's namespace cannot always be read (`EACCES` in a container whose
+    /// PID 1 has more privileges); then this process's own is the reference. Errs, naming
+    /// `/proc/1/ns/net`, only when neither can be read, for the caller to refuse rather than
+    /// guess.
+    pub fn is_host_network(&self) -> Result<bool, NetnsError> {
+        let identity = |path: &str| {
+            fs::metadata(path).map(|m| NetnsId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        };
+        let pid1 = identity(PID1_NETNS);
+        let own = identity(OWN_NETNS);
+        match (pid1, own) {
+            (Err(source), Err(_)) => Err(NetnsError::Open {
+                path: PathBuf::from(PID1_NETNS),
+                source,
+            }),
+            (pid1, own) => {
+                if let Err(e) = &pid1 {
+                    tracing::debug!(error = %e, "{PID1_NETNS} cannot be read; this process's own namespace is the host's");
+                }
+                Ok(pid1.ok() == Some(self.id) || own.ok() == Some(self.id))
+            }
+        }
     }
 
     /// The namespace's file descriptor (for `setns`, or `IFLA_NET_NS_FD` when moving a link).

@@ -37,6 +37,7 @@ fn create_delete_round_trip_leaves_nothing_mounted() {
     let path = netns.path().to_path_buf();
     assert!(netns.created_by_us());
     assert!(!netns.is_host());
+    assert!(!netns.is_host_network().unwrap());
     assert!(
         mounted(&path),
         "{} is not a mount point after create",
@@ -157,6 +158,7 @@ fn destructive_operations_on_foreign_namespaces_are_refused() {
     for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
         let host = Netns::open(path).unwrap();
         assert!(host.is_host());
+        assert!(host.is_host_network().unwrap(), "{path}");
         let err = host.delete().unwrap_err();
         assert_eq!(
             err.to_string(),

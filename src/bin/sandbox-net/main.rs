@@ -116,6 +116,10 @@ enum Command {
         /// Print the devices as JSON.
         #[arg(long)]
         json: bool,
+        /// Attach even when NS is the host's own network namespace (that of PID 1, however
+        /// it is named), handing the node's own interfaces to the VM. Refused otherwise.
+        #[arg(long)]
+        allow_host_netns: bool,
     },
     /// Start a VMM on the devices of an attached sandbox, handing it their descriptors.
     ///
@@ -378,6 +382,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 no_persist,
                 owner_pid,
                 json,
+                allow_host_netns,
             } => {
                 let tap = vmm_cli::attach_tap_options(owner, group);
                 let queues = vmm_cli::queues_for_vcpus(queues, vcpus);
@@ -393,6 +398,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     no_persist,
                     owner_pid,
                     json,
+                    allow_host_netns,
                 };
                 attach(request).await.map(|()| ExitCode::SUCCESS)
             }
@@ -555,6 +561,7 @@ struct AttachRequest {
     no_persist: bool,
     owner_pid: Option<u32>,
     json: bool,
+    allow_host_netns: bool,
 }
 
 async fn attach(request: AttachRequest) -> anyhow::Result<()> {
@@ -575,6 +582,7 @@ async fn attach(request: AttachRequest) -> anyhow::Result<()> {
     let config = NetworkConfig {
         model: request.model,
         tap: request.tap.clone(),
+        allow_host_netns: request.allow_host_netns,
         ..NetworkConfig::default()
     };
     let mut network = Network::create(
