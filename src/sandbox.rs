@@ -134,6 +134,19 @@ pub enum SandboxError {
         #[source]
         source: OwnerError,
     },
+    /// Everything this version knows of was torn down, but the document also holds endpoints
+    /// of kinds it does not know: it is kept, with them in it.
+    #[error(
+        "state file {file} kept: it holds {} endpoint(s) of kinds this version of sandbox-net does not know, not torn down: {}; a version that knows them must detach them",
+        .endpoints.len(),
+        .endpoints.join(", ")
+    )]
+    UnknownKindsKept {
+        /// The state file.
+        file: PathBuf,
+        /// The endpoints, `id (kind K)`.
+        endpoints: Vec<String>,
+    },
     /// Teardown went on past failures; these are all of them.
     #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
     Teardown {
@@ -413,10 +426,8 @@ impl Sandbox {
             .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
             .await;
         self.rtnl = Some(rtnl);
-        // Whatever happened, the record now says it (attached, or rolled back).
-        if result.is_err() {
-            endpoint.steps.clear();
-        }
+        // Whatever happened, the record now says it: attached, or rolled back, with the steps
+        // the rollback could not undo (none after a clean one) for a detach or reconcile.
         let record = EndpointRecord::from(&endpoint);
         self.state.upsert_endpoint(record.clone());
         match &result {
@@ -769,8 +780,31 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Removes the state file (after a complete teardown).
-    pub fn forget(self) -> Result<(), SandboxError> {
-        Ok(self.store.remove()?)
+    /// Removes the state file (after a complete teardown). A document that holds endpoints of
+    /// kinds this version does not know is never removed: nothing here could tear them down,
+    /// and without the document nothing ever would. It is written back with them alone (the
+    /// endpoints torn down are dropped from it), and the error says so.
+    pub fn forget(mut self) -> Result<(), SandboxError> {
+        if self.state.unknown_endpoints.is_empty() {
+            return Ok(self.store.remove()?);
+        }
+        self.state
+            .endpoints
+            .retain(|e| !e.steps.is_empty() || e.vfio.is_some());
+        self.store.save(&self.state)?;
+        let ids = self
+            .state
+            .unknown_endpoints
+            .iter()
+            .map(|e| {
+                let id = e.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                let kind = e.get("kind").map(ToString::to_string).unwrap_or_default();
+                format!("{id} (kind {kind})")
+            })
+            .collect();
+        Err(SandboxError::UnknownKindsKept {
+            file: self.store.path().to_path_buf(),
+            endpoints: ids,
+        })
     }
 }

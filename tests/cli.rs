@@ -277,27 +277,6 @@ fn the_demo_runs_and_reports_real_figures() {
     );
 }
 
-/// Runs `script` with `sh -c` as PID 1 of fresh PID, mount and network namespaces (`unshare
-/// --pid --fork --mount-proc --net`): to the processes there, their own network namespace is
-/// PID 1's, the "host's". Nothing outside is touched: the namespaces go when it exits. `$BIN`
-/// is the sandbox-net binary, `$STATE` the state file.
-fn in_fresh_pid_and_net_namespaces(script: &str, state: &std::path::Path) -> Output {
-    Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--net",
-            "sh",
-            "-c",
-            script,
-        ])
-        .env("BIN", env!("CARGO_BIN_EXE_sandbox-net"))
-        .env("STATE", state)
-        .output()
-        .expect("unshare (util-linux) runs")
-}
-
 #[test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -422,6 +401,34 @@ fn reconcile_refuses_bad_directories_and_files_by_name() {
         1,
         "nothing created"
     );
+}
+
+/// Runs `script` with `sh -c` as PID 1 of fresh PID, mount and network namespaces (`unshare
+/// --pid --fork --mount-proc --net`): to the processes there, their own network namespace is
+/// PID 1's, the "host's". Nothing outside is touched: the namespaces go when it exits. `$BIN`
+/// is the sandbox-net binary, `$STATE` the state file.
+fn in_fresh_pid_and_net_namespaces(script: &str, state: &std::path::Path) -> Output {
+    Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("BIN", env!("CARGO_BIN_EXE_sandbox-net"))
+        .env("STATE", state)
+        .output()
+        .expect("unshare (util-linux) runs")
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
 fn attach_refuses_the_host_namespace_unless_allowed() {
     sandbox_net_netns::testing::require_root();
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 use rand::RngExt;
 use sandbox_net_interworking::{
     ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply_with, random_local_mac, undo, undo_with, vm_link_name,
+    UndoError, apply_with, random_local_mac, undo_with, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -335,10 +335,6 @@ impl Endpoint {
         }
         failures.extend(self.unwind(kernel, options).await);
         self.attached = false;
-        if failures.is_empty() {
-            // Undone: a second detach has nothing left to do.
-            self.steps.clear();
-        }
         let mut failures = failures.into_iter();
         match failures.next() {
             None => {
@@ -363,10 +359,7 @@ impl Endpoint {
         self.attached = false;
         let mut failures = failures.into_iter();
         match failures.next() {
-            None => {
-                self.steps.clear();
-                Ok(())
-            }
+            None => Ok(()),
             Some(first) => Err(self.error("tear down", first, failures.collect())),
         }
     }
@@ -381,17 +374,22 @@ impl Endpoint {
     }
 
     /// Undoes the kernel steps (when the namespace still exists: `kernel` is `None` when it is
-    /// gone, and everything in it with it) and the VFIO binding (host sysfs, always).
+    /// gone, and everything in it with it) and the VFIO binding (host sysfs, always). The
+    /// steps left are those that could not be undone, for a later detach to take back: none
+    /// after a clean undo, so that a second detach has nothing left to do.
     async fn unwind_in(
         &mut self,
         kernel: Option<Kernel<'_>>,
         options: &AttachOptions,
     ) -> Vec<EndpointFailure> {
         let mut failures = Vec::new();
-        if let Some(kernel) = kernel
-            && let Err(e) = undo_with(kernel, &self.steps, options.apply_options()).await
-        {
-            failures.push(e.into());
+        match kernel {
+            Some(kernel) => {
+                if let Err(e) = self.undo_steps(kernel, options.apply_options()).await {
+                    failures.push(e.into());
+                }
+            }
+            None => self.steps.clear(),
         }
         if let Some(binding) = self.vfio.take()
             && let Err(e) = options.sysfs.restore(&binding)
@@ -401,6 +399,40 @@ impl Endpoint {
             self.vfio = Some(binding);
         }
         failures
+    }
+
+    /// Undoes the recorded kernel steps; those that could not be undone stay recorded.
+    async fn undo_steps(
+        &mut self,
+        kernel: Kernel<'_>,
+        options: ApplyOptions,
+    ) -> Result<(), UndoError> {
+        match undo_with(kernel, &self.steps, options).await {
+            Ok(()) => {
+                self.steps.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.steps = e.residue(&self.steps);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies the recorded kernel steps; on failure the record keeps what the rollback could
+    /// not undo.
+    async fn apply_steps(
+        &mut self,
+        kernel: Kernel<'_>,
+        options: &AttachOptions,
+    ) -> Result<sandbox_net_interworking::AppliedPair, EndpointFailure> {
+        match apply_with(kernel, &self.steps, options.apply_options()).await {
+            Ok(applied) => Ok(applied),
+            Err(e) => {
+                self.steps = e.residue.clone();
+                Err(e.into())
+            }
+        }
     }
 
     /// Makes the kernel changes and builds the device for the VMM.
@@ -472,15 +504,16 @@ impl Endpoint {
                 self.steps = pair.plan(random_local_mac());
                 self.steps.extend(limiter);
                 record(self).map_err(EndpointFailure::Record)?;
-                let applied = apply_with(kernel, &self.steps, options.apply_options()).await?;
+                let applied = self.apply_steps(kernel, options).await?;
                 let backend = match self
                     .finish_pair(kernel, &pair, applied.tap, queues, vhost)
                     .await
                 {
                     Ok(backend) => backend,
                     Err(e) => {
-                        // The steps were applied: take them back before reporting.
-                        let _ = undo(kernel, &self.steps).await;
+                        // The steps were applied: take them back before reporting (what
+                        // cannot be undone stays recorded; the first failure is the one told).
+                        let _ = self.undo_steps(kernel).await;
                         return Err(e);
                     }
                 };
@@ -489,7 +522,7 @@ impl Endpoint {
             (EndpointKind::Macvtap, None) => {
                 self.steps = limiter;
                 record(self).map_err(EndpointFailure::Record)?;
-                apply_with(kernel, &self.steps, options.apply_options()).await?;
+                self.apply_steps(kernel, options).await?;
                 let opened = async {
                     let link = kernel.rtnl.link_by_name(self.link_name().as_str()).await?;
                     let fds = kernel.netns.open_macvtap_queues(&link, queues).await?;
@@ -507,7 +540,7 @@ impl Endpoint {
                 match opened {
                     Ok(device) => device,
                     Err(e) => {
-                        let _ = undo(kernel, &self.steps).await;
+                        let _ = self.undo_steps(kernel).await;
                         return Err(e);
                     }
                 }

@@ -8,7 +8,7 @@ use sandbox_net_netns::{LinkChange, NetlinkError, Netns, Rtnl, Tap, TapConfig, T
 use sandbox_net_persist::{IfName, scan::Link, steps::Step};
 use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
 
-use crate::undo::{UndoFailure, undo};
+use crate::undo::{UndoFailure, undo_with};
 
 /// The namespace a plan acts on: its handle (for work that must run inside it, such as
 /// opening `/dev/net/tun`) and a netlink connection bound to it.
@@ -35,6 +35,9 @@ impl Kernel<'_> {
 pub struct ApplyHooks {
     /// Fail instead of applying the step at this position, as if the kernel had refused it.
     pub fail_before: Option<usize>,
+    /// During the rollback of a failed apply, fail the undo of the step at this position, as
+    /// if the kernel had refused it: the step stays applied, and is the rollback's residue.
+    pub fail_undo_of: Option<usize>,
     /// Counts down once per step about to be applied, across every `apply` that shares it;
     /// when it is at zero the process kills itself with SIGKILL before the step, as a shim
     /// crashing at that point would.
@@ -116,6 +119,9 @@ pub struct AttachError {
     pub source: StepError,
     /// Steps that could not be undone during the rollback (empty when the rollback was clean).
     pub rollback: Vec<UndoFailure>,
+    /// Those steps themselves, in plan order: still applied, so what the endpoint's record
+    /// must keep for a later detach or reconcile to take back.
+    pub residue: Vec<Step>,
 }
 
 fn rollback_summary(failures: &[UndoFailure]) -> String {
@@ -212,10 +218,23 @@ pub async fn apply_with(
     };
     // The tap's descriptors close before the undo, so that a non-persistent tap can go.
     drop(applied.tap.take());
-    let rollback = match undo(kernel, &steps[..failure.undo_to]).await {
+    let undone = &steps[..failure.undo_to];
+    // The rollback keeps the rollback's own fault point, not the attach's kill countdown.
+    #[cfg(feature = "fault-injection")]
+    let rollback_options = ApplyOptions {
+        hooks: ApplyHooks {
+            kill_countdown: None,
+            ..hooks
+        },
+        ..options
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    let rollback_options = ApplyOptions::default();
+    let rollback = match undo_with(kernel, undone, rollback_options).await {
         Ok(()) => Vec::new(),
         Err(e) => e.failures,
     };
+    let residue = crate::undo::residue(&rollback, undone);
     let step = steps[failure.first..=failure.last]
         .iter()
         .map(Step::describe)
@@ -227,6 +246,7 @@ pub async fn apply_with(
         total: steps.len(),
         source: failure.source,
         rollback,
+        residue,
     })
 }
 

@@ -16,6 +16,8 @@ use crate::apply::{ApplyOptions, Kernel, StepError};
 #[derive(Debug, thiserror::Error)]
 #[error("could not undo \"{step}\"")]
 pub struct UndoFailure {
+    /// Its position in the steps given to [`undo`] (from 0).
+    pub index: usize,
     /// The step, described.
     pub step: String,
     /// Why.
@@ -29,6 +31,25 @@ pub struct UndoFailure {
 pub struct UndoError {
     /// The failures, in the order they happened.
     pub failures: Vec<UndoFailure>,
+}
+
+impl UndoError {
+    /// The steps of `steps` (those given to [`undo`]) that are still applied, in their
+    /// order: what a later undo must still take back, so what a record must keep.
+    pub fn residue(&self, steps: &[Step]) -> Vec<Step> {
+        residue(&self.failures, steps)
+    }
+}
+
+/// The steps of `steps` whose undo failed, in plan order.
+pub(crate) fn residue(failures: &[UndoFailure], steps: &[Step]) -> Vec<Step> {
+    let mut indexes: Vec<usize> = failures.iter().map(|f| f.index).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    indexes
+        .into_iter()
+        .filter_map(|i| steps.get(i).cloned())
+        .collect()
 }
 
 fn list(failures: &[UndoFailure]) -> String {
@@ -48,8 +69,10 @@ pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
     undo_with(kernel, steps, ApplyOptions::default()).await
 }
 
-/// [`undo`] under `options`: with the `fault-injection` feature, its kill countdown counts
-/// down before each step is undone (the device group is not used: nothing is created).
+/// [`undo`] under `options`. With the `fault-injection` feature: its kill countdown counts
+/// down before each step is undone, and the undo of the step at `hooks.fail_undo_of` fails as
+/// if the kernel had refused it (that step stays applied). The device group is not used:
+/// nothing is created.
 #[tracing::instrument(name = "interworking.undo", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
 pub async fn undo_with(
     kernel: Kernel<'_>,
@@ -66,7 +89,7 @@ pub async fn undo_with(
         })
         .collect();
     let mut failures = Vec::new();
-    for step in steps.iter().rev() {
+    for (index, step) in steps.iter().enumerate().rev() {
         if let Some(link) = touched_link(step)
             && created.contains(link)
         {
@@ -76,9 +99,18 @@ pub async fn undo_with(
         options
             .hooks
             .kill_point(&format_args!("undo {}", step.describe()));
-        if let Err(source) = undo_one(kernel, step).await {
+        #[cfg(feature = "fault-injection")]
+        let result = if options.hooks.fail_undo_of == Some(index) {
+            Err(StepError::Injected)
+        } else {
+            undo_one(kernel, step).await
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let result = undo_one(kernel, step).await;
+        if let Err(source) = result {
             tracing::warn!(step = %step.describe(), error = %source, "undo failed");
             failures.push(UndoFailure {
+                index,
                 step: step.describe(),
                 source,
             });

@@ -21,6 +21,7 @@ mod named;
 mod netns_id;
 pub mod owner;
 pub mod scan;
+mod secure;
 pub mod state;
 pub mod steps;
 pub mod store;

@@ -14,12 +14,9 @@
 
 use std::{
     collections::BTreeSet,
-    fs::{File, OpenOptions},
+    fs::File,
     io,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt},
-    },
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::Path,
     sync::{Mutex, MutexGuard},
 };
@@ -41,23 +38,24 @@ pub(crate) struct SandboxLock {
 }
 
 impl SandboxLock {
-    /// Takes the lock at `path` (created, mode 0600) without waiting; `None` when another
-    /// process or another store of this process holds it.
-    pub(crate) fn try_take(path: &Path) -> io::Result<Option<Self>> {
+    /// Takes the lock at `path` without waiting, opening the file with `open` (which creates
+    /// it when missing and checks it); `None` when another process or another store of this
+    /// process holds it. `os_error` names a failure of the kernel's lock call.
+    pub(crate) fn try_take<E>(
+        path: &Path,
+        open: impl FnOnce() -> Result<File, E>,
+        os_error: impl Fn(io::Error) -> E,
+    ) -> Result<Option<Self>, E> {
         let mut held = held();
-        // Opened (and so, on failure, closed) only when this process does not hold it.
-        if let Ok(m) = std::fs::metadata(path)
+        // Opened (and so, on failure, closed) only when this process does not hold it. A
+        // symbolic link is not followed here: `open` refuses it.
+        if let Ok(m) = std::fs::symlink_metadata(path)
             && held.contains(&(m.dev(), m.ino()))
         {
             return Ok(None);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)?;
-        let m = file.metadata()?;
+        let file = open()?;
+        let m = file.metadata().map_err(&os_error)?;
         let id = (m.dev(), m.ino());
         if held.contains(&id) {
             // The path was pointed at a lock file this process holds between the look and the
@@ -80,7 +78,7 @@ impl SandboxLock {
             let err = io::Error::last_os_error();
             return match err.raw_os_error() {
                 Some(libc::EAGAIN | libc::EACCES) => Ok(None),
-                _ => Err(err),
+                _ => Err(os_error(err)),
             };
         }
         held.insert(id);

@@ -6,29 +6,33 @@
 //! - Atomic, durable writes: a temporary file in the same directory, mode 0600, written and
 //!   `fsync`ed, renamed over the document, then the directory `fsync`ed. A crash leaves the old
 //!   document or the new one, never a torn one.
-//! - Loading refuses a document others can read or write (it names the pod's addresses and
-//!   the host's devices), and never deletes anything it cannot read.
+//! - The document, the lock and the journal are opened without following symbolic links and
+//!   must be regular files owned by this process's uid with mode 0600; the directory must not
+//!   be writable by group or others (see `secure`): a symbolic link planted there would
+//!   otherwise make a root shim write any file of the node, and a document written by someone
+//!   else would make teardown act on links of their choosing. Loading never deletes anything
+//!   it cannot read.
 //! - A journal (`<file>.journal`, mode 0600) for the records of an attach under way: each is
 //!   one appended, `fdatasync`ed line, where rewriting the document would cost a write of every
 //!   record. The next full save includes the journal (the document says up to which entry) and
 //!   empties it. Loading applies the entries the document does not include; a last line cut
 //!   short by a crash was never acted on (the write returns before the step is applied) and is
-//!   ignored.
+//!   ignored, and cut off before the next line is appended.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
-use crate::{
-    lock::SandboxLock,
-    state::{
-        DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState,
-        parse_document, render_document_with_journal,
-    },
+use crate::lock::SandboxLock;
+pub use crate::secure::StateFile;
+use crate::secure::{check_directory, open_existing, open_existing_for_writing, open_or_create};
+use crate::state::{
+    DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState,
+    parse_document, render_document_with_journal,
 };
 
 /// A failure of the store, naming the file.
@@ -48,15 +52,55 @@ pub enum StoreError {
         /// The document.
         path: PathBuf,
     },
-    /// The document can be read or written by users other than its owner.
+    /// A file of the store does not have mode 0600 (others could read or write it).
     #[error(
-        "state file {path} has mode {mode:o}; it must not be readable or writable by others (chmod 600)"
+        "{path} has mode {mode:o}; the files of a sandbox's state must have mode 600, readable and writable by their owner only (chmod 600)"
     )]
     TooOpen {
-        /// The document.
+        /// The file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A file of the store is a symbolic link: it is never followed.
+    #[error("{what} {path} is a symbolic link; refusing to follow it")]
+    Symlink {
+        /// Which file.
+        what: StateFile,
+        /// The link.
+        path: PathBuf,
+    },
+    /// A file of the store is not a regular file (a FIFO, a device, a directory).
+    #[error("{what} {path} is not a regular file")]
+    NotRegular {
+        /// Which file.
+        what: StateFile,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A file of the store belongs to another user.
+    #[error("{what} {path} is owned by uid {uid}, not by this process's uid {expected}")]
+    WrongOwner {
+        /// Which file.
+        what: StateFile,
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// This process's effective uid.
+        expected: u32,
+    },
+    /// The state directory could be written by others, who could then replace its files.
+    #[error(
+        "state directory {dir} (mode {mode:o}, owner uid {owner}) is not safe: it must not be writable by group or others and must belong to this user or root"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner.
+        owner: u32,
     },
     /// The document cannot be understood.
     #[error("state file {path} cannot be loaded")]
@@ -145,8 +189,13 @@ impl StateStore {
                 .create(dir)
                 .map_err(io("create the directory of", &path))?;
         }
+        check_directory(&crate::secure::directory_of(&path))?;
         let lock_path = lock_path(&path);
-        match SandboxLock::try_take(&lock_path).map_err(io("take the lock", &lock_path))? {
+        match SandboxLock::try_take(
+            &lock_path,
+            || open_or_create(&lock_path, StateFile::Lock, false),
+            io("take the lock", &lock_path),
+        )? {
             Some(lock) => Ok(Self {
                 path,
                 _lock: lock,
@@ -173,27 +222,11 @@ impl StateStore {
     /// invalid or newer document is an error naming the file, and nothing is deleted.
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let path = &self.path;
-        let metadata = match fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing { path: path.clone() });
-            }
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source,
-                });
-            }
+        let Some(mut file) = open_existing(path, StateFile::Document)? else {
+            return Err(StoreError::Missing { path: path.clone() });
         };
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::TooOpen {
-                path: path.clone(),
-                mode,
-            });
-        }
-        let bytes = fs::read(path).map_err(|source| StoreError::Io {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes).map_err(|source| StoreError::Io {
             op: "read",
             path: path.clone(),
             source,
@@ -216,26 +249,14 @@ impl StateStore {
     fn apply_journal(&self, loaded: &mut Loaded) -> Result<u64, StoreError> {
         let path = journal_path(&self.path);
         self.inner().torn_from = None;
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    op: "read",
-                    path,
-                    source,
-                });
-            }
+        let Some(mut file) = open_existing(&path, StateFile::Journal)? else {
+            return Ok(0);
         };
         let read_error = |source| StoreError::Io {
             op: "read",
             path: path.clone(),
             source,
         };
-        let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(StoreError::TooOpen { path, mode });
-        }
         let mut text = Vec::new();
         io::Read::read_to_end(&mut file, &mut text).map_err(read_error)?;
         let mut last = 0;
@@ -323,12 +344,7 @@ impl StateStore {
             move |source| StoreError::Io { op, path, source }
         };
         if inner.journal.is_none() {
-            let journal = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io("open the journal", &path))?;
+            let journal = open_or_create(&path, StateFile::Journal, true)?;
             // A line cut short by a crash is cut off before anything follows it: appended to,
             // it would become a complete line that cannot be read, and the journal with it.
             if let Some(length) = inner.torn_from.take() {
@@ -402,10 +418,11 @@ impl StateStore {
             // loading skips them.
             let emptied = match &inner.journal {
                 Some(journal) => journal.set_len(0),
-                None => OpenOptions::new()
-                    .write(true)
-                    .open(journal_path(path))
-                    .and_then(|j| j.set_len(0)),
+                None => match open_existing_for_writing(&journal_path(path), StateFile::Journal) {
+                    Ok(Some(journal)) => journal.set_len(0),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                },
             };
             if let Err(e) = emptied
                 && e.kind() != io::ErrorKind::NotFound

@@ -316,7 +316,7 @@ fn bad_documents_are_errors_naming_the_file_and_nothing_is_deleted() {
     assert_eq!(
         err.to_string(),
         format!(
-            "state file {p} has mode 644; it must not be readable or writable by others (chmod 600)"
+            "{p} has mode 644; the files of a sandbox's state must have mode 600, readable and writable by their owner only (chmod 600)"
         )
     );
     assert!(path.exists());
@@ -592,8 +592,169 @@ fn a_change_of_owner_is_a_journal_line_read_over_the_document() {
     assert_eq!(store.load().unwrap().state, current);
 }
 
+/// Runs as root (the tests of this crate do not need to): changing a file's owner needs it.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[test]
-fn an_append_after_a_torn_line_cuts_it_off_first() {
+fn symlinked_state_lock_and_journal_are_refused_and_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "the node's own file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The lock: refused when the store is opened.
+    let path = dir.path().join("a.json");
+    std::os::unix::fs::symlink(&victim, dir.path().join("a.json.lock")).unwrap();
+    let err = StateStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state lock {}/a.json.lock is a symbolic link; refusing to follow it",
+            dir.path().display()
+        )
+    );
+
+    // The document: refused when loaded.
+    let path = dir.path().join("b.json");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let store = StateStore::open(&path).unwrap();
+    let err = store.load().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state file {} is a symbolic link; refusing to follow it",
+            path.display()
+        )
+    );
+    drop(store);
+
+    // The journal: refused when loaded, and when appended to.
+    let (store, path) = saved(dir.path());
+    let journal = journal_of(&path);
+    std::os::unix::fs::symlink(&victim, &journal).unwrap();
+    let err = store.load().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state journal {} is a symbolic link; refusing to follow it",
+            journal.display()
+        )
+    );
+    let loaded_state = state(vec![planned_veth()]);
+    let err = store
+        .save_endpoint(&loaded_state, &planned_veth())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err:?}");
+    // A full save empties the journal: not through the link either.
+    store.save(&loaded_state).unwrap();
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "the node's own file\n"
+    );
+    assert!(
+        fs::symlink_metadata(&journal)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn state_files_of_another_owner_or_mode_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = saved(dir.path());
+    let planned = planned_veth();
+    let current = state(vec![planned.clone()]);
+    store.save_endpoint(&current, &planned).unwrap();
+    drop(store);
+    let journal = journal_of(&path);
+    let lock = dir.path().join("state.json.lock");
+
+    // Wrong mode, each file in turn.
+    for (file, what) in [(&path, "document"), (&journal, "journal"), (&lock, "lock")] {
+        for mode in [0o640, 0o400, 0o700] {
+            fs::set_permissions(file, fs::Permissions::from_mode(mode)).unwrap();
+            let err = StateStore::open(&path)
+                .and_then(|store| store.load().map(|_| ()))
+                .unwrap_err();
+            assert!(
+                matches!(&err, StoreError::TooOpen { path: p, mode: m } if p == file && *m == mode),
+                "{what} {mode:o}: {err:?}"
+            );
+            fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    StateStore::open(&path).unwrap().load().unwrap();
+
+    // Another owner (root can make one).
+    if is_root() {
+        for (file, what) in [
+            (&path, "state file"),
+            (&journal, "state journal"),
+            (&lock, "state lock"),
+        ] {
+            std::os::unix::fs::chown(file, Some(4242), None).unwrap();
+            let err = StateStore::open(&path)
+                .and_then(|store| store.load().map(|_| ()))
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{what} {} is owned by uid 4242, not by this process's uid 0",
+                    file.display()
+                )
+            );
+            std::os::unix::fs::chown(file, Some(0), None).unwrap();
+        }
+    }
+
+    // Not a regular file.
+    fs::remove_file(&journal).unwrap();
+    fs::create_dir(&journal).unwrap();
+    let store = StateStore::open(&path).unwrap();
+    let err = store.load().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("state journal {} is not a regular file", journal.display())
+    );
+}
+
+#[test]
+fn a_state_directory_others_can_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    for mode in [0o777, 0o1777, 0o775, 0o757] {
+        fs::set_permissions(&shared, fs::Permissions::from_mode(mode)).unwrap();
+        let err = StateStore::open(shared.join("state.json")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnsafeDirectory { .. }),
+            "{mode:o}: {err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "state directory {} (mode {mode:o}",
+                shared.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(&shared).unwrap().count(), 0, "nothing created");
+    }
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    StateStore::open(shared.join("state.json")).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&shared, Some(4242), None).unwrap();
+        let err = StateStore::open(shared.join("other.json")).unwrap_err();
+        assert!(err.to_string().contains("owner uid 4242"), "{err}");
+    }
+}
+
+#[test]
+fn a_torn_last_line_is_cut_off_before_the_next_entry_is_appended() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let planned = planned_veth();
@@ -604,27 +765,28 @@ fn an_append_after_a_torn_line_cuts_it_off_first() {
         current.upsert_endpoint(planned.clone());
         store.save_endpoint(&current, &planned).unwrap();
     }
-    // A crash in the middle of appending the second line.
     let journal = journal_of(&path);
     let mut torn = fs::read(&journal).unwrap();
+    let good_length = torn.len();
     torn.extend_from_slice(br#"{"seq":2,"endpoint":{"id":"#);
     fs::write(&journal, &torn).unwrap();
-    // The next process appends: the torn line must not swallow the new one.
+    // A new process loads (the torn line is ignored) and appends.
+    let mut attached = planned.clone();
+    attached.attached = true;
+    {
+        let store = StateStore::open(&path).unwrap();
+        let mut loaded = store.load().unwrap().state;
+        loaded.upsert_endpoint(attached.clone());
+        store.save_endpoint(&loaded, &attached).unwrap();
+        current = loaded;
+    }
+    let text = fs::read_to_string(&journal).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(!text.contains(r#"{"seq":2,"endpoint":{"id":{"#), "{text}");
+    assert!(fs::metadata(&journal).unwrap().len() > good_length as u64);
+    // The next process reads both entries.
     let store = StateStore::open(&path).unwrap();
-    let mut loaded = store.load().unwrap().state;
-    assert_eq!(loaded, current);
-    let mut done = planned.clone();
-    done.attached = true;
-    loaded.upsert_endpoint(done.clone());
-    store.save_endpoint(&loaded, &done).unwrap();
-    drop(store);
-    let store = StateStore::open(&path).unwrap();
-    let again = store.load().unwrap().state;
-    assert!(
-        again.endpoints[0].attached,
-        "the entry after the torn line counts"
-    );
-    assert_eq!(again, loaded);
+    assert_eq!(store.load().unwrap().state, current);
 }
 
 #[test]
