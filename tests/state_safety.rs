@@ -8,17 +8,21 @@ mod common;
 
 use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
-use common::{KeepingVmm, endpoints, options};
-use sandbox_net::Sandbox;
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Step};
-use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot, snapshot_differences};
+use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
 
 #[tokio::test]
+#[cfg(feature = "fault-injection")]
 #[cfg_attr(
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn a_failed_rollback_keeps_what_it_could_not_undo_for_a_later_teardown() {
+    use common::{endpoints, keeping_vmm, options};
+    use sandbox_net::Sandbox;
+    use sandbox_net_endpoints::AttachOptions;
+    use sandbox_net_interworking::{ApplyHooks, InterworkingModel, Step};
+    use sandbox_net_netns::testing::snapshot_differences;
+
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let dir = tempfile::tempdir().unwrap();
@@ -31,18 +35,16 @@ async fn a_failed_rollback_keeps_what_it_could_not_undo_for_a_later_teardown() {
         // The macvtap plan: create the macvtap, clear eth0's addresses, change its MAC, ...,
         // set eth0 up. The last step fails; during the rollback, taking the addresses back
         // fails too.
-        let hooks = ApplyHooks {
-            fail_before: Some(5),
-            fail_undo_of: Some(1),
-            ..ApplyHooks::default()
+        let failing = AttachOptions {
+            hooks: ApplyHooks {
+                fail_before: Some(5),
+                fail_undo_of: Some(1),
+                ..ApplyHooks::default()
+            },
+            ..options(model)
         };
         let err = sandbox
-            .attach(
-                endpoint,
-                &KeepingVmm::new(0, 0),
-                &options(model, hooks),
-                false,
-            )
+            .attach(endpoint, &keeping_vmm(0, 0), &failing, false)
             .await
             .unwrap_err();
         let chain = sandbox_net_netns::testing::error_chain(&err);
@@ -82,10 +84,7 @@ async fn a_failed_rollback_keeps_what_it_could_not_undo_for_a_later_teardown() {
         "the kernel is as the residue says: eth0 without its addresses"
     );
     // A later teardown finishes the job.
-    sandbox
-        .teardown(&options(model, ApplyHooks::default()))
-        .await
-        .unwrap();
+    sandbox.teardown(&options(model)).await.unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
     sandbox.forget().unwrap();
     assert!(!state.exists());
@@ -116,8 +115,8 @@ fn detach_keeps_the_document_while_it_holds_endpoints_of_unknown_kinds() {
     let mut document: serde_json::Value =
         serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
     let alien = serde_json::json!({
-        "id": "0123456789abcdef", "kind": "netkit", "index": 7,
-        "steps": [{ "op": "create_netkit", "name": "nk7" }]
+        "id": "0123456789abcdef", "kind": "from_a_newer_version", "index": 7,
+        "steps": [{ "op": "create_something_new", "name": "new7" }]
     });
     document["endpoints"]
         .as_array_mut()
@@ -141,7 +140,7 @@ fn detach_keeps_the_document_while_it_holds_endpoints_of_unknown_kinds() {
             .unwrap(),
         format!(
             "error: state file {} kept: it holds 1 endpoint(s) of kinds this version of \
-             sandbox-net does not know, not torn down: 0123456789abcdef (kind \"netkit\"); a \
+             sandbox-net does not know, not torn down: 0123456789abcdef (kind \"from_a_newer_version\"); a \
              version that knows them must detach them",
             state.display()
         )
