@@ -513,7 +513,7 @@ impl Endpoint {
                     Err(e) => {
                         // The steps were applied: take them back before reporting (what
                         // cannot be undone stays recorded; the first failure is the one told).
-                        let _ = self.undo_steps(kernel).await;
+                        let _ = self.undo_steps(kernel, ApplyOptions::default()).await;
                         return Err(e);
                     }
                 };
@@ -540,7 +540,7 @@ impl Endpoint {
                 match opened {
                     Ok(device) => device,
                     Err(e) => {
-                        let _ = self.undo_steps(kernel).await;
+                        let _ = self.undo_steps(kernel, ApplyOptions::default()).await;
                         return Err(e);
                     }
                 }

@@ -44,7 +44,7 @@ impl SandboxLock {
     pub(crate) fn try_take<E>(
         path: &Path,
         open: impl FnOnce() -> Result<File, E>,
-        os_error: impl Fn(io::Error) -> E,
+        os_error: impl FnOnce(io::Error) -> E,
     ) -> Result<Option<Self>, E> {
         let mut held = held();
         // Opened (and so, on failure, closed) only when this process does not hold it. A
@@ -55,7 +55,10 @@ impl SandboxLock {
             return Ok(None);
         }
         let file = open()?;
-        let m = file.metadata().map_err(&os_error)?;
+        let m = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Err(os_error(e)),
+        };
         let id = (m.dev(), m.ino());
         if held.contains(&id) {
             // The path was pointed at a lock file this process holds between the look and the

@@ -31,8 +31,8 @@ use crate::lock::SandboxLock;
 pub use crate::secure::StateFile;
 use crate::secure::{check_directory, open_existing, open_existing_for_writing, open_or_create};
 use crate::state::{
-    DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState,
-    parse_document, render_document_with_journal,
+    DocumentError, EndpointRecord, JournalEntry, Loaded, OwnerChange, SandboxState, parse_document,
+    render_document_with_journal,
 };
 
 /// A failure of the store, naming the file.
