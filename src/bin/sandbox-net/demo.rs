@@ -52,7 +52,11 @@ pub struct DemoReport {
     pub ping: (u16, u16),
     /// Median round trip.
     pub rtt: Option<Duration>,
-    /// Measured rate into the VM, bits/s.
+    /// The HTB trees of the limits, as the kernel reports them while attached: one line per
+    /// shaped link.
+    pub htb: Vec<String>,
+    /// Measured rate into the VM, bits/s (a figure for the reader: timed rates are measured
+    /// against their raw lower bound in the shaping bench, not asserted).
     pub shaped_rx_bits: f64,
     /// The fresh process that restored and detached.
     pub detach_process: String,
@@ -82,6 +86,9 @@ impl fmt::Display for DemoReport {
             "  ping         {}/{} echo replies from the guest through the tap, median RTT {rtt}",
             self.ping.1, self.ping.0
         )?;
+        for line in &self.htb {
+            writeln!(f, "  htb          {line}")?;
+        }
         writeln!(
             f,
             "  shaped rx    {:.1} Mbit/s measured for {:.1} Mbit/s configured ({error:+.1} %)",
@@ -252,6 +259,34 @@ async fn scenario(scene: &Scene) -> anyhow::Result<DemoReport> {
         })
         .collect();
 
+    // The limits as the kernel holds them: rx on the tap's egress, tx on eth0's (the
+    // tcfilter model's places).
+    let mut htb = Vec::new();
+    for (link, direction) in [("tap0_kata", "rx"), ("eth0", "tx")] {
+        let shaped = pod_rtnl.link_by_name(link).await?;
+        let tree = sandbox_net_ratelimit::read_htb_tree(&pod_rtnl, &shaped)
+            .await?
+            .with_context(|| format!("no htb tree on {link} while attached"))?;
+        let classes: Vec<String> = tree
+            .classes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{} rate {} ceil {} bit/s",
+                    c.handle >> 16,
+                    c.handle & 0xFFFF,
+                    c.rate * 8,
+                    c.ceil * 8
+                )
+            })
+            .collect();
+        htb.push(format!(
+            "{link} ({direction}) default 1:{}, {}",
+            tree.default_class,
+            classes.join(", ")
+        ));
+    }
+
     // Ping the guest from the host side of the veth.
     let report = scene
         .host
@@ -321,6 +356,7 @@ async fn scenario(scene: &Scene) -> anyhow::Result<DemoReport> {
         attached,
         ping: (report.sent, report.received),
         rtt: report.median_rtt(),
+        htb,
         shaped_rx_bits,
         detach_process,
         pod_builder,
