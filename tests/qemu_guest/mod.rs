@@ -68,7 +68,7 @@ pub fn base_args(vcpus: usize, kernel_args: &str, qmp: &Path) -> Vec<String> {
         "-initrd",
         &initrd.to_string_lossy(),
         "-append",
-        &format!("console=ttyS0 quiet loglevel=1 panic=-1 {kernel_args}"),
+        &format!("console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check {kernel_args}"),
         "-qmp",
         &format!("unix:{},server=on,wait=off", qmp.display()),
     ]
