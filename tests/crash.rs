@@ -1,6 +1,7 @@
-//! Crash safety: a child process attaches endpoints and is killed with SIGKILL before every
-//! kernel step in turn; each time, this (fresh) process restores the sandbox from the state
-//! file and tears it down, and the pod must be exactly as before.
+//! Crash safety: a child process attaches endpoints and is killed with SIGKILL at every kill
+//! point of the kernel steps in turn (before each step, and inside those of several requests);
+//! each time, this process restores the sandbox from the state file and tears it down, and the
+//! pod must be exactly as before.
 // The child kills itself through the fault points of the `fault-injection` feature.
 #![cfg(feature = "fault-injection")]
 // Test code: an unwrap that fails is a failed test, with its message.
@@ -8,101 +9,23 @@
 
 mod common;
 
-use std::{
-    os::unix::process::ExitStatusExt, path::Path, process::Command, sync::atomic::AtomicUsize,
-};
+use std::path::Path;
 
-use common::{add_pod_links, endpoints, keeping_vmm, options, our_links};
+use common::{
+    add_pod_links,
+    kill::{Kill, Mode, Points, run_child},
+    options, our_links,
+};
 use sandbox_net::Sandbox;
-use sandbox_net_endpoints::AttachOptions;
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
-use sandbox_net_netns::{
-    Netns,
-    testing::{PodFixture, assert_same_snapshot},
-};
+use sandbox_net_interworking::InterworkingModel;
+use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
 
-/// What the child does: eth0 with tcfilter and rx/tx limits, eth1 with macvtap and limits,
-/// persistent taps, then exits without detaching (a shim that goes away).
+/// The child: eth0 with tcfilter and rx/tx limits, eth1 with macvtap and limits, persistent
+/// taps, then exits without detaching (a shim that goes away); see `common::kill`.
 #[tokio::test]
 #[ignore = "child process of crash_at_every_step_is_recovered, which runs it"]
-async fn crash_child() {
-    let (Ok(netns), Ok(state), Ok(kill)) = (
-        std::env::var("SBX_CHILD_NETNS"),
-        std::env::var("SBX_CHILD_STATE"),
-        std::env::var("SBX_CHILD_KILL"),
-    ) else {
-        panic!("crash_child runs only as the child of crash_at_every_step_is_recovered");
-    };
-    let netns = Netns::open_named(&netns).unwrap();
-    let mut sandbox = Sandbox::create(
-        &state,
-        "crash-test",
-        netns.clone(),
-        InterworkingModel::TcFilter,
-    )
-    .unwrap();
-    let hooks = ApplyHooks {
-        kill_countdown: kill
-            .parse::<usize>()
-            .ok()
-            .map(|k| &*Box::leak(Box::new(AtomicUsize::new(k)))),
-        ..ApplyHooks::default()
-    };
-    let vmm = keeping_vmm(10_000_000, 20_000_000);
-    let mut eps = endpoints(&netns).await.into_iter();
-    let (eth0, eth1) = (eps.next().unwrap(), eps.next().unwrap());
-    sandbox
-        .attach(
-            eth0,
-            &vmm,
-            &AttachOptions {
-                hooks,
-                ..options(InterworkingModel::TcFilter)
-            },
-            false,
-        )
-        .await
-        .unwrap();
-    sandbox
-        .attach(
-            eth1,
-            &vmm,
-            &AttachOptions {
-                hooks,
-                ..options(InterworkingModel::Macvtap)
-            },
-            false,
-        )
-        .await
-        .unwrap();
-    // Exit without detaching; the VMM's descriptors close with the process.
-}
-
-/// Runs the child with `kill` (a step countdown, or "none"); returns whether it was killed.
-fn run_child(pod: &str, state: &Path, kill: &str) -> bool {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SBX_CHILD_NETNS", pod)
-        .env("SBX_CHILD_STATE", state)
-        .env("SBX_CHILD_KILL", kill)
-        .output()
-        .unwrap();
-    match out.status.signal() {
-        Some(9) => true,
-        None if out.status.success() => false,
-        _ => panic!(
-            "child (kill {kill}) ended with {:?}:\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+async fn kill_child() {
+    common::kill::child().await;
 }
 
 /// Restores the sandbox in this process, tears it down and forgets it.
@@ -120,16 +43,15 @@ async fn restore_and_teardown(state: &Path) {
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn crash_at_every_step_is_recovered() {
-    // A run without a kill: the restart case, and the number of steps.
+    // A run without a kill: the restart case, and the kill points of an attach.
     let fx = PodFixture::new();
     add_pod_links(&fx.pod, 1);
     let before = fx.pod.snapshot();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    assert!(
-        !run_child(fx.pod.name(), &state, "none"),
-        "the child completes without a kill point"
-    );
+    let run = |kill| run_child(Mode::Attach, fx.pod.name(), &state, kill, Points::Steps);
+    let listing = run(Kill::Never);
+    assert!(!listing.killed(), "the child completes without a kill");
     let (sandbox, _) = Sandbox::restore(&state).unwrap();
     let total: usize = sandbox
         .state()
@@ -146,29 +68,31 @@ async fn crash_at_every_step_is_recovered() {
     restore_and_teardown(&state).await;
     assert_same_snapshot(&before, &fx.pod.snapshot());
     assert_eq!(our_links(&fx.pod), Vec::<String>::new());
+    // A kill point before every step, and those inside steps (between the requests of an HTB
+    // tree, after the combined change of a new link).
+    let points = listing.passed;
+    assert_eq!(
+        points.iter().filter(|p| p.starts_with("before ")).count(),
+        total,
+        "{points:?}"
+    );
 
-    // A kill before each step in turn.
-    for kill in 0..total {
-        let fx = PodFixture::new();
-        add_pod_links(&fx.pod, 1);
-        let before = fx.pod.snapshot();
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state.json");
-        assert!(
-            run_child(fx.pod.name(), &state, &kill.to_string()),
-            "the child dies before step {kill}"
-        );
+    // A kill at each point in turn, on the same pod (each recovery restored it exactly).
+    for (kill, point) in points.iter().enumerate() {
+        let run = run(Kill::At(kill));
+        assert!(run.killed(), "the child dies at {kill} ({point})");
         restore_and_teardown(&state).await;
         assert_same_snapshot(&before, &fx.pod.snapshot());
         assert_eq!(
             our_links(&fx.pod),
             Vec::<String>::new(),
-            "after a kill before step {kill}"
+            "after a kill at {kill} ({point})"
         );
+        assert!(!state.exists(), "after a kill at {kill} ({point})");
     }
     eprintln!(
-        "crash test: {} kill points ({total} steps + the clean exit)",
-        total + 1
+        "crash test: {} kill points ({total} steps) + the clean exit",
+        points.len()
     );
     assert!(
         total >= 15,

@@ -8,106 +8,32 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap, os::unix::process::ExitStatusExt, path::Path, process::Command,
-    sync::atomic::AtomicUsize,
-};
+use std::{collections::BTreeMap, path::Path};
 
 use common::{
-    add_pod_links, options, our_links,
-    reconcile::{
-        OwnerProcess, attach_pod, attach_pod_with, dead_owner, files_of, in_parallel, outcome_of,
-    },
+    add_pod_links,
+    kill::{self, Kill, Mode, Points},
+    our_links,
+    reconcile::{OwnerProcess, attach_pod, dead_owner, files_of, in_parallel, outcome_of},
 };
 use rand::{RngExt, SeedableRng};
 use sandbox_net::{ReconcileOptions, Sandbox, reconcile, reconcile::Outcome};
-use sandbox_net_endpoints::AttachOptions;
-use sandbox_net_interworking::{ApplyHooks, InterworkingModel};
-use sandbox_net_netns::{
-    Netns,
-    testing::{PodFixture, assert_same_snapshot, require_root},
-};
+use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot, require_root};
 
-/// A kill countdown for this process's hooks (the hooks want a `'static` counter).
-fn countdown(start: usize) -> &'static AtomicUsize {
-    Box::leak(Box::new(AtomicUsize::new(start)))
-}
-
-/// The child process: attaches a pod (and exits without detaching), or tears one down from
-/// its state, with a kill countdown ("none": no kill; "count": report how many kill points a
-/// complete run passes).
 #[tokio::test]
 #[ignore = "child process of the reconcile tests, which run it"]
-async fn reconcile_child() {
-    let (Ok(mode), Ok(netns), Ok(state), Ok(kill)) = (
-        std::env::var("SBX_CHILD_MODE"),
-        std::env::var("SBX_CHILD_NETNS"),
-        std::env::var("SBX_CHILD_STATE"),
-        std::env::var("SBX_CHILD_KILL"),
-    ) else {
-        panic!("reconcile_child runs only as a child of the reconcile tests");
-    };
-    const COUNTING: usize = usize::MAX / 2;
-    let counter = countdown(kill.parse().unwrap_or(COUNTING));
-    let hooks = ApplyHooks {
-        kill_countdown: (kill != "none").then_some(counter),
-        ..ApplyHooks::default()
-    };
-    match mode.as_str() {
-        "attach" => {
-            let netns = Netns::open_named(&netns).unwrap();
-            let with_hooks = |model| AttachOptions {
-                hooks,
-                ..options(model)
-            };
-            drop(attach_pod_with(&netns, Path::new(&state), with_hooks).await);
-        }
-        "detach" => {
-            let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
-            sandbox
-                .teardown(&AttachOptions {
-                    hooks,
-                    ..options(InterworkingModel::TcFilter)
-                })
-                .await
-                .unwrap();
-            sandbox.forget().unwrap();
-        }
-        other => panic!("unknown mode {other}"),
-    }
-    let passed = COUNTING - counter.load(std::sync::atomic::Ordering::SeqCst);
-    println!("SBX_KILL_POINTS_PASSED={passed}");
+async fn kill_child() {
+    common::kill::child().await;
 }
 
-/// Runs the child; returns whether it was killed, or the kill points it passed.
-fn run_child(mode: &str, pod: &str, state: &Path, kill: &str) -> Result<usize, ()> {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "reconcile_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SBX_CHILD_MODE", mode)
-        .env("SBX_CHILD_NETNS", pod)
-        .env("SBX_CHILD_STATE", state)
-        .env("SBX_CHILD_KILL", kill)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match out.status.signal() {
-        Some(9) => Err(()),
-        None if out.status.success() => Ok(stdout
-            .lines()
-            .find_map(|l| l.split("SBX_KILL_POINTS_PASSED=").nth(1))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("the child reports its kill points:\n{stdout}"))),
-        _ => panic!(
-            "child ({mode}, kill {kill}) ended with {:?}:\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
+/// Runs the child (`mode` on pod `pod`, kill points of the kernel steps only); returns
+/// whether it was killed, or the kill points it passed.
+fn run_child(mode: Mode, pod: &str, state: &Path, kill: Kill) -> Result<usize, ()> {
+    let run = kill::run_child(mode, pod, state, kill, Points::Steps);
+    if run.killed() {
+        Err(())
+    } else {
+        Ok(run.passed.len())
     }
 }
 
@@ -144,8 +70,10 @@ async fn sixty_four_sandboxes_left_in_every_state_are_reaped_or_kept() {
     add_pod_links(&probe.pod, 1);
     let probe_before = probe.pod.snapshot();
     let probe_state = dir.path().join("probe.json");
-    let attach_points = run_child("attach", probe.pod.name(), &probe_state, "count").unwrap();
-    let detach_points = run_child("detach", probe.pod.name(), &probe_state, "count").unwrap();
+    let attach_points =
+        run_child(Mode::Attach, probe.pod.name(), &probe_state, Kill::Never).unwrap();
+    let detach_points =
+        run_child(Mode::Detach, probe.pod.name(), &probe_state, Kill::Never).unwrap();
     assert_same_snapshot(&probe_before, &probe.pod.snapshot());
     assert!(!probe_state.exists());
     eprintln!(
@@ -191,10 +119,10 @@ async fn sixty_four_sandboxes_left_in_every_state_are_reaped_or_kept() {
     let indexed: Vec<(usize, Left)> = plan.iter().copied().enumerate().collect();
     let killed = in_parallel(&indexed, |&(i, left)| match left {
         Left::KilledInAttach(k) => {
-            run_child("attach", pods[i].pod.name(), &state(i), &k.to_string()).is_err()
+            run_child(Mode::Attach, pods[i].pod.name(), &state(i), Kill::At(k)).is_err()
         }
         Left::KilledInDetach(k) => {
-            run_child("detach", pods[i].pod.name(), &state(i), &k.to_string()).is_err()
+            run_child(Mode::Detach, pods[i].pod.name(), &state(i), Kill::At(k)).is_err()
         }
         Left::DeadOwner | Left::LiveOwner => true,
     });

@@ -3,6 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cni;
+#[cfg(feature = "fault-injection")]
+pub mod kill;
 pub mod reconcile;
 
 use sandbox_net_endpoints::{

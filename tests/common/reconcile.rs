@@ -38,6 +38,16 @@ pub async fn attach_pod_with(
         InterworkingModel::TcFilter,
     )
     .unwrap();
+    let vmm = attach_pod_to(&mut sandbox, netns, options).await;
+    (sandbox, vmm)
+}
+
+/// Attaches the endpoints of [`attach_pod`] to `sandbox`, a sandbox just created for `netns`.
+pub async fn attach_pod_to(
+    sandbox: &mut Sandbox,
+    netns: &Netns,
+    options: impl Fn(InterworkingModel) -> AttachOptions,
+) -> StandInVmm {
     let vmm = keeping_vmm(10_000_000, 20_000_000);
     let models = [InterworkingModel::TcFilter, InterworkingModel::Macvtap];
     for (endpoint, model) in endpoints(netns).await.into_iter().zip(models) {
@@ -46,7 +56,7 @@ pub async fn attach_pod_with(
             .await
             .unwrap();
     }
-    (sandbox, vmm)
+    vmm
 }
 
 /// A process to name as an owner, killed (and waited for) when dropped.

@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 #[cfg(feature = "fault-injection")]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use sandbox_net_netns::{LinkChange, NetlinkError, Netns, Rtnl, Tap, TapConfig, TapError};
 use sandbox_net_persist::{IfName, scan::Link, steps::Step};
-use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError, add_htb_tree};
+use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError};
 
 use crate::undo::{UndoFailure, undo_with};
 
@@ -38,27 +38,21 @@ pub struct ApplyHooks {
     /// During the rollback of a failed apply, fail the undo of the step at this position, as
     /// if the kernel had refused it: the step stays applied, and is the rollback's residue.
     pub fail_undo_of: Option<usize>,
-    /// Counts down once per step about to be applied, across every `apply` that shares it;
-    /// when it is at zero the process kills itself with SIGKILL before the step, as a shim
-    /// crashing at that point would.
+    /// Counts down once per kill point passed, across every `apply`, undo and teardown that
+    /// shares it (and the state store, given the same counter): before each step, between the
+    /// requests of an HTB tree, after the combined change of a link just created, before each
+    /// undo step. When it is at zero the process kills itself with SIGKILL there, as a shim
+    /// crashing at that point would (see `sandbox_net_persist::fault`).
     pub kill_countdown: Option<&'static AtomicUsize>,
 }
 
 #[cfg(feature = "fault-injection")]
 impl ApplyHooks {
-    /// A kill point outside `apply` (before an undo step, before a teardown's request): counts
-    /// down [`ApplyHooks::kill_countdown`] and, when it is at zero, kills this process with
-    /// SIGKILL before `what` is done.
+    /// A kill point named `what` (also outside `apply`: before an undo step, before a
+    /// teardown's request): counts down [`ApplyHooks::kill_countdown`] and, when it is at
+    /// zero, kills this process with SIGKILL before `what` is done.
     pub fn kill_point(&self, what: &dyn std::fmt::Display) {
-        if let Some(countdown) = self.kill_countdown {
-            match countdown.load(Ordering::SeqCst) {
-                0 => {
-                    tracing::warn!(step = %what, "test fault point: killing this process");
-                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-                }
-                left => countdown.store(left - 1, Ordering::SeqCst),
-            }
-        }
+        sandbox_net_persist::fault::kill_point(self.kill_countdown, what);
     }
 }
 
@@ -177,19 +171,13 @@ pub async fn apply_with(
         known: HashMap::new(),
         group: options.link_group,
         pending: None,
+        #[cfg(feature = "fault-injection")]
+        hooks,
     };
     let mut failure = None;
     for (position, step) in steps.iter().enumerate() {
         #[cfg(feature = "fault-injection")]
-        if let Some(countdown) = hooks.kill_countdown {
-            match countdown.load(Ordering::SeqCst) {
-                0 => {
-                    tracing::warn!(step = %step.describe(), "test fault point: killing this process");
-                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-                }
-                left => countdown.store(left - 1, Ordering::SeqCst),
-            }
-        }
+        hooks.kill_point(&format_args!("before {}", step.describe()));
         #[cfg(feature = "fault-injection")]
         if hooks.fail_before == Some(position) {
             failure = Some(Failure::at(position, StepError::Injected));
@@ -279,6 +267,9 @@ struct Links<'a> {
     known: HashMap<IfName, Link>,
     group: Option<u32>,
     pending: Option<PendingChange>,
+    /// For the kill points inside requests of several parts.
+    #[cfg(feature = "fault-injection")]
+    hooks: ApplyHooks,
 }
 
 /// Changes to a link this plan created, not yet sent.
@@ -369,6 +360,12 @@ impl Links<'_> {
                 source: e.into(),
             })?;
         tracing::debug!(link = %pending.link.name, first = first + 1, last = last + 1, "applied as one request");
+        // The kernel took the change; the steps it stands for are not done until the next.
+        #[cfg(feature = "fault-injection")]
+        self.hooks.kill_point(&format_args!(
+            "after the combined change of {}",
+            pending.link.name
+        ));
         Ok(())
     }
 }
@@ -428,7 +425,20 @@ async fn apply_one(
         Step::AddHtb { link, rate_bits } => {
             let rate = HtbRate::from_bits(*rate_bits)?;
             let clock = PschedClock::read()?;
-            add_htb_tree(rtnl, &links.get(link).await?, rate, &clock).await?;
+            let link = links.get(link).await?;
+            #[cfg(feature = "fault-injection")]
+            {
+                let hooks = links.hooks;
+                let between = |done: &str| {
+                    hooks.kill_point(&format_args!("htb tree of {}: after {done}", link.name))
+                };
+                sandbox_net_ratelimit::add_htb_tree_with_fault_point(
+                    rtnl, &link, rate, &clock, &between,
+                )
+                .await?;
+            }
+            #[cfg(not(feature = "fault-injection"))]
+            sandbox_net_ratelimit::add_htb_tree(rtnl, &link, rate, &clock).await?;
         }
         Step::ClearAddresses {
             link, addresses, ..

@@ -14,6 +14,8 @@
 #![deny(missing_docs)]
 
 pub mod endpoint;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod ifname;
 mod lock;
 mod mac;

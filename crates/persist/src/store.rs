@@ -171,6 +171,9 @@ struct Inner {
     document_written: bool,
     /// Where the journal's last line, cut short by a crash, starts (as loaded).
     torn_from: Option<u64>,
+    /// The kill points' countdown (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    kill_countdown: Option<&'static std::sync::atomic::AtomicUsize>,
 }
 
 impl StateStore {
@@ -361,7 +364,18 @@ impl StateStore {
         // Serializing our own types cannot fail: every map key is a string.
         let mut line = serde_json::to_vec(&entry).unwrap_or_default();
         line.push(b'\n');
+        #[cfg(feature = "fault-injection")]
+        let countdown = inner.kill_countdown;
         if let Some(journal) = inner.journal.as_mut() {
+            // A process killed in the middle of the write leaves half a line.
+            #[cfg(feature = "fault-injection")]
+            crate::fault::kill_point_then(
+                countdown,
+                &format_args!("append to {}: half a line written", file_name(&path)),
+                || {
+                    let _ = journal.write_all(&line[..line.len() / 2]);
+                },
+            );
             journal
                 .write_all(&line)
                 .and_then(|()| journal.sync_data())
@@ -369,6 +383,16 @@ impl StateStore {
         }
         inner.last_seq = entry.seq;
         Ok(())
+    }
+
+    /// Arms the kill points of this store's writes (feature `fault-injection`, for the crash
+    /// tests; see `crate::fault`) with `countdown`, usually the one the kernel steps count
+    /// down too: in a save, once the temporary file is written and before it is renamed over
+    /// the document, and once renamed before the directory is synced; in a journal append,
+    /// with half the line written; in a removal, before each file.
+    #[cfg(feature = "fault-injection")]
+    pub fn set_kill_countdown(&self, countdown: Option<&'static std::sync::atomic::AtomicUsize>) {
+        self.inner().kill_countdown = countdown;
     }
 
     /// Writes the document atomically and durably (see the module documentation).
@@ -403,11 +427,24 @@ impl StateStore {
         let bytes = render_document_with_journal(state, included);
         temp.write_all(&bytes).map_err(io("write"))?;
         temp.as_file().sync_all().map_err(io("sync"))?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::kill_point(
+            inner.kill_countdown,
+            &format_args!("save {}: written, before the rename", file_name(path)),
+        );
         temp.persist(path).map_err(|e| StoreError::Io {
             op: "replace",
             path: path.clone(),
             source: e.error,
         })?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::kill_point(
+            inner.kill_countdown,
+            &format_args!(
+                "save {}: renamed, before the directory sync",
+                file_name(path)
+            ),
+        );
         sync_dir(path).map_err(io("sync the directory of"))?;
         inner.document_written = true;
         if included > inner.included_seq || inner.torn_from.is_some() {
@@ -436,13 +473,24 @@ impl StateStore {
     /// Removes the document (at the end of a complete teardown) and its lock file.
     pub fn remove(self) -> Result<(), StoreError> {
         for file in [self.path.clone(), journal_path(&self.path)] {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::kill_point(
+                self.inner().kill_countdown,
+                &format_args!("remove {}", file_name(&file)),
+            );
             remove_if_present(&file).map_err(|source| StoreError::Io {
                 op: "remove",
                 path: file.clone(),
                 source,
             })?;
         }
-        let _ = fs::remove_file(lock_path(&self.path));
+        let lock = lock_path(&self.path);
+        #[cfg(feature = "fault-injection")]
+        crate::fault::kill_point(
+            self.inner().kill_countdown,
+            &format_args!("remove {}", file_name(&lock)),
+        );
+        let _ = fs::remove_file(lock);
         Ok(())
     }
 }
@@ -520,6 +568,12 @@ fn directory_of(path: &Path) -> &Path {
         Some(dir) => dir,
         None => Path::new("."),
     }
+}
+
+/// The file name of `path`, for the names of kill points.
+#[cfg(feature = "fault-injection")]
+fn file_name(path: &Path) -> std::borrow::Cow<'_, str> {
+    path.file_name().unwrap_or_default().to_string_lossy()
 }
 
 /// `fsync` of the directory holding `path`.

@@ -65,4 +65,6 @@ pub use encode::{
 };
 pub use error::{LimitError, RateError};
 pub use psched::{PSCHED_PATH, PschedClock};
+#[cfg(feature = "fault-injection")]
+pub use tree::add_htb_tree_with_fault_point;
 pub use tree::{HtbTree, add_htb_tree, del_htb_tree, read_htb_tree};

@@ -56,14 +56,55 @@ pub async fn add_htb_tree(
     rate: HtbRate,
     clock: &PschedClock,
 ) -> Result<(), LimitError> {
+    add_tree(
+        rtnl,
+        link,
+        rate,
+        clock,
+        #[cfg(feature = "fault-injection")]
+        &|_| {},
+    )
+    .await
+}
+
+/// [`add_htb_tree`] with a fault point between its requests (feature `fault-injection`, for
+/// the crash tests): `between` is called with the object a request added (`htb root qdisc
+/// 1:`, `htb class 1:1`) once the kernel has acknowledged it and before the next request, so
+/// that a test can kill the process with a half-built tree.
+#[cfg(feature = "fault-injection")]
+#[tracing::instrument(
+    name = "ratelimit.htb_add",
+    skip_all,
+    fields(link = %link.name, ifindex = link.index, bytes_per_second = rate.bytes_per_second())
+)]
+pub async fn add_htb_tree_with_fault_point(
+    rtnl: &Rtnl,
+    link: &Link,
+    rate: HtbRate,
+    clock: &PschedClock,
+    between: &(dyn Fn(&str) + Sync),
+) -> Result<(), LimitError> {
+    add_tree(rtnl, link, rate, clock, between).await
+}
+
+async fn add_tree(
+    rtnl: &Rtnl,
+    link: &Link,
+    rate: HtbRate,
+    clock: &PschedClock,
+    #[cfg(feature = "fault-injection")] between: &(dyn Fn(&str) + Sync),
+) -> Result<(), LimitError> {
     let on = On { rtnl, link };
+    const ROOT: &str = "htb root qdisc 1:";
     on.send(
         RouteNetlinkMessage::NewQueueDiscipline(root_qdisc_message(link.index)),
         ADD_FLAGS,
         "add",
-        "htb root qdisc 1:",
+        ROOT,
     )
     .await?;
+    #[cfg(feature = "fault-injection")]
+    between(ROOT);
     let classes = [
         (CLASS_1_1, ROOT_HANDLE, "htb class 1:1"),
         (CLASS_1_2, CLASS_1_1, "htb class 1:2"),
@@ -89,6 +130,11 @@ pub async fn add_htb_tree(
                     source: Box::new(add),
                 },
             });
+        }
+        // After the last class the tree is whole: no longer between requests.
+        #[cfg(feature = "fault-injection")]
+        if handle != CLASS_1_2 {
+            between(object);
         }
     }
     tracing::info!("htb tree added");
