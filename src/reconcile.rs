@@ -24,8 +24,8 @@
 //! per sandbox.
 //!
 //! Files of the store itself (locks, journals, temporary files of saves) are not documents. A
-//! temporary file a crash left behind, and a journal whose document is gone, are removed once
-//! their document's lock is taken.
+//! temporary file a crash left behind, and a journal or lock file whose document is gone, are
+//! removed once their document's lock is taken.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -224,8 +224,8 @@ pub struct ReconcileReport {
     pub dry_run: bool,
     /// One report per state file (and per file that is not one), by path.
     pub sandboxes: Vec<SandboxReport>,
-    /// Files of the store left by crashes and removed (temporary files of saves, journals
-    /// whose document was gone).
+    /// Files of the store left by crashes and removed (temporary files of saves, journals and
+    /// lock files whose document was gone).
     pub removed_leftovers: Vec<PathBuf>,
     /// The counts.
     pub summary: Summary,
@@ -305,6 +305,8 @@ pub async fn reconcile(
 struct Listing {
     documents: BTreeSet<PathBuf>,
     journals: BTreeSet<PathBuf>,
+    /// The documents of the lock files found.
+    locks: BTreeSet<PathBuf>,
     temporaries: BTreeMap<PathBuf, Vec<PathBuf>>,
     refused: Vec<SandboxReport>,
 }
@@ -367,7 +369,9 @@ impl Listing {
                 StoreFile::Journal(doc) => {
                     self.journals.insert(doc);
                 }
-                StoreFile::Lock(_) => {}
+                StoreFile::Lock(doc) => {
+                    self.locks.insert(doc);
+                }
                 StoreFile::Temporary(Some(doc)) => {
                     self.temporaries.entry(doc).or_default().push(path);
                 }
@@ -393,7 +397,9 @@ impl Listing {
         });
     }
 
-    /// The store's files whose document is gone (journals and temporary files), by document.
+    /// The store's files whose document is gone (journals, lock files and temporary files), by
+    /// document. A lock file is one when a teardown was killed between removing the document
+    /// and removing its lock.
     fn orphans(&self) -> impl Iterator<Item = (PathBuf, Vec<PathBuf>)> + '_ {
         let mut orphans: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
         for doc in self
@@ -407,6 +413,14 @@ impl Listing {
                 .entry(doc.clone())
                 .or_default()
                 .push(PathBuf::from(journal));
+        }
+        for doc in self.locks.iter().filter(|d| !self.documents.contains(*d)) {
+            let mut lock = doc.as_os_str().to_os_string();
+            lock.push(".lock");
+            orphans
+                .entry(doc.clone())
+                .or_default()
+                .push(PathBuf::from(lock));
         }
         for (doc, temporaries) in &self.temporaries {
             if !self.documents.contains(doc) {
@@ -695,8 +709,9 @@ async fn reap(sandbox: &mut Sandbox, why: String, options: &ReconcileOptions) ->
     }
 }
 
-/// Removes the journal and temporary files of a document that no longer exists (a teardown
-/// cut short after removing it, or a first save cut short before it was made), under its lock.
+/// Removes the journal, lock and temporary files of a document that no longer exists (a
+/// teardown cut short after removing it, or a first save cut short before it was made), under
+/// its lock.
 fn remove_orphans(doc: &Path, files: &[PathBuf], options: &ReconcileOptions) -> JobResult {
     if options.dry_run {
         return (None, Vec::new());
@@ -727,7 +742,7 @@ fn remove_orphans(doc: &Path, files: &[PathBuf], options: &ReconcileOptions) -> 
     // Removes the journal, and the lock this took.
     if let Err(e) = store.remove() {
         tracing::warn!(error = %e, "journal of a removed state not removed");
-        removed.retain(|f| !matches!(StoreFile::of(f), StoreFile::Journal(_)));
+        removed.retain(|f| !matches!(StoreFile::of(f), StoreFile::Journal(_) | StoreFile::Lock(_)));
     }
     (None, removed)
 }

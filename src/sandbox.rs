@@ -315,7 +315,20 @@ impl Sandbox {
     /// kept aside).
     pub fn restore(state_path: impl AsRef<Path>) -> Result<(Self, Vec<String>), SandboxError> {
         let store = StateStore::open(state_path)?;
-        let loaded = store.load()?;
+        let loaded = match store.load() {
+            // Without a document, what is left of one describes nothing that is still done: a
+            // journal (and lock) left by a teardown killed after removing the document, the
+            // temporary file of a first save killed before its rename (the first plan is
+            // written before its first step). They go, under the lock, so that a detach
+            // after such a crash leaves no file behind; the error still says there is none.
+            Err(missing @ StoreError::Missing { .. }) => {
+                if let Err(e) = store.remove() {
+                    tracing::warn!(error = %e, "files of a missing state file not removed");
+                }
+                return Err(missing.into());
+            }
+            other => other?,
+        };
         let record = &loaded.state.netns;
         let file = store.path().to_path_buf();
         let netns = match Netns::open(&record.path) {

@@ -8,6 +8,9 @@ mod common;
 
 use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
+use sandbox_net::{Sandbox, SandboxError};
+use sandbox_net_persist::store::StoreError;
+
 use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
 
 #[tokio::test]
@@ -163,4 +166,39 @@ fn detach_keeps_the_document_while_it_holds_endpoints_of_unknown_kinds() {
         .unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(state.exists());
+}
+
+#[test]
+fn restoring_a_state_file_that_is_gone_removes_what_a_crash_left_of_it() {
+    // What a crash leaves of a state without its document: the journal and lock of a
+    // teardown killed after removing the document, the temporary file of a first save killed
+    // before its rename. Another sandbox's temporary file is not ours.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("sb.json");
+    for name in [
+        "sb.json.journal",
+        "sb.json.lock",
+        ".sb.json.Ab12Cd.tmp",
+        ".other.json.Ab12Cd.tmp",
+    ] {
+        let file = dir.path().join(name);
+        fs::write(&file, b"{").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    match Sandbox::restore(&state) {
+        Err(SandboxError::Store(StoreError::Missing { path })) => assert_eq!(path, state),
+        other => panic!("expected the state file to be missing: {other:?}"),
+    }
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [".other.json.Ab12Cd.tmp"]);
+    // Restoring a state that never was leaves nothing either (not even a lock file).
+    let never = dir.path().join("never.json");
+    assert!(matches!(
+        Sandbox::restore(&never),
+        Err(SandboxError::Store(StoreError::Missing { .. }))
+    ));
+    assert!(!dir.path().join("never.json.lock").exists());
 }

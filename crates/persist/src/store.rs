@@ -470,9 +470,19 @@ impl StateStore {
         Ok(())
     }
 
-    /// Removes the document (at the end of a complete teardown) and its lock file.
+    /// Removes the document (at the end of a complete teardown), with every other file of
+    /// it: the temporary files of saves cut short by a crash (while this store holds the
+    /// lock, no save can be writing one), the journal, then the lock file. Also what is left
+    /// of a document that is gone (see [`StoreError::Missing`]).
     pub fn remove(self) -> Result<(), StoreError> {
-        for file in [self.path.clone(), journal_path(&self.path)] {
+        let directory = directory_of(&self.path);
+        let mut files = self.stale_temporaries().map_err(|source| StoreError::Io {
+            op: "list the temporary files in",
+            path: directory.to_path_buf(),
+            source,
+        })?;
+        files.extend([self.path.clone(), journal_path(&self.path)]);
+        for file in files {
             #[cfg(feature = "fault-injection")]
             crate::fault::kill_point(
                 self.inner().kill_countdown,
@@ -492,6 +502,20 @@ impl StateStore {
         );
         let _ = fs::remove_file(lock);
         Ok(())
+    }
+
+    /// The temporary files of this document's saves in its directory (see [`StoreFile`]).
+    fn stale_temporaries(&self) -> io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(directory_of(&self.path))? {
+            let path = entry?.path();
+            if let StoreFile::Temporary(Some(document)) = StoreFile::of(&path)
+                && document.file_name() == self.path.file_name()
+            {
+                found.push(path);
+            }
+        }
+        Ok(found)
     }
 }
 

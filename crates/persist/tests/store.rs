@@ -876,3 +876,31 @@ fn a_forked_child_does_not_keep_the_lock_after_the_store_lets_go() {
     drop(again);
     assert!(StateStore::open(&path).is_ok());
 }
+
+#[test]
+fn removing_a_document_takes_every_file_of_it_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let (store, path) = saved(dir.path());
+    // A journal line, and the temporary files of saves killed before their rename: this
+    // document's and another's.
+    store
+        .save_endpoint(&state(vec![planned_veth()]), &planned_veth())
+        .unwrap();
+    assert!(journal_of(&path).exists());
+    for name in [
+        ".state.json.Qw34Er.tmp",
+        ".state.json.Zx56Cv.tmp",
+        ".other.json.Qw34Er.tmp",
+        "other.json",
+    ] {
+        fs::write(at(name), b"{").unwrap();
+    }
+    store.remove().unwrap();
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".other.json.Qw34Er.tmp", "other.json"]);
+}
