@@ -266,7 +266,7 @@ async fn check_is_clean_after_attach_and_reports_a_deleted_filter() {
     assert_eq!(
         drifts,
         [
-            "redirect eth0 -> tap0_kata: expected a redirect to tap0_kata, found redirects to ifindexes []"
+            "redirect eth0 -> tap0_kata: expected a redirect to tap0_kata at priority 49152, found redirects to []"
         ]
     );
     sandbox

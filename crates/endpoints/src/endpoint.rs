@@ -4,8 +4,8 @@ use std::{error::Error as StdError, os::fd::OwnedFd};
 
 use rand::RngExt;
 use sandbox_net_interworking::{
-    ApplyOptions, AttachError, InterworkingModel, Kernel, NetworkPair, PairError, Step, TapOptions,
-    UndoError, apply_with, random_local_mac, undo_with, vm_link_name,
+    ApplyOptions, AttachError, FitError, InterworkingModel, Kernel, NetworkPair, PairError, Step,
+    TapOptions, UndoError, apply_with, fit_to_kernel, random_local_mac, undo_with, vm_link_name,
 };
 use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -95,6 +95,10 @@ pub enum EndpointFailure {
     /// The rate limits cannot be applied to this endpoint.
     #[error(transparent)]
     Limits(#[from] crate::limiter::LimitPlacementError),
+    /// The plan would touch traffic control someone else put on a pod link (or the links
+    /// could not be read to know); nothing was changed.
+    #[error(transparent)]
+    Fit(#[from] FitError),
     /// A physical endpoint without a PCI address, or a vhost-user one without a socket.
     #[error("{0}")]
     Incomplete(&'static str),
@@ -501,8 +505,11 @@ impl Endpoint {
                 if let Some(name) = &self.vm_link {
                     pair = pair.with_vm_link(name.clone());
                 }
-                self.steps = pair.plan(random_local_mac());
-                self.steps.extend(limiter);
+                let mut steps = pair.plan(random_local_mac());
+                steps.extend(limiter);
+                // Someone else's qdiscs on the pod link: shared or refused, before anything
+                // is recorded or changed.
+                self.steps = fit_to_kernel(kernel, steps).await?;
                 record(self).map_err(EndpointFailure::Record)?;
                 let applied = self.apply_steps(kernel, options).await?;
                 let backend = match self
@@ -520,7 +527,7 @@ impl Endpoint {
                 (pair.guest_mac, pair.pod.link.mtu, backend)
             }
             (EndpointKind::Macvtap, None) => {
-                self.steps = limiter;
+                self.steps = fit_to_kernel(kernel, limiter).await?;
                 record(self).map_err(EndpointFailure::Record)?;
                 self.apply_steps(kernel, options).await?;
                 let opened = async {

@@ -14,6 +14,7 @@
 //! before anything is attached.
 
 use sandbox_net_interworking::{InterworkingModel, Step};
+use sandbox_net_persist::steps::KATA_REDIRECT_PRIORITY;
 use sandbox_net_persist::{
     IfName,
     endpoint::{EndpointId, EndpointKind},
@@ -138,6 +139,7 @@ pub fn limiter_steps(
             Step::AddRedirect {
                 from: from.clone(),
                 to: ifb.clone(),
+                priority: KATA_REDIRECT_PRIORITY,
             },
             Step::AddHtb {
                 link: ifb.clone(),

@@ -412,11 +412,11 @@ async fn apply_one(
                 .await?
         }
         Step::AddIngressQdisc { link } => rtnl.add_ingress_qdisc(&links.get(link).await?).await?,
-        // Only its undo acts (see the step).
-        Step::RestoreTxQueueLen { .. } => {}
-        Step::AddRedirect { from, to } => {
+        // Only its undo acts (see the step). A found qdisc is not ours: nothing to make.
+        Step::RestoreTxQueueLen { .. } | Step::UseIngressQdisc { .. } => {}
+        Step::AddRedirect { from, to, priority } => {
             let (from, to) = (links.get(from).await?, links.get(to).await?);
-            rtnl.add_redirect(&from, &to).await?;
+            rtnl.add_redirect_at(&from, &to, *priority).await?;
         }
         Step::CreateIfb { name } => {
             let ifb = rtnl.add_ifb(name, true, links.group).await?;

@@ -78,17 +78,30 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
             Step::AddIngressQdisc { .. } if !rtnl.has_ingress_qdisc(&link).await? => {
                 drift("an ingress qdisc".into(), "none".into())
             }
-            Step::AddRedirect { to, .. } => {
+            Step::UseIngressQdisc { kind, .. } => {
+                let found = rtnl.link_qdiscs(&link).await?.ingress;
+                if found.as_ref().map(|i| &i.qdisc.kind) != Some(kind) {
+                    drift(
+                        format!("the {kind} qdisc found at attach"),
+                        found.map_or_else(|| "none".into(), |i| i.qdisc.to_string()),
+                    );
+                }
+            }
+            // Ours only: the redirect at the priority we chose. Other filters at the same
+            // ingress are someone else's and not compared.
+            Step::AddRedirect { to, priority, .. } => {
                 let target = rtnl.link_by_name(to.as_str()).await.ok().map(|t| t.index);
                 let redirects = rtnl.ingress_redirects(&link).await?;
-                if !redirects
-                    .iter()
-                    .any(|r| Some(r.target_index) == target && r.egress_redirect)
-                {
-                    let found: Vec<u32> = redirects.iter().map(|r| r.target_index).collect();
+                if !redirects.iter().any(|r| {
+                    r.priority == *priority && Some(r.target_index) == target && r.egress_redirect
+                }) {
+                    let found: Vec<String> = redirects
+                        .iter()
+                        .map(|r| format!("ifindex {} at priority {}", r.target_index, r.priority))
+                        .collect();
                     drift(
-                        format!("a redirect to {to}"),
-                        format!("redirects to ifindexes {found:?}"),
+                        format!("a redirect to {to} at priority {priority}"),
+                        format!("redirects to [{}]", found.join(", ")),
                     );
                 }
             }

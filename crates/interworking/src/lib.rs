@@ -9,6 +9,11 @@
 //!   failures and reports all of them. Rollback, detach and cleanup after a crash are all this
 //!   one operation.
 //! - [`check`] compares the kernel with the steps and reports every difference.
+//! - [`fit_to_kernel`] fits a plan to the traffic control the pod's links already hold, before
+//!   it is recorded: a user's ingress qdisc is shared (our redirect at a priority of our own
+//!   in front of their filters; undo removes only that filter), a user's root qdisc is never
+//!   replaced (shaping that link is refused, naming link and qdisc). Every tc object the
+//!   steps make is recorded, and the redirects carry sandbox-net's cookie.
 //!
 //! | model | VM side | pod link while attached |
 //! |---|---|---|
@@ -23,6 +28,7 @@
 
 mod apply;
 mod check;
+mod ownership;
 mod pair;
 mod undo;
 
@@ -30,6 +36,7 @@ mod undo;
 pub use apply::ApplyHooks;
 pub use apply::{AppliedPair, ApplyOptions, AttachError, Kernel, StepError, apply, apply_with};
 pub use check::{Drift, check};
+pub use ownership::{FitError, OwnershipError, fit, fit_to_kernel, survey};
 pub use pair::{NetworkPair, PairError, TapOptions, random_local_mac, vm_link_name};
 pub use sandbox_net_persist::steps::{InterworkingModel, Step, UnknownModel};
 pub use undo::{UndoError, UndoFailure, undo, undo_with};

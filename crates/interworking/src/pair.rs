@@ -5,7 +5,7 @@ use sandbox_net_netns::MAX_TAP_QUEUES;
 use sandbox_net_persist::{
     IfName, IfNameError, MacAddr,
     scan::Interface,
-    steps::{InterworkingModel, Step},
+    steps::{InterworkingModel, KATA_REDIRECT_PRIORITY, Step},
 };
 
 /// The MTU the kernel gives a new tap, which the plan records as the value it overwrites.
@@ -193,10 +193,12 @@ impl NetworkPair {
                 Step::AddRedirect {
                     from: pod.name.clone(),
                     to: vm.clone(),
+                    priority: KATA_REDIRECT_PRIORITY,
                 },
                 Step::AddRedirect {
                     from: vm.clone(),
                     to: pod.name.clone(),
+                    priority: KATA_REDIRECT_PRIORITY,
                 },
             ],
             // The addresses go before the MAC changes: undone in reverse, the pod link gets its

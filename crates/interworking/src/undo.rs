@@ -12,6 +12,9 @@ use sandbox_net_ratelimit::del_htb_tree;
 
 use crate::apply::{ApplyOptions, Kernel, StepError};
 
+/// The handle of the HTB root qdisc the limiter adds, `1:`.
+const HTB_ROOT: u32 = 0x0001_0000;
+
 /// One step that could not be undone.
 #[derive(Debug, thiserror::Error)]
 #[error("could not undo \"{step}\"")]
@@ -173,17 +176,42 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
             original_up: true, ..
         } => {}
         Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await)?,
-        Step::AddIngressQdisc { .. } => tolerate(rtnl.del_ingress_qdisc(&link).await)?,
+        // Ours is an `ingress`; a clsact there now is someone's, who replaced ours.
+        Step::AddIngressQdisc { .. } => match rtnl.link_qdiscs(&link).await?.ingress {
+            Some(ingress) if ingress.qdisc.kind == "ingress" => {
+                tolerate(rtnl.del_ingress_qdisc(&link).await)?
+            }
+            Some(other) => {
+                tracing::warn!(link = %link.name, qdisc = %other.qdisc, "the ingress qdisc is not the one sandbox-net added: left alone")
+            }
+            None => {}
+        },
+        // Found there: someone else's, left as it is.
+        Step::UseIngressQdisc { .. } => {}
         Step::RestoreTxQueueLen { original, .. } if link.txqueuelen != *original => {
             tolerate(rtnl.set_link_txqueuelen(&link, *original).await)?
         }
         Step::RestoreTxQueueLen { .. } => {}
-        // Without an ingress qdisc there is no filter left (the kernel would say EINVAL).
-        Step::AddRedirect { .. } if !rtnl.has_ingress_qdisc(&link).await? => {}
-        Step::AddRedirect { .. } => tolerate(rtnl.del_ingress_filters(&link).await)?,
-        Step::AddHtb { .. } => match del_htb_tree(rtnl, &link).await {
-            Err(e) if e.errno() == Some(libc::ENOENT) => {}
-            other => other?,
+        // Only the filter at our priority, and only if it is a redirect: the other filters
+        // at the same ingress are someone else's.
+        Step::AddRedirect { priority, .. } => {
+            let redirects = rtnl.ingress_redirects(&link).await?;
+            if redirects.iter().any(|r| r.priority == *priority) {
+                tolerate(rtnl.del_filter_at(&link, *priority).await)?
+            }
+        }
+        // Only an HTB root `1:`: a root qdisc of another kind there now is someone's.
+        Step::AddHtb { .. } => match rtnl.link_qdiscs(&link).await?.root {
+            Some(root) if root.kind == "htb" && root.handle == HTB_ROOT => {
+                match del_htb_tree(rtnl, &link).await {
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+            Some(other) => {
+                tracing::warn!(link = %link.name, qdisc = %other, "the root qdisc is not the htb tree sandbox-net added: left alone")
+            }
+            None => {}
         },
         Step::ClearAddresses {
             addresses,

@@ -366,7 +366,7 @@ async fn check_reports_a_filter_deleted_behind_our_back() {
         drifts,
         [
             "set MTU of tap0_kata 1500 -> 1500: expected MTU 1500, found MTU 1400".to_string(),
-            "redirect eth0 -> tap0_kata: expected a redirect to tap0_kata, found redirects to ifindexes []"
+            "redirect eth0 -> tap0_kata: expected a redirect to tap0_kata at priority 49152, found redirects to []"
                 .to_string(),
         ]
     );

@@ -53,7 +53,10 @@ pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
 pub use spawn::SpawnError;
 pub use tap::{MAX_TAP_QUEUES, Tap, TapConfig, set_tap_persist};
-pub use tc::{INGRESS_FILTER_PARENT, REDIRECT_PRIORITY, Redirect};
+pub use tc::{
+    INGRESS_FILTER_PARENT, INGRESS_HOOK, IngressHook, LinkQdiscs, Qdisc, REDIRECT_COOKIE,
+    REDIRECT_PRIORITY, Redirect,
+};
 pub use vhost::{
     NotVhostError, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, VhostError, open_vhost_net,
     vhost_features,

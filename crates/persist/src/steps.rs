@@ -88,17 +88,34 @@ pub enum Step {
         original: u32,
     },
     /// Add an ingress qdisc to `link`; undone by deleting it (and the filters under it).
+    /// Planned only for a link that has no ingress qdisc: one it has is used instead
+    /// ([`Step::UseIngressQdisc`]).
     AddIngressQdisc {
         /// The link.
         link: IfName,
     },
+    /// Use the ingress qdisc (`ingress` or `clsact`) that `link` already had when the plan
+    /// was made: someone else's, so nothing to apply (the redirect that follows needs it and
+    /// fails if it has gone) and nothing to undo: it stays, with its filters, as it was.
+    UseIngressQdisc {
+        /// The link.
+        link: IfName,
+        /// The qdisc's kind, as found.
+        kind: String,
+    },
     /// Redirect every frame arriving at `from` to the egress of `to` (u32 match-all, mirred
-    /// egress redirect, stolen); undone by deleting `from`'s ingress filters.
+    /// egress redirect, stolen, the action marked with sandbox-net's cookie), at `priority`
+    /// of `from`'s ingress: one no filter of anyone else held when the plan was made. Undone
+    /// by deleting the filter at that priority, and only that one.
     AddRedirect {
         /// Where frames arrive.
         from: IfName,
         /// Where they are sent.
         to: IfName,
+        /// The filter's priority. Documents of earlier versions have none: their redirects
+        /// were at Kata's 49152 and under an ingress qdisc of their own.
+        #[serde(default = "kata_redirect_priority")]
+        priority: u16,
     },
     /// Create an IFB device and set it up (`ip link add NAME type ifb`); undone by deleting it
     /// (its qdiscs go with it).
@@ -149,6 +166,7 @@ impl Step {
             | Self::SetUp { link, .. }
             | Self::SetAllmulticast { link }
             | Self::AddIngressQdisc { link }
+            | Self::UseIngressQdisc { link, .. }
             | Self::RestoreTxQueueLen { link, .. }
             | Self::AddHtb { link, .. }
             | Self::ClearAddresses { link, .. } => link,
@@ -176,10 +194,20 @@ impl Step {
             Self::SetUp { link, .. } => format!("set {link} up"),
             Self::SetAllmulticast { link } => format!("set {link} allmulticast on"),
             Self::AddIngressQdisc { link } => format!("add ingress qdisc to {link}"),
+            Self::UseIngressQdisc { link, kind } => {
+                format!("use the {kind} qdisc {link} already has")
+            }
             Self::RestoreTxQueueLen { link, original } => {
                 format!("keep the queue length of {link} at {original}")
             }
-            Self::AddRedirect { from, to } => format!("redirect {from} -> {to}"),
+            Self::AddRedirect {
+                from,
+                to,
+                priority: KATA_REDIRECT_PRIORITY,
+            } => format!("redirect {from} -> {to}"),
+            Self::AddRedirect { from, to, priority } => {
+                format!("redirect {from} -> {to} at priority {priority}")
+            }
             Self::CreateIfb { name } => format!("create ifb {name}"),
             Self::AddHtb { link, rate_bits } => {
                 format!("shape egress of {link} to {rate_bits} bit/s")
@@ -191,6 +219,14 @@ impl Step {
             }
         }
     }
+}
+
+/// The priority of Kata's redirect filters (49152), the one sandbox-net uses when the
+/// link's ingress holds no other filter.
+pub const KATA_REDIRECT_PRIORITY: u16 = 0xC000;
+
+fn kata_redirect_priority() -> u16 {
+    KATA_REDIRECT_PRIORITY
 }
 
 /// How a pod-side link is wired to the VM.
@@ -270,5 +306,35 @@ mod tests {
             step.describe(),
             "set MAC of eth0 02:00:0a:c8:00:02 -> 02:00:00:00:00:01"
         );
+    }
+
+    #[test]
+    fn redirects_of_earlier_documents_load_at_katas_priority() {
+        // What versions before the ownership rules wrote: no priority.
+        let old = serde_json::json!({"op": "add_redirect", "from": "eth0", "to": "tap0_kata"});
+        let step: Step = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            step,
+            Step::AddRedirect {
+                from: IfName::new("eth0").unwrap(),
+                to: IfName::new("tap0_kata").unwrap(),
+                priority: 49152,
+            }
+        );
+        assert_eq!(step.describe(), "redirect eth0 -> tap0_kata");
+        let shared = Step::UseIngressQdisc {
+            link: IfName::new("eth0").unwrap(),
+            kind: "clsact".into(),
+        };
+        let json = serde_json::to_value(&shared).unwrap();
+        assert_eq!(json["op"], "use_ingress_qdisc");
+        assert_eq!(serde_json::from_value::<Step>(json).unwrap(), shared);
+        assert_eq!(shared.describe(), "use the clsact qdisc eth0 already has");
+        let at = Step::AddRedirect {
+            from: IfName::new("eth0").unwrap(),
+            to: IfName::new("tap0_kata").unwrap(),
+            priority: 9,
+        };
+        assert_eq!(at.describe(), "redirect eth0 -> tap0_kata at priority 9");
     }
 }

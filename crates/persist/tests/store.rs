@@ -127,6 +127,7 @@ fn all_steps() -> Vec<Step> {
         Step::AddRedirect {
             from: name("eth0"),
             to: name("tap0_kata"),
+            priority: 49152,
         },
         Step::CreateIfb {
             name: name("sbx0123456789ab"),
