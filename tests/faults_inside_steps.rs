@@ -301,16 +301,19 @@ async fn a_kill_inside_a_save_or_a_journal_append_leaves_a_state_the_next_detach
             }
         },
     );
-    // The first save (the first endpoint's plan: before the rename, before the directory
-    // sync) and three journal lines (it attached; the second's plan; it attached).
-    assert_eq!(covered.len(), 5, "{covered:?}");
-    assert_eq!(
-        covered
-            .iter()
-            .filter(|p| p.starts_with("append to "))
-            .count(),
-        3
-    );
+    // Today: the first save (the first endpoint's plan) at both of its points, and three
+    // journal lines (it attached; the second's plan; it attached). However the attach writes
+    // its records, each kind of point must be met.
+    for kind in [
+        "written, before the rename",
+        "renamed, before the directory sync",
+        "half a line written",
+    ] {
+        assert!(
+            covered.iter().any(|p| p.ends_with(kind)),
+            "{kind}: {covered:?}"
+        );
+    }
 }
 
 /// Kills a detach at each of its kill points in turn (0, 1, 2, ... until a detach is not
