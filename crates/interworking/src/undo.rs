@@ -63,8 +63,9 @@ fn list(failures: &[UndoFailure]) -> String {
         .join("; ")
 }
 
-/// Undoes `steps` in reverse order. What is already gone counts as undone; a failure does not
-/// stop the others, and all failures are reported together. Safe to run twice.
+/// Undoes `steps` in reverse order, the links they created first. What is already gone counts
+/// as undone; a failure does not stop the others, and all failures are reported together.
+/// Safe to run twice.
 ///
 /// Changes to a link that the same steps created are not undone one by one: deleting the link
 /// undoes them all.
@@ -92,7 +93,22 @@ pub async fn undo_with(
         })
         .collect();
     let mut failures = Vec::new();
-    for (index, step) in steps.iter().enumerate().rev() {
+    // The links the steps created go first, then the other steps are undone, each pass in
+    // reverse. A created link may hold what giving a found link its state back needs: a
+    // macvtap on a macvlan holds the pod link's MAC on their shared lower device (the kernel
+    // refuses `EADDRINUSE` to give it back while the macvtap is up), and it is deleted
+    // anyway. Nothing a found link gets back depends on a link we made.
+    let creations = steps
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, s)| is_creation(s));
+    let others = steps
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, s)| !is_creation(s));
+    for (index, step) in creations.chain(others) {
         if let Some(link) = touched_link(step)
             && created.contains(link)
         {
@@ -124,6 +140,14 @@ pub async fn undo_with(
     } else {
         Err(UndoError { failures })
     }
+}
+
+/// Whether the step creates a link.
+fn is_creation(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::CreateIfb { .. }
+    )
 }
 
 /// The link whose settings a step changes (not for steps that create or connect links).
