@@ -26,18 +26,23 @@
 //!   namespace, a plain netlink socket, one link dump, the taps by ioctl, then all 11 requests
 //!   of every endpoint in one buffer sent at once, one ACK; in the row below, the changes alone
 //!   (taps, batch, acks). Detach: the taps deleted as one device group and the veths' qdisc
-//!   deletes, in one buffer.
+//!   deletes, in one buffer. Like `sandbox-net`, it sets the taps up while it holds their queue
+//!   descriptors and closes them after: the taps have carrier, so the kernel also gives each an
+//!   IPv6 link-local address and routes, and each close waits for an RCU grace period.
 //! - `ip -batch + tc -batch`: `ip -n NS -batch -` (tuntap add, link set mtu/group/up) then
-//!   `tc -n NS -batch -` (ingress qdiscs, redirects, HTB trees), the scripts on stdin.
+//!   `tc -n NS -batch -` (ingress qdiscs, redirects, HTB trees), the scripts on stdin. `ip
+//!   tuntap add` closes its descriptor before `link set up`: these taps go up without carrier
+//!   and get no IPv6 link-local address or routes, kernel work the other rows do (and pay).
 //!
 //! The ratios are each row's median over the bound's median (the bound's total, socket and
 //! dump included). The bound and the iproute2 scripts keep no state: their rows are the same
 //! runs in both tables.
 //!
-//! Before the timed runs, once, at N=16: every way of attaching must leave the namespace as
-//! `sandbox-net` does (snapshots of `ip -d link`, `tc qdisc/class/filter` of every link, MACs
-//! and the group's number aside), and every detach must give back the namespace as it was;
-//! the bench stops with the differences otherwise.
+//! Before the timed runs, once, at N=16: the bound must leave the namespace as `sandbox-net`
+//! does (snapshots of links, addresses, routes, `tc qdisc/class/filter` of every link, MACs and
+//! the group's number aside), iproute2 as well but for the taps' carrier and its effects, and
+//! the detaches of `sandbox-net` and of the bound must give back the namespace as it was; the
+//! bench stops with the differences otherwise.
 //!
 //! After the tables: the data syncs (fsync, fdatasync, syncfs, sync_file_range) of one
 //! `sandbox-net attach` and of one `detach` at N=16 and N=128, counted with `strace -f -c`
@@ -265,8 +270,8 @@ async fn raw(n: usize) -> anyhow::Result<(Duration, Duration)> {
     Ok((attach, started.elapsed()))
 }
 
-/// `pipelined raw bound`: (attach, its changes alone, detach).
-fn pipelined_bound(n: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
+/// `pipelined raw bound`: (attach, its changes alone, detach) and the attach batch's shape.
+fn pipelined_bound(n: usize) -> anyhow::Result<(bound::AttachTimes, Duration)> {
     let (pod, _peers) = pod(n);
     let (attached, times) = bound::attach(pod.netns(), RATE, BOUND_GROUP)?;
     ensure!(
@@ -275,7 +280,7 @@ fn pipelined_bound(n: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
         attached.pairs.len()
     );
     let detach = bound::detach(attached)?;
-    Ok((times.total, times.changes, detach))
+    Ok((times, detach))
 }
 
 /// The pod's veths and their taps, paired as `sandbox-net` pairs them: the veths sorted by
@@ -464,14 +469,14 @@ async fn check_kernel_state(n: usize, state: &StateDir) -> anyhow::Result<()> {
     let (batch_pod, _peers) = pod(n);
     ip_tc_batch_on(&batch_pod, n)?;
     ensure_same(
-        "ip -batch + tc -batch against sandbox-net's attach",
+        "ip -batch + tc -batch against sandbox-net's attach, the taps' carrier aside",
         &without_carrier_effects(expected.clone()),
         &without_carrier_effects(normalized(batch_pod.snapshot())),
     )?;
     println!(
-        "kernel state checked at N={n}: the bound and ip+tc (but for the taps' \
-         carrier) make what sandbox-net makes ({} links, {} qdiscs, {} classes, {} filters); \
-         sandbox-net's and the bound's detach restore the pod",
+        "kernel state checked at N={n}: the bound makes what sandbox-net makes ({} links, {} \
+         qdiscs, {} classes, {} filters), ip+tc the same but for the taps' carrier and IPv6 \
+         link-local; sandbox-net's and the bound's detach restore the pod",
         links,
         expected["qdiscs"].as_array().map_or(0, Vec::len),
         expected["classes"].as_array().map_or(0, Vec::len),
@@ -561,19 +566,22 @@ fn peak_memory_of_cli_attach(n: usize, state: &StateDir) -> anyhow::Result<i64> 
     Ok(kib)
 }
 
-/// The durations of every row, per size.
+/// The durations of every row at one size, and the shape of the bound's attach batch.
 #[derive(Default)]
-struct Samples(BTreeMap<String, Vec<Duration>>);
+struct Samples {
+    rows: BTreeMap<String, Vec<Duration>>,
+    batch: Option<bound::BatchShape>,
+}
 
 impl Samples {
     fn push(&mut self, row: impl Into<String>, d: Duration) {
-        self.0.entry(row.into()).or_default().push(d);
+        self.rows.entry(row.into()).or_default().push(d);
     }
 
     /// The median of the row's runs (each a fresh pod: these VMs' timings jump from run to
     /// run).
     fn median(&self, row: &str) -> Option<Duration> {
-        let mut runs = self.0.get(row)?.clone();
+        let mut runs = self.rows.get(row)?.clone();
         runs.sort();
         runs.get(runs.len() / 2).copied()
     }
@@ -602,10 +610,11 @@ fn run_once(
         .with_context(|| format!("raw, {n} endpoints"))?;
     samples.push("attach raw", a);
     samples.push("detach raw", d);
-    let (a, c, d) = pipelined_bound(n).with_context(|| format!("bound, {n} endpoints"))?;
-    samples.push("attach bound", a);
-    samples.push("attach bound changes", c);
+    let (a, d) = pipelined_bound(n).with_context(|| format!("bound, {n} endpoints"))?;
+    samples.push("attach bound", a.total);
+    samples.push("attach bound changes", a.changes);
     samples.push("detach bound", d);
+    samples.batch = Some(a.batch);
     let a = ip_tc_batch(n).with_context(|| format!("ip+tc batch, {n} endpoints"))?;
     samples.push("attach iproute2", a);
     Ok(())
@@ -651,34 +660,52 @@ fn print_table(sizes: &[usize], runs: &[usize], samples: &[Samples], state: &Sta
             .map(|s| Some(s.median(row)?.as_secs_f64() / s.median(bound)?.as_secs_f64()))
             .collect()
     };
-    let ours = format!("attach ours {label}");
-    let cli = format!("attach cli {label}");
-    line("attach  sandbox-net, in-process", per(&ours), 0);
-    line("attach  sandbox-net CLI, whole process", per(&cli), 0);
-    line("attach  raw, one request at a time", per("attach raw"), 0);
-    line("attach  pipelined raw bound", per("attach bound"), 0);
-    line(
-        "          its changes alone",
-        per("attach bound changes"),
-        0,
-    );
-    line("attach  ip -batch + tc -batch", per("attach iproute2"), 0);
-    line("  in-process / bound", ratio(&ours, "attach bound"), 2);
-    line("  CLI / bound", ratio(&cli, "attach bound"), 2);
-    line(
-        "  ip+tc / bound",
-        ratio("attach iproute2", "attach bound"),
-        2,
-    );
-    let ours = format!("detach ours {label}");
-    let cli = format!("detach cli {label}");
-    line("detach  sandbox-net, in-process", per(&ours), 0);
-    line("detach  sandbox-net CLI, whole process", per(&cli), 0);
-    line("detach  raw, one request at a time", per("detach raw"), 0);
-    line("detach  raw group-delete bound", per("detach bound"), 0);
-    line("  in-process / bound", ratio(&ours, "detach bound"), 2);
-    line("  CLI / bound", ratio(&cli, "detach bound"), 2);
+    let (ours, cli) = (format!("ours {label}"), format!("cli {label}"));
+    let attach = |row: &str| format!("attach {row}");
+    let detach = |row: &str| format!("detach {row}");
+    let rows = [
+        ("attach  sandbox-net, in-process", Per(attach(&ours))),
+        ("attach  sandbox-net CLI, whole process", Per(attach(&cli))),
+        ("attach  raw, one request at a time", Per(attach("raw"))),
+        ("attach  pipelined raw bound", Per(attach("bound"))),
+        ("          its changes alone", Per(attach("bound changes"))),
+        (
+            "attach  ip -batch + tc -batch (no carrier)",
+            Per(attach("iproute2")),
+        ),
+        (
+            "  in-process / bound",
+            Ratio(attach(&ours), attach("bound")),
+        ),
+        ("  CLI / bound", Ratio(attach(&cli), attach("bound"))),
+        (
+            "  ip+tc / bound",
+            Ratio(attach("iproute2"), attach("bound")),
+        ),
+        ("detach  sandbox-net, in-process", Per(detach(&ours))),
+        ("detach  sandbox-net CLI, whole process", Per(detach(&cli))),
+        ("detach  raw, one request at a time", Per(detach("raw"))),
+        ("detach  raw group-delete bound", Per(detach("bound"))),
+        (
+            "  in-process / bound",
+            Ratio(detach(&ours), detach("bound")),
+        ),
+        ("  CLI / bound", Ratio(detach(&cli), detach("bound"))),
+    ];
+    for (name, row) in rows {
+        match row {
+            Per(row) => line(name, per(&row), 0),
+            Ratio(row, bound) => line(name, ratio(&row, &bound), 2),
+        }
+    }
 }
+
+/// A line of a table: a row's µs per endpoint, or the ratio of two rows' medians.
+enum TableLine {
+    Per(String),
+    Ratio(String, String),
+}
+use TableLine::{Per, Ratio};
 
 /// A list of numbers from an environment variable (`16,128`), or `default`.
 fn numbers_from_env(name: &str) -> anyhow::Result<Option<Vec<usize>>> {
@@ -751,6 +778,14 @@ fn bench(sizes: &[usize], runs_override: Option<usize>, states: &[StateDir]) -> 
         print_table(sizes, &runs, &all, state);
     }
     println!();
+    for (n, samples) in sizes.iter().zip(&all) {
+        if let Some(batch) = samples.batch {
+            println!(
+                "the bound's attach batch at N={n}: {} requests, {} bytes, {} send(s)",
+                batch.requests, batch.bytes, batch.sends
+            );
+        }
+    }
     for n in SYNC_SIZES {
         print_data_syncs(n, &states[0])?;
     }

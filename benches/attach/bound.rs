@@ -5,9 +5,11 @@
 //! - a plain `NETLINK_ROUTE` socket (netlink-sys), one link dump to find the pod's veths (their
 //!   ifindex and MTU; only `IFLA_IFNAME` and `IFLA_MTU` are read);
 //! - the taps by ioctl: `open(/dev/net/tun)`, `TUNSETIFF` (tap, no packet info, virtio-net
-//!   header, one queue), `TUNSETPERSIST`; their ifindex by `SIOCGIFINDEX`; the queue
-//!   descriptors stay open until the batch is acknowledged (`sandbox-net` sets its taps up
-//!   while it holds them, so they have carrier and get their IPv6 link-local address);
+//!   header, one queue), `TUNSETPERSIST`; their ifindex by `SIOCGIFINDEX`. The queue
+//!   descriptors stay open until the batch is acknowledged, as in `sandbox-net`, which sets its
+//!   taps up while it holds them: the taps have carrier when they go up, and the kernel gives
+//!   each its IPv6 link-local address and routes; each close then waits for an RCU grace
+//!   period (`__tun_detach` calls `synchronize_net`);
 //! - then every request in ONE buffer with consecutive sequence numbers, sent by one `send`
 //!   (the socket's send buffer is raised to fit with `SO_SNDBUFFORCE`; the buffer is split at
 //!   message boundaries only where the kernel's limit refuses that), per endpoint, as
@@ -100,11 +102,20 @@ pub struct Attached {
 }
 
 /// Durations of one attach: everything (thread into the namespace, socket, link dump, taps,
-/// batch, acks), and the changes alone (taps, batch, acks).
+/// batch, acks), and the changes alone (taps, batch, acks); and the batch's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct AttachTimes {
     pub total: Duration,
     pub changes: Duration,
+    pub batch: BatchShape,
+}
+
+/// What a batch was: its requests, its bytes and the `send` calls that carried it.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchShape {
+    pub requests: usize,
+    pub bytes: usize,
+    pub sends: usize,
 }
 
 /// The attach of the bound for every veth `vb*` of `netns`, the taps in device `group`.
@@ -116,7 +127,7 @@ pub fn attach(
     let rate = HtbRate::from_bits(rate_bits)?;
     let clock = PschedClock::read()?;
     let started = Instant::now();
-    let (attached, changes) = netns.run_blocking(move || -> anyhow::Result<_> {
+    let (attached, changes, batch) = netns.run_blocking(move || -> anyhow::Result<_> {
         let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
         socket.bind_auto().context("bind the netlink socket")?;
         socket.set_ext_ack(true)?;
@@ -130,10 +141,8 @@ pub fn attach(
         for (i, pair) in pairs.iter().enumerate() {
             add_endpoint(&mut batch, i, pair, group, rate, &clock);
         }
-        sequence = batch.run(&socket)?;
-        // Closed once the taps are up, as `sandbox-net` hands them to a VMM: a tap with a
-        // queue attached has carrier, so setting it up also gives it its IPv6 link-local
-        // address and routes, as there.
+        let (next, shape) = batch.run(&socket)?;
+        sequence = next;
         drop(queues);
         let attached = Attached {
             socket,
@@ -141,10 +150,17 @@ pub fn attach(
             group,
             pairs,
         };
-        Ok((attached, changes.elapsed()))
+        Ok((attached, changes.elapsed(), shape))
     })??;
     let total = started.elapsed();
-    Ok((attached, AttachTimes { total, changes }))
+    Ok((
+        attached,
+        AttachTimes {
+            total,
+            changes,
+            batch,
+        },
+    ))
 }
 
 /// The detach of the bound: the device group deleted and the veths' qdiscs, in one batch.
@@ -435,10 +451,11 @@ impl Batch {
     }
 
     /// Sends the batch with an ACK asked on its last request, reads the answers up to that
-    /// ACK and fails with every refusal. Returns the next free sequence number.
-    fn run(mut self, socket: &Socket) -> anyhow::Result<u32> {
+    /// ACK and fails with every refusal. Returns the next free sequence number and what the
+    /// batch was.
+    fn run(mut self, socket: &Socket) -> anyhow::Result<(u32, BatchShape)> {
         let Some(&(last_at, _)) = self.requests.last() else {
-            return Ok(self.first_sequence);
+            bail!("an empty batch");
         };
         // nlmsg_flags, at offset 6 of the last message's header.
         let flags = u16::from_ne_bytes(self.buffer[last_at + 6..last_at + 8].try_into()?);
@@ -448,7 +465,13 @@ impl Batch {
         let answers = self.requests.len() * 256 + RECEIVE_BUFFER;
         nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RcvBufForce, &answers)
             .context("SO_RCVBUFFORCE")?;
-        for chunk in self.chunks(socket)? {
+        let chunks = self.chunks(socket)?;
+        let shape = BatchShape {
+            requests: self.requests.len(),
+            bytes: self.buffer.len(),
+            sends: chunks.len(),
+        };
+        for chunk in chunks {
             let sent = socket.send(chunk, 0).context("send the batch")?;
             ensure!(sent == chunk.len(), "sent {sent} of {} bytes", chunk.len());
         }
@@ -483,7 +506,7 @@ impl Batch {
                         self.requests.len(),
                         refusals.join("\n  ")
                     );
-                    return Ok(last + 1);
+                    return Ok((last + 1, shape));
                 }
             }
         }
