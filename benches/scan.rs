@@ -8,18 +8,27 @@
 //! warm-up iterations, with `std::time::Instant`:
 //! - `scan`: `Rtnl::scan(&ScanOptions::default())` on one reused `Rtnl` (50 iterations);
 //! - `scan+open`: a fresh `Netns::rtnl()` then `scan`, what the CLI pays (50 iterations);
-//! - `raw dump`: the six dumps a straightforward scan makes through rtnetlink (links without
-//!   counters, addresses, IPv4/IPv6 routes of every table, IPv4/IPv6 neighbours) on the same
-//!   reused handle, drained one after the other, decoded by rtnetlink, not converted
-//!   (50 iterations). `scan` itself decodes link messages lean and asks the kernel for the
-//!   main routing table only (see `crates/netns/src/lean_dump.rs`), hence a ratio below 1;
+//! - `raw`: the lower bound, the four dumps `scan` asks the kernel for (links without counters,
+//!   addresses, routes of every table of both families, neighbours of both families), sent
+//!   one after the other on a plain netlink socket (netlink-sys) made once inside the
+//!   namespace, each read to its `NLMSG_DONE` into a 64 KiB buffer; the messages are only
+//!   walked (header, type), nothing is decoded (50 iterations). `scan/raw` is the ratio of the
+//!   medians (the target: at most 1.3 at 128 and 512 links);
+//! - `rtnetlink`: six dumps through rtnetlink on the reused handle (links without counters,
+//!   addresses, IPv4/IPv6 routes of every table, IPv4/IPv6 neighbours), decoded by rtnetlink,
+//!   not converted (50 iterations): what a straightforward scan costs. `scan` decodes link
+//!   messages lean (see `crates/netns/src/lean_dump.rs`), hence a ratio below 1 to it;
+//! - `CLI scan`: the whole `sandbox-net scan --netns NAME --json` process, output read
+//!   (20 iterations); `CLI - scan+open` is the difference of the medians, what the process
+//!   costs beyond the in-process scan (the target: at most 1.5 ms);
 //! - `ip -j addr`: `ip -j -n NAME addr` run as a process (20 iterations).
 //!
-//! The three netlink variants take turns within each iteration (scan, scan+open, raw), so
-//! that drift and load from the rest of the machine hit them alike.
+//! The netlink variants take turns within each iteration (scan, scan+open, raw, rtnetlink),
+//! so that drift and load from the rest of the machine hit them alike; the processes run
+//! after them.
 //!
-//! The table gives median (p50) and p90 in milliseconds, and the ratio of the scan's median
-//! to the raw dump's. Every namespace is deleted at the end (also on error).
+//! The table gives medians (p50), and p90 for scan and raw, in milliseconds. Every namespace
+//! is deleted at the end (also on error).
 //!
 //! Only runs when invoked with `--bench` (as `cargo bench` does); other arguments are ignored.
 //! Under `cargo test --all-targets` (no `--bench`) it prints a note and exits successfully.
@@ -31,11 +40,19 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use futures::TryStreamExt;
-use netlink_packet_route::{AddressFamily, link::LinkExtentMask};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkMessage};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::AddressMessage,
+    link::{LinkAttribute, LinkExtentMask, LinkMessage},
+    neighbour::NeighbourMessage,
+    route::RouteMessage,
+};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use rtnetlink::RouteMessageBuilder;
-use sandbox_net_netns::{Rtnl, ScanOptions, testing::TestNetns};
+use sandbox_net_netns::{Netns, Rtnl, ScanOptions, testing::TestNetns};
 
 const SIZES: [usize; 3] = [1, 128, 512];
 const WARMUP: usize = 5;
@@ -115,6 +132,91 @@ async fn scan_checked(rtnl: &Rtnl, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lower bound of a scan: its four dump requests, serialized once, and a plain netlink
+/// socket of the namespace.
+struct RawDumps {
+    socket: Socket,
+    requests: Vec<Vec<u8>>,
+    receive: Vec<u8>,
+}
+
+impl RawDumps {
+    fn new(netns: &Netns) -> anyhow::Result<Self> {
+        let socket = netns.run_blocking(|| -> std::io::Result<Socket> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            Ok(socket)
+        })??;
+        let mut links = LinkMessage::default();
+        links
+            .attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let requests = [
+            RouteNetlinkMessage::GetLink(links),
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let mut message = NetlinkMessage::from(message);
+            message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            message.header.sequence_number = i as u32 + 1;
+            message.finalize();
+            let mut buffer = vec![0; message.buffer_len()];
+            message.serialize(&mut buffer);
+            buffer
+        })
+        .collect();
+        Ok(Self {
+            socket,
+            requests,
+            receive: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Runs the four dumps one after the other; returns how many messages the link dump had.
+    fn run(&mut self) -> anyhow::Result<usize> {
+        let mut links = 0;
+        for (i, request) in self.requests.iter().enumerate() {
+            self.socket
+                .send(request, 0)
+                .context("send a dump request")?;
+            let messages = drain_dump(&self.socket, &mut self.receive)?;
+            if i == 0 {
+                links = messages;
+            }
+        }
+        Ok(links)
+    }
+}
+
+/// Reads one dump to its `NLMSG_DONE`, walking the messages' headers only; returns their
+/// number.
+fn drain_dump(socket: &Socket, receive: &mut Vec<u8>) -> anyhow::Result<usize> {
+    let mut count = 0;
+    loop {
+        receive.clear();
+        socket.recv(receive, 0).context("receive a dump")?;
+        let mut rest = receive.as_slice();
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes(rest[0..4].try_into()?) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into()?);
+            ensure!(
+                (16..=rest.len()).contains(&len),
+                "bad netlink message length {len}"
+            );
+            match kind {
+                NLMSG_DONE => return Ok(count),
+                NLMSG_ERROR => bail!("the kernel refused a dump"),
+                _ => count += 1,
+            }
+            rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        }
+    }
+}
+
 /// The six dumps of a scan, raw: the same requests (links without counters,
 /// `RTEXT_FILTER_SKIP_STATS`), messages collected, nothing converted.
 async fn raw_dump(rtnl: &Rtnl) -> anyhow::Result<()> {
@@ -172,11 +274,27 @@ fn ip_addr(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ip_measure(name: &str) -> anyhow::Result<Samples> {
+/// `sandbox-net scan --netns NAME --json`, the whole process.
+fn cli_scan(name: &str) -> anyhow::Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox-net"))
+        .args(["scan", "--netns", name, "--json"])
+        .output()
+        .context("cannot run sandbox-net")?;
+    ensure!(
+        out.status.success(),
+        "`sandbox-net scan --netns {name} --json` failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    std::hint::black_box(out.stdout);
+    Ok(())
+}
+
+/// Milliseconds per run of a process, `IP_ITERS` times after `WARMUP` runs.
+fn process_measure(run: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Samples> {
     let mut out = Vec::with_capacity(IP_ITERS);
     for i in 0..WARMUP + IP_ITERS {
         let start = Instant::now();
-        ip_addr(name)?;
+        run()?;
         if i >= WARMUP {
             out.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -212,20 +330,24 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot build the tokio runtime")?;
     println!(
-        "{:<6} {:>18} {:>14} {:>18} {:>9} {:>15}",
+        "{:<6} {:>16} {:>10} {:>16} {:>9} {:>10} {:>9} {:>15} {:>11}",
         "links",
-        "scan(ms) p50/p90",
-        "scan+open p50",
-        "raw dump p50/p90",
+        "scan p50/p90",
+        "scan+open",
+        "raw p50/p90",
         "scan/raw",
-        "ip -j addr p50"
+        "rtnetlink",
+        "CLI scan",
+        "CLI - scan+open",
+        "ip -j addr"
     );
     for n in SIZES {
         let fixture = Fixture::new(n);
         let netns = fixture.bench.netns();
-        let (scan, open, raw) = rt.block_on(async {
+        let mut raw_dumps = RawDumps::new(netns)?;
+        let (scan, open, raw, rtnetlink) = rt.block_on(async {
             let rtnl = netns.rtnl().await.context("cannot open rtnetlink")?;
-            let (mut scan, mut open, mut raw) = (vec![], vec![], vec![]);
+            let (mut scan, mut open, mut raw, mut rtnetlink) = (vec![], vec![], vec![], vec![]);
             for i in 0..WARMUP + ITERS {
                 let s = timed(scan_checked(&rtnl, n)).await?;
                 let o = timed(async {
@@ -233,23 +355,41 @@ fn main() -> anyhow::Result<()> {
                     scan_checked(&fresh, n).await
                 })
                 .await?;
-                let r = timed(raw_dump(&rtnl)).await?;
+                let started = Instant::now();
+                let links = raw_dumps.run()?;
+                let r = started.elapsed().as_secs_f64() * 1e3;
+                ensure!(
+                    links == n + 1,
+                    "the raw link dump had {links} messages, expected {}",
+                    n + 1
+                );
+                let d = timed(raw_dump(&rtnl)).await?;
                 if i >= WARMUP {
                     scan.push(s);
                     open.push(o);
                     raw.push(r);
+                    rtnetlink.push(d);
                 }
             }
-            anyhow::Ok((Samples::from(scan), Samples::from(open), Samples::from(raw)))
+            anyhow::Ok((
+                Samples::from(scan),
+                Samples::from(open),
+                Samples::from(raw),
+                Samples::from(rtnetlink),
+            ))
         })?;
-        let ip = ip_measure(fixture.bench.name())?;
+        let cli = process_measure(|| cli_scan(fixture.bench.name()))?;
+        let ip = process_measure(|| ip_addr(fixture.bench.name()))?;
         println!(
-            "{:<6} {:>18} {:>14.3} {:>18} {:>9.2} {:>15.3}",
+            "{:<6} {:>16} {:>10.3} {:>16} {:>9.2} {:>10.3} {:>9.3} {:>15.3} {:>11.3}",
             n,
             format!("{:.3}/{:.3}", scan.pct(50.0), scan.pct(90.0)),
             open.pct(50.0),
             format!("{:.3}/{:.3}", raw.pct(50.0), raw.pct(90.0)),
             scan.pct(50.0) / raw.pct(50.0),
+            rtnetlink.pct(50.0),
+            cli.pct(50.0),
+            cli.pct(50.0) - open.pct(50.0),
             ip.pct(50.0),
         );
     }
