@@ -250,8 +250,9 @@ impl Network {
                 })?;
         let added = self.attach_all(endpoints, hypervisor, false).await?;
         if added.is_empty() {
-            // Nothing was recorded: the document says so (an empty pod is a sandbox too).
-            self.sandbox.save()?;
+            // Nothing was recorded: the document says so (an empty pod is a sandbox too; the
+            // operation's commit makes it durable).
+            self.sandbox.save_uncommitted()?;
         }
         Ok((added, skipped))
     }
@@ -271,14 +272,17 @@ impl Network {
         for endpoint in endpoints {
             match self
                 .sandbox
-                .attach(endpoint, hypervisor, &options, hot)
+                .attach_uncommitted(endpoint, hypervisor, &options, hot)
                 .await
             {
                 Ok(endpoint) => added.push(endpoint.id),
                 Err(e) => {
                     let what = if hot { "hot-add" } else { "add" };
                     for id in added.iter().rev() {
-                        if let Err(undo) = self.sandbox.detach(id, hypervisor, &options, hot).await
+                        if let Err(undo) = self
+                            .sandbox
+                            .detach_uncommitted(id, hypervisor, &options, hot)
+                            .await
                         {
                             tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed {what}");
                         }
@@ -323,7 +327,11 @@ impl Network {
         let options = self.config.attach_options();
         let mut failures = Vec::new();
         for id in &ids {
-            match self.sandbox.detach(id, hypervisor, &options, false).await {
+            match self
+                .sandbox
+                .detach_uncommitted(id, hypervisor, &options, false)
+                .await
+            {
                 Ok(()) => {}
                 Err(SandboxError::Endpoint(e)) => failures.push(*e),
                 Err(other) => return Err(other),
@@ -475,7 +483,10 @@ impl Network {
     ) -> Result<(), SandboxError> {
         let options = self.config.attach_options();
         self.sandbox.own()?;
-        let result = self.sandbox.detach(id, hypervisor, &options, true).await;
+        let result = self
+            .sandbox
+            .detach_uncommitted(id, hypervisor, &options, true)
+            .await;
         self.hand_back(result)
     }
 

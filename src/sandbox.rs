@@ -283,6 +283,9 @@ impl Sandbox {
         if store.exists() {
             return Err(SandboxError::Exists(store.path().to_path_buf()));
         }
+        // Every operation writes its records unsynced, each before the change it describes,
+        // and commits once at its end (see `commit`).
+        store.defer_syncs(true);
         let record = NetnsRecord {
             path: netns.path().to_path_buf(),
             id: netns.id(),
@@ -315,6 +318,7 @@ impl Sandbox {
     /// kept aside).
     pub fn restore(state_path: impl AsRef<Path>) -> Result<(Self, Vec<String>), SandboxError> {
         let store = StateStore::open(state_path)?;
+        store.defer_syncs(true);
         let loaded = match store.load() {
             // Without a document, what is left of one describes nothing that is still done: a
             // journal (and lock) left by a teardown killed after removing the document, the
@@ -394,6 +398,12 @@ impl Sandbox {
     /// state file exists (a line of its journal). Nothing is written when it is already the
     /// owner.
     pub fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
+        self.record_owner(owner)?;
+        self.commit()
+    }
+
+    /// Records `owner`, unsynced (the operation it starts or ends commits).
+    fn record_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
         if self.state.owner == owner {
             return Ok(());
         }
@@ -401,16 +411,54 @@ impl Sandbox {
         Ok(self.store.save_owner(&self.state)?)
     }
 
-    /// Records the calling process as the owner, for an operation it is about to run.
+    /// Records the calling process as the owner, for an operation it is about to run (written
+    /// before the operation changes anything; made durable with the operation's commit).
     pub fn own(&mut self) -> Result<(), SandboxError> {
         let me = current_owner(self.store.path())?;
-        self.set_owner(Some(me))
+        self.record_owner(Some(me))
+    }
+
+    /// Makes every record written so far durable: nothing, one `fdatasync` of the journal,
+    /// or the document written anew and synced with its directory, whatever the operation
+    /// wrote. Each public operation of a sandbox ends with it; until then its records reach
+    /// the next process (they are written before each change) but not a disk that loses
+    /// power, which loses the kernel objects they describe as well.
+    pub fn commit(&self) -> Result<(), SandboxError> {
+        Ok(self.store.commit(&self.state)?)
+    }
+
+    /// The result of an operation, after its commit: a failed commit is the error unless the
+    /// operation failed (then it is logged, and the operation's error returned).
+    fn committed<T>(&self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
+        match (result, self.commit()) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(commit)) => {
+                tracing::warn!(error = %commit, "the state was not committed");
+                Err(e)
+            }
+        }
     }
 
     /// Attaches `endpoint`: its plan is written to the state file before anything changes,
     /// and the record is marked attached once it is (each a line of the journal once the
     /// document exists). On failure the attach is rolled back and the record says so.
     pub async fn attach<H: Hypervisor>(
+        &mut self,
+        endpoint: Endpoint,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<Endpoint, SandboxError> {
+        let result = self
+            .attach_uncommitted(endpoint, hypervisor, options, hot)
+            .await;
+        self.committed(result)
+    }
+
+    /// [`Sandbox::attach`] without the commit, for an operation that attaches several.
+    pub(crate) async fn attach_uncommitted<H: Hypervisor>(
         &mut self,
         mut endpoint: Endpoint,
         hypervisor: &H,
@@ -494,14 +542,31 @@ impl Sandbox {
         })
     }
 
-    /// Writes the state file (whole, including its journal).
-    pub fn save(&self) -> Result<(), SandboxError> {
+    /// Writes the state file (whole), unsynced: the operation's commit makes it durable.
+    pub(crate) fn save_uncommitted(&self) -> Result<(), SandboxError> {
         Ok(self.store.save(&self.state)?)
+    }
+
+    /// Writes the state file (whole, including its journal), durably.
+    pub fn save(&self) -> Result<(), SandboxError> {
+        Ok(self.store.save_synced(&self.state)?)
     }
 
     /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
     /// record stays, with what is left to undo.
     pub async fn detach<H: Hypervisor>(
+        &mut self,
+        id: &EndpointId,
+        hypervisor: &H,
+        options: &AttachOptions,
+        hot: bool,
+    ) -> Result<(), SandboxError> {
+        let result = self.detach_uncommitted(id, hypervisor, options, hot).await;
+        self.committed(result)
+    }
+
+    /// [`Sandbox::detach`] without the commit, for an operation that detaches several.
+    pub(crate) async fn detach_uncommitted<H: Hypervisor>(
         &mut self,
         id: &EndpointId,
         hypervisor: &H,
@@ -639,6 +704,16 @@ impl Sandbox {
     /// sandbox ran into its namespace get their DEL, last first. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
     pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
+        match self.teardown_uncommitted(options).await {
+            // A complete teardown is followed by `forget`, which removes the files: there is
+            // nothing to make durable.
+            Ok(()) => Ok(()),
+            // What is left is, for the next try.
+            Err(e) => self.committed(Err(e)),
+        }
+    }
+
+    async fn teardown_uncommitted(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
         // A teardown that dies half way leaves a sandbox whose owner is gone: reaped next.
         self.own()?;
         let rtnl = match self.netns.clone() {
@@ -682,8 +757,10 @@ impl Sandbox {
             if let Err(e) = endpoint.teardown(kernel, options).await {
                 failures.push(e);
             }
+            // One journal line per endpoint (the document is not rewritten per endpoint).
             *record = EndpointRecord::from(&endpoint);
-            self.store.save(&self.state)?;
+            let record = record.clone();
+            self.store.save_endpoint(&self.state, &record)?;
         }
         if !failures.is_empty() {
             self.rtnl = rtnl;
@@ -708,6 +785,14 @@ impl Sandbox {
     /// and the record goes.
     #[tracing::instrument(name = "sandbox.add_cni", skip_all, fields(ifname = %record.ifname), err)]
     pub async fn add_cni(
+        &mut self,
+        record: CniRecord,
+    ) -> Result<crate::cni::CniResult, SandboxError> {
+        let result = self.add_cni_uncommitted(record).await;
+        self.committed(result)
+    }
+
+    async fn add_cni_uncommitted(
         &mut self,
         mut record: CniRecord,
     ) -> Result<crate::cni::CniResult, SandboxError> {
@@ -804,7 +889,7 @@ impl Sandbox {
         self.state
             .endpoints
             .retain(|e| !e.steps.is_empty() || e.vfio.is_some());
-        self.store.save(&self.state)?;
+        self.store.save_synced(&self.state)?;
         let ids = self
             .state
             .unknown_endpoints

@@ -18,6 +18,13 @@
 //!   empties it. Loading applies the entries the document does not include; a last line cut
 //!   short by a crash was never acted on (the write returns before the step is applied) and is
 //!   ignored, and cut off before the next line is appended.
+//! - Syncs can be deferred ([`StateStore::defer_syncs`], what a sandbox does): every record is
+//!   still written before the kernel change it describes, so a process that dies at any point
+//!   leaves it for the next one (written data sits in the kernel's page cache, which outlives
+//!   the process), and [`StateStore::commit`] makes everything durable at the end of the
+//!   operation, with at most two syncs whatever was written. Only a machine crash can lose
+//!   the records written since the last commit, and it loses the kernel objects they describe
+//!   (taps, qdiscs, namespaces, driver bindings) with them.
 
 use std::{
     fs::{self, File},
@@ -174,6 +181,13 @@ struct Inner {
     /// The kill points' countdown (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     kill_countdown: Option<&'static std::sync::atomic::AtomicUsize>,
+    /// Whether writes are left unsynced until [`StateStore::commit`].
+    deferred: bool,
+    /// What was written and not synced: the document (or its directory entry), the journal's
+    /// data, the journal's directory entry.
+    unsynced_document: bool,
+    unsynced_journal: bool,
+    unsynced_journal_entry: bool,
 }
 
 impl StateStore {
@@ -357,7 +371,11 @@ impl StateStore {
                     .map_err(io("cut the torn last line off", &path))?;
             }
             // The journal's own entry in the directory must outlive a crash too.
-            sync_dir(&self.path).map_err(io("sync the directory of", &self.path))?;
+            if inner.deferred {
+                inner.unsynced_journal_entry = true;
+            } else {
+                sync_dir(&self.path).map_err(io("sync the directory of", &self.path))?;
+            }
             inner.journal = Some(journal);
         }
         entry.seq = inner.last_seq + 1;
@@ -366,6 +384,7 @@ impl StateStore {
         line.push(b'\n');
         #[cfg(feature = "fault-injection")]
         let countdown = inner.kill_countdown;
+        let deferred = inner.deferred;
         if let Some(journal) = inner.journal.as_mut() {
             // A process killed in the middle of the write leaves half a line.
             #[cfg(feature = "fault-injection")]
@@ -378,9 +397,16 @@ impl StateStore {
             );
             journal
                 .write_all(&line)
-                .and_then(|()| journal.sync_data())
+                .and_then(|()| {
+                    if deferred {
+                        Ok(())
+                    } else {
+                        journal.sync_data()
+                    }
+                })
                 .map_err(io("append to", &path))?;
         }
+        inner.unsynced_journal |= deferred;
         inner.last_seq = entry.seq;
         Ok(())
     }
@@ -393,6 +419,43 @@ impl StateStore {
     #[cfg(feature = "fault-injection")]
     pub fn set_kill_countdown(&self, countdown: Option<&'static std::sync::atomic::AtomicUsize>) {
         self.inner().kill_countdown = countdown;
+    }
+
+    /// Leaves the writes that follow unsynced (`true`) until [`StateStore::commit`], or syncs
+    /// each one again (`false`; what was written unsynced before stays so until a commit).
+    pub fn defer_syncs(&self, defer: bool) {
+        self.inner().deferred = defer;
+    }
+
+    /// Writes the document and makes it durable at once, whether syncs are deferred or not
+    /// (see [`StateStore::save`]).
+    pub fn save_synced(&self, state: &SandboxState) -> Result<(), StoreError> {
+        let deferred = std::mem::replace(&mut self.inner().deferred, false);
+        let saved = self.save(state);
+        self.inner().deferred = deferred;
+        saved
+    }
+
+    /// Makes everything written so far durable, `state` being the whole state it describes:
+    /// nothing when all is synced; one `fdatasync` when only journal lines are new; else the
+    /// document written anew, synced, with its directory (two), which includes the journal.
+    pub fn commit(&self, state: &SandboxState) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        if inner.unsynced_document || inner.unsynced_journal_entry {
+            drop(inner);
+            return self.save_synced(state);
+        }
+        if inner.unsynced_journal {
+            if let Some(journal) = &inner.journal {
+                journal.sync_data().map_err(|source| StoreError::Io {
+                    op: "sync",
+                    path: journal_path(&self.path),
+                    source,
+                })?;
+            }
+            inner.unsynced_journal = false;
+        }
+        Ok(())
     }
 
     /// Writes the document atomically and durably (see the module documentation).
@@ -426,7 +489,9 @@ impl StateStore {
         let included = inner.last_seq;
         let bytes = render_document_with_journal(state, included);
         temp.write_all(&bytes).map_err(io("write"))?;
-        temp.as_file().sync_all().map_err(io("sync"))?;
+        if !inner.deferred {
+            temp.as_file().sync_all().map_err(io("sync"))?;
+        }
         #[cfg(feature = "fault-injection")]
         crate::fault::kill_point(
             inner.kill_countdown,
@@ -445,7 +510,16 @@ impl StateStore {
                 file_name(path)
             ),
         );
-        sync_dir(path).map_err(io("sync the directory of"))?;
+        if inner.deferred {
+            inner.unsynced_document = true;
+        } else {
+            sync_dir(path).map_err(io("sync the directory of"))?;
+            // The directory's sync made the journal's entry durable too, and the document
+            // holds every journal line.
+            inner.unsynced_document = false;
+            inner.unsynced_journal = false;
+            inner.unsynced_journal_entry = false;
+        }
         inner.document_written = true;
         if included > inner.included_seq || inner.torn_from.is_some() {
             inner.included_seq = included;
