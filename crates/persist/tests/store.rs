@@ -904,4 +904,44 @@ fn removing_a_document_takes_every_file_of_it_and_no_other() {
         .collect();
     names.sort();
     assert_eq!(names, [".other.json.Qw34Er.tmp", "other.json"]);
+
+fn deferred_writes_are_read_by_the_next_store_and_a_commit_folds_them_into_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut current = state(Vec::new());
+    let planned = planned_veth();
+    {
+        let store = StateStore::open(&path).unwrap();
+        store.defer_syncs(true);
+        store.save(&current).unwrap();
+        current.upsert_endpoint(planned.clone());
+        store.save_endpoint(&current, &planned).unwrap();
+        let mut done = planned.clone();
+        done.attached = true;
+        current.upsert_endpoint(done.clone());
+        store.save_endpoint(&current, &done).unwrap();
+        // A process killed here: the next one reads every record written.
+    }
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, current);
+    store.defer_syncs(true);
+    let mut again = current.clone();
+    again.endpoints[0].attached = false;
+    let record = again.endpoints[0].clone();
+    store.save_endpoint(&again, &record).unwrap();
+    assert_eq!(
+        fs::read_to_string(journal_of(&path))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    // This store opened the journal with syncs deferred: its entry in the directory is not
+    // known to be on the disk, so the commit writes the document anew, synced, and the
+    // journal is emptied (the document includes it).
+    store.commit(&again).unwrap();
+    assert_eq!(fs::read_to_string(journal_of(&path)).unwrap(), "");
+    drop(store);
+    let store = StateStore::open(&path).unwrap();
+    assert_eq!(store.load().unwrap().state, again);
 }
