@@ -257,10 +257,11 @@ impl Network {
         Ok((added, skipped))
     }
 
-    /// Attaches `endpoints` in order (hot-plugged into a running VM when `hot`). If one
-    /// fails, those this call attached are detached again, last first, before its error is
-    /// returned; a failure to take one back is logged, the attach error is what the caller
-    /// gets. Returns the ids of the attached endpoints.
+    /// Attaches `endpoints`: cold-plugged, as one batch (see `Sandbox::attach_batch_uncommitted`);
+    /// hot-plugged into a running VM (`hot`), one after the other. If one fails, those this
+    /// call attached are taken back, last first, before its error is returned; a failure to
+    /// take one back is logged, the attach error is what the caller gets. Returns the ids of
+    /// the attached endpoints.
     async fn attach_all<H: Hypervisor>(
         &mut self,
         endpoints: Vec<Endpoint>,
@@ -268,6 +269,12 @@ impl Network {
         hot: bool,
     ) -> Result<Vec<EndpointId>, SandboxError> {
         let options = self.config.attach_options();
+        if !hot {
+            return self
+                .sandbox
+                .attach_batch_uncommitted(endpoints, hypervisor, &options)
+                .await;
+        }
         let mut added = Vec::new();
         for endpoint in endpoints {
             match self

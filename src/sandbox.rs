@@ -499,6 +499,105 @@ impl Sandbox {
         Ok(endpoint)
     }
 
+    /// Attaches `endpoints` (cold-plugged: the VM is not running yet) as one batch: all of
+    /// them are prepared at once, their requests interleaved on the sandbox's one netlink
+    /// socket (each endpoint's plan written before its first change), then their devices are
+    /// handed to the hypervisor one by one, in order. If any fails, every other one is taken
+    /// back (detached if it was handed over) and the first error, in order, is returned.
+    /// Not committed: the caller's operation commits.
+    pub(crate) async fn attach_batch_uncommitted<H: Hypervisor>(
+        &mut self,
+        mut endpoints: Vec<Endpoint>,
+        hypervisor: &H,
+        options: &AttachOptions,
+    ) -> Result<Vec<EndpointId>, SandboxError> {
+        let netns = self.live_netns()?;
+        let rtnl = self.take_rtnl(&netns).await?;
+        let kernel = Kernel {
+            netns: &netns,
+            rtnl: &rtnl,
+        };
+        let options = AttachOptions {
+            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
+            ..options.clone()
+        };
+        let store = &self.store;
+        let state = std::sync::Mutex::new(&mut self.state);
+        let record_in = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let record = EndpointRecord::from(e);
+            // No other lock is taken while it is held; a panic elsewhere leaves it usable.
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.upsert_endpoint(record.clone());
+            store.save_endpoint(&state, &record)?;
+            Ok(())
+        };
+        let mut recorders: Vec<_> = endpoints.iter().map(|_| record_in).collect();
+        let prepared = futures::future::join_all(endpoints.iter_mut().zip(&mut recorders).map(
+            |(endpoint, record)| endpoint.prepare_recorded(kernel, hypervisor, &options, record),
+        ))
+        .await;
+        drop(recorders);
+        // Handed over in order while all goes well; when the kernel refused part of the
+        // batch nothing is handed over, and after a refusal by the hypervisor the rest are
+        // not: those are taken back, and those handed over before it detached.
+        let refused = prepared.iter().any(Result::is_err);
+        let mut first_error: Option<SandboxError> = None;
+        let mut handed = Vec::new();
+        for (endpoint, device) in endpoints.iter_mut().zip(prepared) {
+            let device = match device {
+                Ok(device) => device,
+                Err(e) if first_error.is_none() => {
+                    first_error = Some(e.into());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "another endpoint of a failed attach failed too");
+                    continue;
+                }
+            };
+            if refused || first_error.is_some() {
+                if let Err(e) = endpoint.abandon(kernel, &options, device).await {
+                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
+                }
+                continue;
+            }
+            match endpoint
+                .hand_over(kernel, hypervisor, &options, device, false)
+                .await
+            {
+                Ok(()) => handed.push(endpoint.id.clone()),
+                Err(e) => first_error = Some(e.into()),
+            }
+        }
+        if first_error.is_some() {
+            for endpoint in endpoints.iter_mut().rev() {
+                if handed.contains(&endpoint.id)
+                    && let Err(e) = endpoint.detach(kernel, hypervisor, &options, false).await
+                {
+                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
+                }
+            }
+        }
+        self.rtnl = Some(rtnl);
+        // Whatever happened, each record now says it: attached, or taken back with the steps
+        // that could not be undone (none after a clean undo) for a detach or reconcile.
+        for endpoint in &mut endpoints {
+            let record = EndpointRecord::from(&*endpoint);
+            if first_error.is_some() && record.steps.is_empty() && record.vfio.is_none() {
+                self.state.endpoints.retain(|e| e.id != record.id);
+                continue;
+            }
+            self.state.upsert_endpoint(record.clone());
+            self.store.save_endpoint(&self.state, &record)?;
+        }
+        if let Some(e) = first_error {
+            // Records dropped above are dropped from the document too.
+            self.store.save(&self.state)?;
+            return Err(e);
+        }
+        Ok(handed)
+    }
+
     /// The sandbox's netlink connection, made on first use; give it back with
     /// `self.rtnl = Some(..)` when done (one connection for the sandbox's life).
     async fn take_rtnl(&mut self, netns: &Netns) -> Result<sandbox_net_netns::Rtnl, SandboxError> {

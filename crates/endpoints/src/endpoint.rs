@@ -301,10 +301,63 @@ impl Endpoint {
         hot: bool,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
-        let device = match self.build_device(kernel, hypervisor, options, record).await {
-            Ok(device) => device,
-            Err(e) => return Err(self.error("attach", e, Vec::new())),
-        };
+        let device = self
+            .prepare_recorded(kernel, hypervisor, options, record)
+            .await?;
+        self.hand_over(kernel, hypervisor, options, device, hot)
+            .await
+    }
+
+    /// The first half of [`Endpoint::attach_recorded`]: the kernel changes (recorded first,
+    /// rolled back if one fails) and the device for the VMM, not handed over yet. The
+    /// endpoints of one sandbox can be prepared at once (their requests share one netlink
+    /// socket), then handed over one by one in order, so that the guest sees its devices in
+    /// the order of their indices. A prepared endpoint whose device is not handed over is
+    /// taken back with [`Endpoint::abandon`].
+    #[tracing::instrument(name = "endpoint.prepare", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model))]
+    pub async fn prepare_recorded<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
+    ) -> Result<NetDevice, EndpointError> {
+        match self.build_device(kernel, hypervisor, options, record).await {
+            Ok(device) => Ok(device),
+            Err(e) => {
+                tracing::error!(error = %sandbox_net_netns::error_chain(&e));
+                Err(self.error("attach", e, Vec::new()))
+            }
+        }
+    }
+
+    /// Takes back a prepared endpoint whose device is not handed over (another endpoint of
+    /// the same attach failed): its descriptors close with `device`, then its kernel changes
+    /// are undone. Returns what could not be undone (it stays recorded).
+    pub async fn abandon(
+        &mut self,
+        kernel: Kernel<'_>,
+        options: &AttachOptions,
+        device: NetDevice,
+    ) -> Result<(), EndpointError> {
+        drop(device);
+        let mut failures = self.unwind(kernel, options).await.into_iter();
+        match failures.next() {
+            None => Ok(()),
+            Some(first) => Err(self.error("take back", first, failures.collect())),
+        }
+    }
+
+    /// The second half of [`Endpoint::attach_recorded`]: hands the prepared `device` to the
+    /// hypervisor (`hot`: to a running VM); if it refuses, the kernel changes are undone.
+    pub async fn hand_over<H: Hypervisor>(
+        &mut self,
+        kernel: Kernel<'_>,
+        hypervisor: &H,
+        options: &AttachOptions,
+        device: NetDevice,
+        hot: bool,
+    ) -> Result<(), EndpointError> {
         let handed = if hot {
             hypervisor.hot_add_device(device).await
         } else {

@@ -84,6 +84,8 @@ pub struct StandInVmm {
     pub refuse: Option<String>,
     devices: Mutex<HashMap<EndpointId, Held>>,
     hot_ops: Mutex<Vec<String>>,
+    /// The devices taken, in the order they arrived (`tap tap0_kata x1`, ...).
+    arrivals: Mutex<Vec<String>>,
 }
 
 impl Default for StandInVmm {
@@ -110,6 +112,7 @@ impl StandInVmm {
             refuse: None,
             devices: Mutex::new(HashMap::new()),
             hot_ops: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
         }
     }
 
@@ -235,6 +238,7 @@ impl StandInVmm {
                 Backend::VhostUser { .. } | Backend::Vfio { .. } => {}
             },
         }
+        self.arrivals.lock().unwrap().push(held.description.clone());
         self.devices.lock().unwrap().insert(endpoint, held);
         Ok(())
     }
@@ -290,6 +294,11 @@ impl StandInVmm {
     /// Stops: every descriptor is closed, every guest stopped, as at VM shutdown.
     pub fn shutdown(&self) {
         self.devices.lock().unwrap().clear();
+    }
+
+    /// Every device it took, in the order they arrived (`tap tap0_kata x1`, ...).
+    pub fn arrivals(&self) -> Vec<String> {
+        self.arrivals.lock().unwrap().clone()
     }
 
     /// The hot-plug operations so far: `hot-add ID`, `hot-remove ID`.
