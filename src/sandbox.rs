@@ -797,8 +797,9 @@ impl Sandbox {
         Ok(drifts)
     }
 
-    /// Tears down every endpoint from the record alone, last attached first, saving after
-    /// each; goes on past failures and reports them all. What is already gone (objects, or
+    /// Tears down every endpoint from the record alone: the sandbox's links deleted as one
+    /// device group, then every endpoint's other steps undone, all endpoints at once, one
+    /// journal line each; goes on past failures and reports them all. What is already gone (objects, or
     /// the whole namespace) counts as done. Safe to run twice. Then the CNI networks the
     /// sandbox ran into its namespace get their DEL, last first. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
@@ -844,21 +845,31 @@ impl Sandbox {
             .rev()
             .map(|e| e.id.clone())
             .collect();
-        for id in ids {
-            let Some(record) = self.state.endpoint_mut(&id) else {
-                continue;
-            };
-            let mut endpoint = Endpoint::try_from(&*record)?;
-            let kernel = match (&self.netns, &rtnl) {
-                (Some(netns), Some(rtnl)) => Some(Kernel { netns, rtnl }),
-                _ => None,
-            };
-            if let Err(e) = endpoint.teardown(kernel, options).await {
+        let mut endpoints = Vec::new();
+        for id in &ids {
+            if let Some(record) = self.state.endpoints.iter().find(|e| &e.id == id) {
+                endpoints.push(Endpoint::try_from(record)?);
+            }
+        }
+        let kernel = match (&self.netns, &rtnl) {
+            (Some(netns), Some(rtnl)) => Some(Kernel { netns, rtnl }),
+            _ => None,
+        };
+        // Every endpoint at once: their requests interleave on the one socket. Undoing is
+        // idempotent, so a teardown cut short anywhere is simply run again.
+        let results = futures::future::join_all(
+            endpoints
+                .iter_mut()
+                .map(|endpoint| endpoint.teardown(kernel, options)),
+        )
+        .await;
+        for (endpoint, result) in endpoints.iter().zip(results) {
+            if let Err(e) = result {
                 failures.push(e);
             }
             // One journal line per endpoint (the document is not rewritten per endpoint).
-            *record = EndpointRecord::from(&endpoint);
-            let record = record.clone();
+            let record = EndpointRecord::from(endpoint);
+            self.state.upsert_endpoint(record.clone());
             self.store.save_endpoint(&self.state, &record)?;
         }
         if !failures.is_empty() {

@@ -301,9 +301,10 @@ impl Endpoint {
         hot: bool,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
-        let device = self
-            .prepare_recorded(kernel, hypervisor, options, record)
-            .await?;
+        let device = match self.build_device(kernel, hypervisor, options, record).await {
+            Ok(device) => device,
+            Err(e) => return Err(self.error("attach", e, Vec::new())),
+        };
         self.hand_over(kernel, hypervisor, options, device, hot)
             .await
     }
@@ -314,7 +315,8 @@ impl Endpoint {
     /// socket), then handed over one by one in order, so that the guest sees its devices in
     /// the order of their indices. A prepared endpoint whose device is not handed over is
     /// taken back with [`Endpoint::abandon`].
-    #[tracing::instrument(name = "endpoint.prepare", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model))]
+    /// Its span is the endpoint's `endpoint.attach`, as for a whole attach.
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn prepare_recorded<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,

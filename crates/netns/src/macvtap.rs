@@ -110,6 +110,9 @@ impl Netns {
             });
         }
         let (name, index, netns) = (link.name.clone(), link.index, self.path().to_path_buf());
+        // A fresh thread each time, not `run_queued`: the thread unshares its mount namespace
+        // and mounts a sysfs of its own, which a second job on the same thread would find
+        // mounted (EBUSY).
         self.run(move || {
             open_queues(&name, index, queues).map_err(|(step, source)| MacvtapError::Step {
                 step,

@@ -47,6 +47,8 @@ pub struct Netns {
     fd: Arc<OwnedFd>,
     id: NetnsId,
     created_by_us: bool,
+    /// The thread that runs short work queued at once (see `Netns::run_queued`).
+    queued: Arc<crate::run::QueuedRunner>,
 }
 
 impl Netns {
@@ -72,6 +74,7 @@ impl Netns {
             fd: Arc::new(file.into()),
             id,
             created_by_us: false,
+            queued: Arc::default(),
         })
     }
 
@@ -279,6 +282,11 @@ impl Netns {
     /// The namespace's file descriptor (for `setns`, or `IFLA_NET_NS_FD` when moving a link).
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    /// The runner of [`Netns::run_queued`], shared by the clones of this value.
+    pub(crate) fn queued_runner(&self) -> &Arc<crate::run::QueuedRunner> {
+        &self.queued
     }
 
     pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {

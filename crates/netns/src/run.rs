@@ -7,7 +7,11 @@
 //! a synchronous closure run on a fresh thread that enters the namespace, runs it and ends.
 //! The thread is never "restored"; it is thrown away.
 
-use std::panic::resume_unwind;
+use std::{
+    collections::VecDeque,
+    panic::{AssertUnwindSafe, catch_unwind, resume_unwind},
+    sync::Mutex,
+};
 
 use nix::sched::CloneFlags;
 
@@ -50,6 +54,63 @@ impl Netns {
         }
     }
 
+    /// Like [`Netns::run`], for short work that never waits on anything else (a tap created,
+    /// a device opened): calls made while the namespace's queue thread is busy join its queue
+    /// instead of starting threads of their own, so that the taps of a whole sandbox, created
+    /// at once, cost one thread. The thread ends when its queue is empty.
+    pub async fn run_queued<F, T>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (send, receive) = tokio::sync::oneshot::channel();
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let parent = tracing::Span::current();
+        let job: Job = Box::new(move || {
+            let result = tracing::dispatcher::with_default(&dispatch, || {
+                let _entered = parent.enter();
+                catch_unwind(AssertUnwindSafe(f))
+            });
+            // The caller may have gone (its future dropped): nobody to tell.
+            let _ = send.send(result);
+        });
+        let start = {
+            let mut queue = self.queued_runner().lock();
+            queue.jobs.push_back(job);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            let runner = self.queued_runner().clone();
+            let fd = self.shared_fd();
+            let path = self.path().to_path_buf();
+            let spawned = std::thread::Builder::new()
+                .name(RUNNER_THREAD_NAME.into())
+                .spawn(move || {
+                    if let Err(e) = nix::sched::setns(&*fd, CloneFlags::CLONE_NEWNET) {
+                        tracing::warn!(netns = %path.display(), error = %e, "could not enter the namespace");
+                        runner.fail_all();
+                        return;
+                    }
+                    runner.drain();
+                });
+            if let Err(source) = spawned {
+                self.queued_runner().fail_all();
+                return Err(NetnsError::Thread {
+                    path: self.path().to_path_buf(),
+                    source,
+                });
+            }
+        }
+        match receive.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => resume_unwind(panic),
+            Err(_) => Err(NetnsError::Thread {
+                path: self.path().to_path_buf(),
+                source: std::io::Error::other("the namespace's queue thread could not enter it"),
+            }),
+        }
+    }
+
     fn spawn<F, T>(
         &self,
         f: F,
@@ -79,5 +140,60 @@ impl Netns {
                 })
             })
             .map_err(|source| NetnsError::Thread { path, source })
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The queue of [`Netns::run_queued`] and whether a thread is draining it.
+#[derive(Default)]
+pub(crate) struct QueuedRunner {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    running: bool,
+}
+
+impl std::fmt::Debug for QueuedRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queue = self.lock();
+        f.debug_struct("QueuedRunner")
+            .field("jobs", &queue.jobs.len())
+            .field("running", &queue.running)
+            .finish()
+    }
+}
+
+impl QueuedRunner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Jobs run outside the lock and catch their panics: it is never poisoned by them.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every queued job (their callers are told) and lets a new thread start.
+    fn fail_all(&self) {
+        let mut queue = self.lock();
+        queue.jobs.clear();
+        queue.running = false;
+    }
+
+    /// Runs the queued jobs (on the thread inside the namespace) until none is left.
+    fn drain(&self) {
+        loop {
+            let job = {
+                let mut queue = self.lock();
+                match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.running = false;
+                        return;
+                    }
+                }
+            };
+            job();
+        }
     }
 }

@@ -101,7 +101,7 @@ impl Netns {
         }
         let config = config.clone();
         let netns = self.path().to_path_buf();
-        let tap = self.run(move || open_tap(&config, netns)).await??;
+        let tap = self.run_queued(move || open_tap(&config, netns)).await??;
         tracing::info!(tap = %tap.name, flags = format_args!("{:#x}", tap.flags), "tap created");
         Ok(tap)
     }
@@ -131,7 +131,7 @@ impl Netns {
             ..TapConfig::new(name.clone(), queues)
         };
         let netns = self.path().to_path_buf();
-        self.run(move || reopen_tap(&config, netns)).await?
+        self.run_queued(move || reopen_tap(&config, netns)).await?
     }
 }
 
