@@ -904,7 +904,9 @@ fn removing_a_document_takes_every_file_of_it_and_no_other() {
         .collect();
     names.sort();
     assert_eq!(names, [".other.json.Qw34Er.tmp", "other.json"]);
+}
 
+#[test]
 fn deferred_writes_are_read_by_the_next_store_and_a_commit_folds_them_into_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
