@@ -71,6 +71,10 @@ impl Netns {
                 let _entered = parent.enter();
                 catch_unwind(AssertUnwindSafe(f))
             });
+            // The caller's span is let go before the caller is told: it proceeds at once, and
+            // the spans it ends next must not outlive this one's last handle.
+            drop(parent);
+            drop(dispatch);
             // The caller may have gone (its future dropped): nobody to tell.
             let _ = send.send(result);
         });
