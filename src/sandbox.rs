@@ -471,11 +471,7 @@ impl Sandbox {
             netns: &netns,
             rtnl: &rtnl,
         };
-        // Created links go in the sandbox's device group as they are made.
-        let options = AttachOptions {
-            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
-            ..options.clone()
-        };
+        let options = self.grouped(options);
         let (store, state) = (&self.store, &mut self.state);
         let mut record = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let record = EndpointRecord::from(e);
@@ -517,10 +513,7 @@ impl Sandbox {
             netns: &netns,
             rtnl: &rtnl,
         };
-        let options = AttachOptions {
-            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
-            ..options.clone()
-        };
+        let options = self.grouped(options);
         let store = &self.store;
         let state = std::sync::Mutex::new(&mut self.state);
         let record_in = |e: &Endpoint| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -596,6 +589,15 @@ impl Sandbox {
             return Err(e);
         }
         Ok(handed)
+    }
+
+    /// `options` with the sandbox's device group: the links an attach creates go in it as
+    /// they are made, so that a teardown deletes them in one request.
+    fn grouped(&self, options: &AttachOptions) -> AttachOptions {
+        AttachOptions {
+            link_group: (self.state.link_group != 0).then_some(self.state.link_group),
+            ..options.clone()
+        }
     }
 
     /// The sandbox's netlink connection, made on first use; give it back with

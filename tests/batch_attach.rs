@@ -5,25 +5,13 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::our_links;
 use sandbox_net::{InterworkingModel, NetnsSource, Network, NetworkConfig};
 use sandbox_net_endpoints::testing::StandInVmm;
 use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::testing::{TestNetns, assert_same_snapshot};
-
-/// A pod with `n` addressed veths `vb{i}` (peers in the second namespace).
-fn pod(n: usize) -> (TestNetns, TestNetns) {
-    let pod = TestNetns::new();
-    let peers = TestNetns::new();
-    let mut script = String::new();
-    for i in 0..n {
-        script.push_str(&format!(
-            "link add vb{i} type veth peer name vp{i} netns {}\naddr add 10.78.{i}.1/30 dev vb{i}\nlink set vb{i} up\n",
-            peers.name(),
-        ));
-    }
-    pod.ip_batch(&script);
-    (pod, peers)
-}
 
 fn config(model: InterworkingModel) -> NetworkConfig {
     NetworkConfig {
@@ -36,25 +24,13 @@ fn config(model: InterworkingModel) -> NetworkConfig {
     }
 }
 
-/// The links of `pod` this module makes (taps, macvtaps, IFBs).
-fn ours(pod: &TestNetns) -> Vec<String> {
-    pod.ip_json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| n.ends_with("_kata") || n.starts_with("sbx"))
-        .map(String::from)
-        .collect()
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn sixteen_endpoints_in_one_batch_reach_the_vmm_in_index_order_and_go_back_exactly() {
-    let (pod, _peers) = pod(16);
+    let (pod, _peers) = TestNetns::pod_with_veths(16);
     let before = pod.snapshot();
     let dir = tempfile::tempdir().unwrap();
     let mut network = Network::create(
@@ -92,7 +68,7 @@ async fn sixteen_endpoints_in_one_batch_reach_the_vmm_in_index_order_and_go_back
     taps.sort();
     assert_eq!(targets, taps);
     network.teardown().await.unwrap();
-    assert!(ours(&pod).is_empty(), "{:?}", ours(&pod));
+    assert!(our_links(&pod).is_empty(), "{:?}", our_links(&pod));
     assert_same_snapshot(&before, &pod.snapshot());
 }
 
@@ -102,7 +78,7 @@ async fn sixteen_endpoints_in_one_batch_reach_the_vmm_in_index_order_and_go_back
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn a_kernel_refusal_in_the_middle_of_a_batch_takes_back_exactly_what_it_applied() {
-    let (pod, peers) = pod(16);
+    let (pod, peers) = TestNetns::pod_with_veths(16);
     // vb7 is the port of a passthru macvlan (moved to the peer namespace): the kernel
     // refuses any other macvlan or macvtap on it (EINVAL), in the middle of the batch.
     pod.ip(&[
@@ -132,7 +108,7 @@ async fn a_kernel_refusal_in_the_middle_of_a_batch_takes_back_exactly_what_it_ap
     );
     // The fifteen others were applied, some handed over: all taken back.
     assert_eq!(vmm.device_count(), 0);
-    assert!(ours(&pod).is_empty(), "{:?}", ours(&pod));
+    assert!(our_links(&pod).is_empty(), "{:?}", our_links(&pod));
     assert_same_snapshot(&before, &pod.snapshot());
     assert!(
         network.sandbox().state().endpoints.is_empty(),

@@ -10,21 +10,6 @@ use std::process::Command;
 
 use sandbox_net_netns::testing::{TestNetns, assert_same_snapshot};
 
-/// A pod with `n` addressed veths (peers in `peers`).
-fn pod(n: usize) -> (TestNetns, TestNetns) {
-    let pod = TestNetns::new();
-    let peers = TestNetns::new();
-    let mut script = String::new();
-    for i in 0..n {
-        script.push_str(&format!(
-            "link add vb{i} type veth peer name vp{i} netns {}\naddr add 10.77.{i}.1/30 dev vb{i}\nlink set vb{i} up\n",
-            peers.name(),
-        ));
-    }
-    pod.ip_batch(&script);
-    (pod, peers)
-}
-
 /// Runs the CLI with `args` under strace; returns the sync calls it made, one line each.
 fn syncs_of(args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +60,7 @@ fn attach_syncs_at_most_twice_and_detach_at_most_once_whatever_the_endpoints() {
     // On the disk, not tmpfs: /var/tmp.
     let states = tempfile::tempdir_in("/var/tmp").unwrap();
     for n in [1usize, 16] {
-        let (pod, _peers) = pod(n);
+        let (pod, _peers) = TestNetns::pod_with_veths(n);
         let before = pod.snapshot();
         let state = states.path().join(format!("pod-{n}.json"));
         let state_arg = state.to_str().unwrap();

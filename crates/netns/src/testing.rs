@@ -195,6 +195,26 @@ impl TestNetns {
         run_tool("ip", &["-n", &self.name, "-batch", "-"], Some(script));
     }
 
+    /// A pod of `n` veths `vb{i}`, each up with its own /30 (`10.64.0.1/30`, `10.64.0.5/30`,
+    /// ...), their peers `vp{i}` in the second namespace returned: the many-endpoint pods of
+    /// the batch tests, made with one `ip -batch`.
+    pub fn pod_with_veths(n: usize) -> (Self, Self) {
+        let pod = Self::new();
+        let peers = Self::new();
+        let mut script = String::new();
+        for i in 0..n {
+            script.push_str(&format!(
+                "link add vb{i} type veth peer name vp{i} netns {}\naddr add 10.{}.{}.{}/30 dev vb{i}\nlink set vb{i} up\n",
+                peers.name(),
+                64 + i / 16384,
+                (i / 64) % 256,
+                (i % 64) * 4 + 1
+            ));
+        }
+        pod.ip_batch(&script);
+        (pod, peers)
+    }
+
     /// Runs `ip -j -n NAME ARGS...` and parses the JSON.
     pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["-j", "-n", self.name.as_str()];
