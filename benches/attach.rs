@@ -66,7 +66,7 @@ use sandbox_net::{NetnsSource, Network, NetworkConfig};
 use sandbox_net_endpoints::testing::{OnDevice, StandInVmm};
 use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::{
-    Rtnl, TapConfig,
+    REDIRECT_COOKIE, Rtnl, TapConfig,
     testing::{TestNetns, snapshot_differences},
 };
 use sandbox_net_persist::IfName;
@@ -308,18 +308,20 @@ fn ip_script(n: usize) -> String {
         .collect()
 }
 
-/// The `tc -batch` script: ingress qdiscs, redirects, and the HTB trees with the parameters
-/// `sandbox-net` sends (burst 1600 bytes, quantum 200000 at 100 Mbit/s).
+/// The `tc -batch` script: ingress qdiscs, redirects (under the ingress hook, with
+/// `sandbox-net`'s cookie), and the HTB trees with the parameters `sandbox-net` sends (burst
+/// 1600 bytes, quantum 200000 at 100 Mbit/s).
 fn tc_script(n: usize) -> String {
     let mut script = String::new();
     let redirect = "protocol all prio 49152 u32 match u32 0 0 action mirred egress redirect dev";
+    let cookie: String = REDIRECT_COOKIE.iter().map(|b| format!("{b:02x}")).collect();
     let class = "htb rate 100mbit ceil 100mbit burst 1600 cburst 1600 quantum 200000";
     for (veth, tap) in pairing(n) {
         script.push_str(&format!(
             "qdisc add dev {veth} ingress\n\
              qdisc add dev {tap} ingress\n\
-             filter add dev {veth} parent ffff: {redirect} {tap}\n\
-             filter add dev {tap} parent ffff: {redirect} {veth}\n"
+             filter add dev {veth} ingress {redirect} {tap} cookie {cookie}\n\
+             filter add dev {tap} ingress {redirect} {veth} cookie {cookie}\n"
         ));
         for dev in [&tap, &veth] {
             script.push_str(&format!(

@@ -17,8 +17,8 @@
 //!   limiter.rs and the HTB encoders of crates/ratelimit):
 //!   - `RTM_NEWLINK` on the tap: MTU of the veth, `IFF_UP`, the sandbox's device group;
 //!   - `RTM_NEWQDISC` ingress on the veth, then on the tap;
-//!   - `RTM_NEWTFILTER` u32 match-all, `mirred egress redirect` veth -> tap (prio 49152,
-//!     protocol all, action stolen), then tap -> veth;
+//!   - `RTM_NEWTFILTER` u32 match-all, `mirred egress redirect` veth -> tap (ingress hook,
+//!     prio 49152, protocol all, action stolen, sandbox-net's cookie), then tap -> veth;
 //!   - the HTB tree on the tap (rx): root qdisc `1:` default `1:2`, class `1:1`, class `1:2`,
 //!     with the crate's own encoders (`root_qdisc_message`, `class_message`); then the same
 //!     tree on the veth (tx): 11 requests in all.
@@ -56,7 +56,7 @@ use netlink_packet_route::{
     },
 };
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
-use sandbox_net_netns::{INGRESS_FILTER_PARENT, Netns, REDIRECT_PRIORITY, ifreq_named};
+use sandbox_net_netns::{INGRESS_HOOK, Netns, REDIRECT_COOKIE, REDIRECT_PRIORITY, ifreq_named};
 use sandbox_net_persist::IfName;
 use sandbox_net_ratelimit::{
     CLASS_1_1, CLASS_1_2, HtbRate, PschedClock, ROOT_HANDLE, TC_H_ROOT, class_message,
@@ -383,12 +383,13 @@ fn ingress_qdisc(index: u32) -> TcMessage {
     TcMessage::from_parts(header, vec![TcAttribute::Kind("ingress".into())])
 }
 
-/// `tc filter add dev FROM parent ffff: protocol all prio 49152 u32 match u32 0 0 action
-/// mirred egress redirect dev TO` (action stolen).
+/// `tc filter add dev FROM ingress protocol all prio 49152 u32 match u32 0 0 action mirred
+/// egress redirect dev TO cookie HEX("sandbox-net")` (action stolen), as `sandbox-net` adds
+/// it: under the ingress hook `ffff:fff2`, with its cookie on the action.
 fn redirect(from: u32, to: u32) -> TcMessage {
     let header = TcHeader {
         index: from as i32,
-        parent: TcHandle::from(INGRESS_FILTER_PARENT),
+        parent: TcHandle::from(INGRESS_HOOK),
         // The priority in the high half, the protocol (ETH_P_ALL) in network byte order in the
         // low half.
         info: (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be()),
@@ -409,6 +410,7 @@ fn redirect(from: u32, to: u32) -> TcMessage {
         TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
             mirror,
         ))]),
+        TcActionAttribute::Cookie(REDIRECT_COOKIE.to_vec()),
     ];
     TcMessage::from_parts(
         header,
