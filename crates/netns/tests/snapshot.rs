@@ -86,6 +86,54 @@ const CHANGES: &[Change] = &[
         apply: &["tc qdisc add dev eth0 ingress"],
         undo: &["tc qdisc del dev eth0 ingress"],
     },
+    Change {
+        what: "a device group",
+        section: "links",
+        apply: &["ip link set eth0 group 7"],
+        undo: &["ip link set eth0 group default"],
+    },
+    Change {
+        what: "an HTB class",
+        section: "classes",
+        apply: &[
+            "tc qdisc add dev eth0 root handle 1: htb default 1",
+            "tc class add dev eth0 parent 1: classid 1:1 htb rate 10mbit ceil 20mbit",
+        ],
+        undo: &["tc qdisc del dev eth0 root"],
+    },
+    Change {
+        what: "a filter at a clsact's egress",
+        section: "filters",
+        apply: &[
+            "tc qdisc add dev eth0 clsact",
+            "tc filter add dev eth0 egress prio 3 protocol ip u32 match ip dst 10.9.0.0/16 flowid 1:1",
+        ],
+        undo: &["tc qdisc del dev eth0 clsact"],
+    },
+    Change {
+        what: "a route's MTU and advertised MSS",
+        section: "routes",
+        apply: &["ip route change default via 10.200.0.1 dev eth0 mtu 1400 advmss 1360"],
+        undo: &["ip route change default via 10.200.0.1 dev eth0"],
+    },
+    Change {
+        what: "a route's preferred source",
+        section: "routes",
+        apply: &["ip route change default via 10.200.0.1 dev eth0 src 10.200.0.2"],
+        undo: &["ip route change default via 10.200.0.1 dev eth0"],
+    },
+    Change {
+        what: "an onlink route",
+        section: "routes",
+        apply: &["ip route change default via 10.200.0.1 dev eth0 onlink"],
+        undo: &["ip route change default via 10.200.0.1 dev eth0"],
+    },
+    Change {
+        what: "an IPv6 route's preference",
+        section: "routes",
+        apply: &["ip -6 route change default via fd00:200::1 dev eth0 pref high"],
+        undo: &["ip -6 route change default via fd00:200::1 dev eth0 pref medium"],
+    },
 ];
 
 /// Runs `ip ...` and `tc ...` command lines in `ns`, in order.
