@@ -16,6 +16,7 @@ use sandbox_net_persist::{
 
 use crate::{
     classify::Facts,
+    give_back::give_back,
     hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
     limiter::{RateLimits, VmLink, limiter_steps},
     physical::{SysfsPci, VfioBinding},
@@ -92,6 +93,10 @@ pub enum EndpointFailure {
     /// The PCI function could not be bound to vfio-pci, or given back to its driver.
     #[error("VFIO")]
     Vfio(#[source] BoxError),
+    /// The PCI function is back on its driver, but its network interface could not be made
+    /// the pod's again as it was.
+    #[error(transparent)]
+    GiveBack(crate::give_back::GiveBackError),
     /// The rate limits cannot be applied to this endpoint.
     #[error(transparent)]
     Limits(#[from] crate::limiter::LimitPlacementError),
@@ -450,12 +455,26 @@ impl Endpoint {
             }
             None => self.steps.clear(),
         }
-        if let Some(binding) = self.vfio.take()
-            && let Err(e) = options.sysfs.restore(&binding)
-        {
-            failures.push(EndpointFailure::Vfio(Box::new(e)));
-            // Kept, so that a later detach tries again.
-            self.vfio = Some(binding);
+        if let Some(binding) = self.vfio.take() {
+            let given_back = match (options.sysfs.restore(&binding), kernel) {
+                (Err(e), _) => Err(EndpointFailure::Vfio(Box::new(e))),
+                // The NIC's driver registered a new interface in the host's namespace: the
+                // pod gets it back as it had it.
+                (Ok(()), Some(kernel)) => {
+                    give_back(kernel, &options.sysfs, &binding.bdf, &self.interface)
+                        .await
+                        .map_err(EndpointFailure::GiveBack)
+                }
+                (Ok(()), None) => {
+                    tracing::warn!(bdf = %binding.bdf, "the pod's namespace is gone: the NIC stays in the host's namespace, where its driver put it");
+                    Ok(())
+                }
+            };
+            if let Err(e) = given_back {
+                failures.push(e);
+                // Kept, so that a later detach tries again.
+                self.vfio = Some(binding);
+            }
         }
         failures
     }

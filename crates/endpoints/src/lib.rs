@@ -11,6 +11,10 @@
 //! - An attached endpoint's device can be opened again from its record alone
 //!   ([`Endpoint::reopen_device`]), for a VMM started by another process than the attach.
 //!
+//! - A physical NIC is handed to the VM through VFIO and, on detach, given back to the pod
+//!   with its name, MAC, MTU, addresses and routes ([`give_back()`]), not left in the host's
+//!   namespace where its driver registers it.
+//!
 //! ## Limitations
 //! VFIO binding and ethtool detection are exercised against a stand-in sysfs tree and veths;
 //! the build machines have no PCI NIC to hand over.
@@ -18,6 +22,7 @@
 
 pub mod classify;
 pub mod endpoint;
+pub mod give_back;
 pub mod hypervisor;
 pub mod limiter;
 pub mod physical;
@@ -32,6 +37,7 @@ pub use classify::{
     gather_facts,
 };
 pub use endpoint::{AttachOptions, DeviceRecord, Endpoint, EndpointError, EndpointFailure};
+pub use give_back::{GiveBackError, give_back};
 pub use hypervisor::{
     Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
 };

@@ -13,7 +13,8 @@
 //!   PR #13790).
 //! - Restoring, [`SysfsPci::restore`]: the original `driver_override` is written back, the
 //!   device leaves vfio-pci and returns to its original driver. It continues past failures
-//!   and returns all of them.
+//!   and returns all of them. The driver then registers a new network interface in the
+//!   host's namespace, which [`crate::give_back::give_back`] makes the pod's again, as it was.
 //! - The sysfs root is a parameter ([`SysfsPci::new`]) so that tests run against a directory
 //!   tree standing in for a PCI device.
 //!
@@ -407,12 +408,18 @@ pub struct VfioBinding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysfsPci {
     root: PathBuf,
+    /// Where the network interface of a function bound to its driver appears; `None`: the
+    /// host's initial namespace.
+    driver_netns: Option<PathBuf>,
 }
 
 impl SysfsPci {
     /// The PCI bus of the sysfs mounted at `root` (a stand-in tree in tests).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            driver_netns: None,
+        }
     }
 
     /// The host's sysfs, `/sys`.
@@ -420,9 +427,67 @@ impl SysfsPci {
         Self::new("/sys")
     }
 
+    /// The same, with the network interfaces of the functions bound to their drivers
+    /// appearing in the namespace at `path` (a namespace standing in for the host's in tests).
+    pub fn with_driver_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.driver_netns = Some(path.into());
+        self
+    }
+
+    /// The namespace in which a driver that binds a function registers its network
+    /// interface: the kernel puts the interfaces of the devices it probes in its initial
+    /// namespace, the host's: PID 1's (`/proc/1/ns/net`), or, when that cannot be read (a
+    /// container whose PID 1 has more privileges), this process's own, which is the host's
+    /// for a shim.
+    pub fn driver_netns(&self) -> PathBuf {
+        match &self.driver_netns {
+            Some(path) => path.clone(),
+            None if fs::metadata(sandbox_net_netns::PID1_NETNS).is_ok() => {
+                PathBuf::from(sandbox_net_netns::PID1_NETNS)
+            }
+            None => PathBuf::from("/proc/self/ns/net"),
+        }
+    }
+
     /// The sysfs root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `<root>/bus/pci/devices/<bdf>/net`: where the function's network interface is listed
+    /// while a network driver has it (a sysfs mounted in the namespace the interface is in).
+    pub fn net_dir(&self, bdf: &PciAddress) -> PathBuf {
+        self.bus().join("devices").join(bdf.as_str()).join("net")
+    }
+
+    /// The function's network interfaces as sysfs lists them: name and `ifindex` (empty
+    /// while no network driver has the function, or its interface is in another namespace).
+    pub fn net_interfaces(&self, bdf: &PciAddress) -> Result<Vec<(String, u32)>, VfioError> {
+        let dir = self.net_dir(bdf);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(VfioError::Read { path: dir, source }),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| VfioError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path().join("ifindex");
+            let text = read_trimmed(&path)?;
+            let index = text.parse().map_err(|_| VfioError::Read {
+                path: path.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not an interface index: {text:?}"),
+                ),
+            })?;
+            found.push((entry.file_name().to_string_lossy().into_owned(), index));
+        }
+        found.sort();
+        Ok(found)
     }
 
     /// `<root>/bus/pci`.

@@ -1,6 +1,7 @@
 //! Test support (feature `testing`, for this crate's and downstream tests and benches; never in
-//! a release build): the one stand-in VMM, the stand-in sysfs tree of a PCI NIC, and the
-//! attach options and endpoints the tests build.
+//! a release build): the one stand-in VMM, the stand-in sysfs tree of a PCI NIC and the
+//! stand-in kernel driver that acts on it, and the attach options and endpoints the tests
+//! build.
 //!
 //! The stand-ins exist because neither can exist on the build machines: no VMM is started by
 //! these tests (the QEMU tests boot a real one), and there is no PCI NIC to hand over.
@@ -16,7 +17,10 @@ use std::{
 
 use sandbox_net_guest::{Guest, GuestConfig, GuestStats, packet::Identity};
 use sandbox_net_interworking::{InterworkingModel, TapOptions};
-use sandbox_net_netns::{Netns, ScanOptions};
+use sandbox_net_netns::{
+    Netns, ScanOptions,
+    testing::{PodFixture, TestNetns},
+};
 
 use crate::{
     AttachOptions, Backend, Capabilities, ClassifyOptions, Endpoint, EndpointId, Hypervisor,
@@ -497,6 +501,238 @@ impl StandInSysfs {
         let mut out = std::collections::BTreeMap::new();
         walk(self.root(), &mut out);
         out
+    }
+}
+
+/// The name the stand-in driver gives the interface it registers, as a kernel driver with
+/// udev's naming would (`enp0s3` for `0000:00:03.0`).
+pub const STAND_IN_NIC_NAME: &str = "enp0s3";
+/// The stand-in NIC's factory MAC: what its interface has when its driver registers it.
+pub const STAND_IN_FACTORY_MAC: &str = "02:00:00:00:03:00";
+
+/// The kernel's side of the stand-in PCI NIC of a [`StandInSysfs`], because the build
+/// machines have no PCI NIC: a thread that watches the tree's driver files (inotify) and does
+/// what the kernel does when they are written, for the NIC of a [`PodFixture`] (its `eth0`,
+/// whose other end, `veth-host`, is the wire to the host namespace):
+///
+/// - `drivers/e1000e/unbind` (also through `devices/<bdf>/driver/unbind`): the function
+///   leaves e1000e and its interface is unregistered wherever it is (the wire is deleted,
+///   and with it both ends); `devices/<bdf>/net` empties;
+/// - `drivers/vfio-pci/unbind`: the function leaves vfio-pci;
+/// - `drivers_probe`, or `drivers/<driver>/bind`: a function without a driver is bound to
+///   its `driver_override` (or to e1000e when there is none) — for e1000e, a new interface
+///   [`STAND_IN_NIC_NAME`] is registered in the driver's namespace (`driver_netns`, standing
+///   in for the host's initial one), with the [`STAND_IN_FACTORY_MAC`], MTU 1500, down, no
+///   address, its wire end `veth-host` back in the fixture's host namespace with the
+///   fixture's host MAC and addresses; `devices/<bdf>/net/enp0s3/ifindex` names it.
+///
+/// Stopped and joined on drop.
+#[derive(Debug)]
+pub struct StandInNicDriver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StandInNicDriver {
+    /// Starts the stand-in driver of `sysfs`'s function, whose interface is `fx`'s `eth0`
+    /// now, and registers new interfaces in `driver_netns`.
+    pub fn start(sysfs: &StandInSysfs, fx: &PodFixture, driver_netns: &TestNetns) -> Self {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        let bus = sysfs.root().join("bus/pci");
+        let mut watched = std::collections::HashMap::new();
+        for file in [
+            "drivers/e1000e/bind",
+            "drivers/e1000e/unbind",
+            "drivers/vfio-pci/bind",
+            "drivers/vfio-pci/unbind",
+            "drivers_probe",
+        ] {
+            let wd = inotify
+                .add_watch(&bus.join(file), AddWatchFlags::IN_CLOSE_WRITE)
+                .unwrap();
+            watched.insert(wd, file);
+        }
+        let kernel = StandInKernel {
+            device: sysfs.device(),
+            host: fx.host.name().to_owned(),
+            driver_netns: driver_netns.name().to_owned(),
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                match inotify.read_events() {
+                    Ok(events) => {
+                        for event in events {
+                            if let Some(file) = watched.get(&event.wd) {
+                                kernel.written(file);
+                            }
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                    Err(e) => panic!("stand-in driver: inotify: {e}"),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StandInNicDriver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the stand-in driver acts on.
+struct StandInKernel {
+    device: PathBuf,
+    host: String,
+    driver_netns: String,
+}
+
+impl StandInKernel {
+    fn ip(netns: &str, args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(["-n", netns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stand-in driver: ip -n {netns} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn driver(&self) -> Option<String> {
+        std::fs::read_link(self.device.join("driver"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    fn set_driver(&self, driver: Option<&str>) {
+        let link = self.device.join("driver");
+        let _ = std::fs::remove_file(&link);
+        if let Some(driver) = driver {
+            std::os::unix::fs::symlink(format!("../../drivers/{driver}"), &link).unwrap();
+        }
+    }
+
+    fn written(&self, file: &str) {
+        match file {
+            "drivers/e1000e/unbind" | "drivers/vfio-pci/unbind" => {
+                let driver = file.split('/').nth(1).unwrap();
+                if self.driver().as_deref() == Some(driver) {
+                    self.set_driver(None);
+                    if driver == "e1000e" {
+                        self.unregister();
+                    }
+                }
+            }
+            "drivers_probe" => self.probe(None),
+            "drivers/e1000e/bind" => self.probe(Some("e1000e")),
+            "drivers/vfio-pci/bind" => self.probe(Some("vfio-pci")),
+            _ => {}
+        }
+    }
+
+    /// Binds a function without a driver to `asked` (a `bind` file) or to the one that
+    /// matches (`drivers_probe`), as `driver_override` allows.
+    fn probe(&self, asked: Option<&str>) {
+        if self.driver().is_some() {
+            return;
+        }
+        let over = std::fs::read_to_string(self.device.join("driver_override")).unwrap();
+        let over = over.trim();
+        let over = (!over.is_empty() && over != "(null)").then_some(over);
+        let driver = match (asked, over) {
+            (Some(asked), Some(over)) if asked != over => return,
+            (Some(asked), _) => asked,
+            (None, Some(over)) => over,
+            (None, None) => "e1000e",
+        };
+        self.set_driver(Some(driver));
+        if driver == "e1000e" {
+            self.register();
+        }
+    }
+
+    /// The NIC's interface goes, wherever it is: deleting its wire end deletes both.
+    fn unregister(&self) {
+        Self::ip(&self.host, &["link", "del", PodFixture::HOST_IF]);
+        let _ = std::fs::remove_dir_all(self.device.join("net"));
+    }
+
+    /// A new interface in the driver's namespace, as a driver's probe makes it.
+    fn register(&self) {
+        Self::ip(
+            &self.driver_netns,
+            &[
+                "link",
+                "add",
+                STAND_IN_NIC_NAME,
+                "address",
+                STAND_IN_FACTORY_MAC,
+                "mtu",
+                "1500",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                PodFixture::HOST_IF,
+                "address",
+                PodFixture::HOST_MAC,
+                "netns",
+                &self.host,
+            ],
+        );
+        for args in [
+            vec![
+                "addr",
+                "add",
+                PodFixture::HOST_V4,
+                "dev",
+                PodFixture::HOST_IF,
+            ],
+            vec![
+                "addr",
+                "add",
+                PodFixture::HOST_V6,
+                "dev",
+                PodFixture::HOST_IF,
+                "nodad",
+            ],
+            vec!["link", "set", PodFixture::HOST_IF, "up"],
+        ] {
+            Self::ip(&self.host, &args);
+        }
+        // `ip -o link show` starts with the index: `7: enp0s3@if6: <...`.
+        let shown = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &self.driver_netns,
+                "-o",
+                "link",
+                "show",
+                STAND_IN_NIC_NAME,
+            ])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        let index: u32 = shown.split(':').next().unwrap().trim().parse().unwrap();
+        let dir = self.device.join("net").join(STAND_IN_NIC_NAME);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ifindex"), format!("{index}\n")).unwrap();
     }
 }
 

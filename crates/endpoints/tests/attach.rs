@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use rtnetlink::packet_route::link::NetkitMode;
-use sandbox_net_endpoints::testing::{self, OnDevice, StandInSysfs, StandInVmm};
+use sandbox_net_endpoints::testing::{self, OnDevice, StandInNicDriver, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
     AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, Facts, Unsupported,
     endpoints_from_scan,
@@ -710,35 +710,75 @@ fn physical_endpoint_classification_needs_a_pci_address() {
     );
 }
 
+/// Waits (up to 5 s) until the stand-in function is on `driver`, as the stand-in kernel
+/// driver puts it after a write.
+fn wait_for_driver(sysfs: &StandInSysfs, driver: &str) {
+    let link = sysfs.device().join("driver");
+    for _ in 0..500 {
+        if std::fs::read_link(&link).is_ok_and(|t| t.ends_with(driver)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the stand-in function is not on {driver}");
+}
+
+fn link_names(ns: &TestNetns) -> Vec<String> {
+    ns.ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
-async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_on_detach() {
+async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detach() {
     let fx = PodFixture::new();
+    // A NIC configured beyond the kernel's defaults, so that each part has to come back: an
+    // MTU, a noprefixroute address with a route of its own (metric, source), a route with an
+    // MTU, a default route in a second table; and the fixture's permanent neighbours.
+    fx.pod.ip_batch(
+        "link set eth0 mtu 1400\n\
+         addr add 10.201.0.2/24 dev eth0 noprefixroute\n\
+         route add 10.201.0.0/24 dev eth0 metric 77 src 10.201.0.2\n\
+         route add 10.40.0.0/16 via 10.200.0.1 dev eth0 mtu 1300\n\
+         route add default via 10.200.0.1 dev eth0 table 100\n",
+    );
+    let before = fx.pod.snapshot();
+    // The NIC's driver registers its interface in the host's initial namespace; this one
+    // stands in for it.
+    let host_initial = TestNetns::new();
     let sysfs = StandInSysfs::new(true);
+    let _driver = StandInNicDriver::start(&sysfs, &fx, &host_initial);
     let bdf = testing::STAND_IN_BDF;
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
     let kernel = Kernel {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
-    let mut eps = endpoints(&fx.pod, std::env::temp_dir(), true)
+    let eps = endpoints(&fx.pod, std::env::temp_dir(), true)
         .await
         .unwrap();
     // Facts as ethtool would give them for a PCI NIC.
-    let mut nic = Endpoint::new(
-        0,
-        EndpointKind::Physical,
-        eps.remove(0).interface,
-        Facts {
-            pci: Some(bdf.parse().unwrap()),
-            vhost_user_socket: None,
-        },
-    );
+    let nic_of = |interface| {
+        Endpoint::new(
+            0,
+            EndpointKind::Physical,
+            interface,
+            Facts {
+                pci: Some(bdf.parse().unwrap()),
+                vhost_user_socket: None,
+            },
+        )
+    };
+    let mut nic = nic_of(eps[0].interface.clone());
     let opts = AttachOptions {
-        sysfs: sysfs.sysfs(),
+        sysfs: sysfs.sysfs().with_driver_netns(host_initial.netns().path()),
         ..options(InterworkingModel::TcFilter)
     };
     let vmm = StandInVmm::new()
@@ -760,12 +800,82 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_on_detach() {
         nic.steps.is_empty(),
         "no netlink change for a physical endpoint"
     );
+    // The function is on vfio-pci; its interface was unregistered with its driver: the pod
+    // has no eth0 while the VM has the NIC.
+    wait_for_driver(&sysfs, "vfio-pci");
+    assert_eq!(link_names(&fx.pod), ["lo"]);
 
-    // As the kernel would have done on drivers_probe: the device is now on vfio-pci.
-    sysfs.set_driver(Some("vfio-pci"));
     nic.detach(kernel, &vmm, &opts, false).await.unwrap();
     assert_eq!(read(&override_file), "");
     assert_eq!(read("drivers/vfio-pci/unbind"), bdf);
     assert_eq!(read("drivers/e1000e/bind"), bdf);
     assert!(nic.vfio.is_none());
+    // Back in the pod, not in the host's namespace, with its name, MAC, MTU, addresses,
+    // routes and neighbours; and it carries the pod's traffic.
+    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+    assert_eq!(
+        testing::ping_count(fx.host.netns(), "10.200.0.2", 3).await,
+        3
+    );
+
+    // Again, torn down from the record alone (a restarted shim, the VM gone).
+    let mut nic = nic_of(eps[0].interface.clone());
+    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    wait_for_driver(&sysfs, "vfio-pci");
+    assert_eq!(link_names(&fx.pod), ["lo"]);
+    vmm.shutdown();
+    nic.teardown(Some(kernel), &opts).await.unwrap();
+    assert!(nic.vfio.is_none());
+    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_later_detach() {
+    let fx = PodFixture::new();
+    let host_initial = TestNetns::new();
+    let sysfs = StandInSysfs::new(true);
+    let driver = StandInNicDriver::start(&sysfs, &fx, &host_initial);
+    let bdf = testing::STAND_IN_BDF;
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = Kernel {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let eps = endpoints(&fx.pod, std::env::temp_dir(), true)
+        .await
+        .unwrap();
+    let mut nic = Endpoint::new(
+        0,
+        EndpointKind::Physical,
+        eps[0].interface.clone(),
+        Facts {
+            pci: Some(bdf.parse().unwrap()),
+            vhost_user_socket: None,
+        },
+    );
+    let opts = AttachOptions {
+        sysfs: sysfs.sysfs().with_driver_netns(host_initial.netns().path()),
+        ..options(InterworkingModel::TcFilter)
+    };
+    let vmm = StandInVmm::new().with_queues(1);
+    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    wait_for_driver(&sysfs, "vfio-pci");
+    // The driver does not come back (as if its probe failed): nothing registers an interface.
+    drop(driver);
+    let err = nic.detach(kernel, &vmm, &opts, false).await.unwrap_err();
+    let chain = sandbox_net_netns::error_chain(&err);
+    assert!(
+        chain.contains(&format!(
+            "PCI device {bdf} is back on its driver but no network interface appeared for it"
+        )) && chain.contains("and the pod has no eth0"),
+        "{chain}"
+    );
+    // Kept: a later detach tries again.
+    assert!(nic.vfio.is_some());
 }

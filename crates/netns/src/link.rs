@@ -204,6 +204,25 @@ impl Rtnl {
             .await
     }
 
+    /// Moves the link into another namespace under the name `name` there, in one request
+    /// (`ip link set DEV netns NS name NAME`): the kernel renames it as it moves, so that it
+    /// never shows under its old name in `to`, and refuses (`EEXIST`) if `to` has a link of
+    /// that name.
+    pub async fn move_link_named(
+        &self,
+        link: &Link,
+        to: &crate::Netns,
+        name: &sandbox_net_persist::IfName,
+    ) -> Result<(), NetlinkError> {
+        use std::os::fd::AsRawFd;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .setns_by_fd(to.fd().as_raw_fd())
+            .name(name.as_str())
+            .build();
+        self.change_link(link, "rename and move to another namespace", msg)
+            .await
+    }
+
     /// Puts the link in device group `group` (`ip link set DEV group N`).
     pub async fn set_link_group(&self, link: &Link, group: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(link.index)
