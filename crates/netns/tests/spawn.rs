@@ -40,10 +40,16 @@ fn the_child_runs_in_the_namespace_with_only_the_handed_descriptors() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = ns.netns().spawn_with_fds(&mut command, &handed).unwrap();
-    // The child's descriptors are settled once it has exec'd (its comm is then `sleep`).
+    // The child's descriptors are settled once it has exec'd (its comm is then `sleep`) and
+    // is asleep: sleep's start-up opens and closes files of its own (the locale archive), so
+    // its descriptors are read only once it waits in (clock_)nanosleep (syscalls 230 and 35
+    // on x86-64).
     for _ in 0..500 {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
-        if comm.trim() == "sleep" {
+        let syscall =
+            std::fs::read_to_string(format!("/proc/{}/syscall", child.id())).unwrap_or_default();
+        let number = syscall.split_whitespace().next().unwrap_or_default();
+        if comm.trim() == "sleep" && (number == "230" || number == "35") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
