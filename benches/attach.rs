@@ -24,8 +24,8 @@
 //!   trees and ingress qdiscs removed. Nothing is recorded.
 //! - `pipelined raw bound`: the lower bound (benches/attach/bound.rs): one thread in the
 //!   namespace, a plain netlink socket, one link dump, the taps by ioctl, then all 11 requests
-//!   of every endpoint in one buffer sent at once, one ACK; in the row below, the changes alone
-//!   (taps, batch, acks). Detach: the taps deleted as one device group and the veths' qdisc
+//!   of every endpoint in one buffer sent at once, one ACK; in the rows below, the changes alone
+//!   (taps, batch, acks, closes) and their parts (each a median of its own). Detach: the taps deleted as one device group and the veths' qdisc
 //!   deletes, in one buffer. Like `sandbox-net`, it sets the taps up while it holds their queue
 //!   descriptors and closes them after: the taps have carrier, so the kernel also gives each an
 //!   IPv6 link-local address and routes, and each close waits for an RCU grace period.
@@ -615,6 +615,9 @@ fn run_once(
     let (a, d) = pipelined_bound(n).with_context(|| format!("bound, {n} endpoints"))?;
     samples.push("attach bound", a.total);
     samples.push("attach bound changes", a.changes);
+    samples.push("attach bound taps", a.taps);
+    samples.push("attach bound requests", a.requests);
+    samples.push("attach bound closes", a.closes);
     samples.push("detach bound", d);
     samples.batch = Some(a.batch);
     let a = ip_tc_batch(n).with_context(|| format!("ip+tc batch, {n} endpoints"))?;
@@ -671,6 +674,15 @@ fn print_table(sizes: &[usize], runs: &[usize], samples: &[Samples], state: &Sta
         ("attach  raw, one request at a time", Per(attach("raw"))),
         ("attach  pipelined raw bound", Per(attach("bound"))),
         ("          its changes alone", Per(attach("bound changes"))),
+        ("            taps by ioctl", Per(attach("bound taps"))),
+        (
+            "            the batch, sent and acked",
+            Per(attach("bound requests")),
+        ),
+        (
+            "            the taps' queues closed",
+            Per(attach("bound closes")),
+        ),
         (
             "attach  ip -batch + tc -batch (no carrier)",
             Per(attach("iproute2")),

@@ -102,11 +102,18 @@ pub struct Attached {
 }
 
 /// Durations of one attach: everything (thread into the namespace, socket, link dump, taps,
-/// batch, acks), and the changes alone (taps, batch, acks); and the batch's shape.
+/// batch, acks, closes), the changes alone (taps, batch, acks, closes) and their parts; and the
+/// batch's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct AttachTimes {
     pub total: Duration,
     pub changes: Duration,
+    /// The taps made by ioctl, their ifindex read.
+    pub taps: Duration,
+    /// The batch built, sent and acknowledged.
+    pub requests: Duration,
+    /// The taps' queue descriptors closed.
+    pub closes: Duration,
     pub batch: BatchShape,
 }
 
@@ -127,7 +134,7 @@ pub fn attach(
     let rate = HtbRate::from_bits(rate_bits)?;
     let clock = PschedClock::read()?;
     let started = Instant::now();
-    let (attached, changes, batch) = netns.run_blocking(move || -> anyhow::Result<_> {
+    let (attached, mut times) = netns.run_blocking(move || -> anyhow::Result<_> {
         let mut socket = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
         socket.bind_auto().context("bind the netlink socket")?;
         socket.set_ext_ack(true)?;
@@ -137,30 +144,36 @@ pub fn attach(
         let veths = dump_veths(&socket, &mut sequence)?;
         let changes = Instant::now();
         let (pairs, queues) = create_taps(veths)?;
+        let taps = changes.elapsed();
+        let requests = Instant::now();
         let mut batch = Batch::new(sequence);
         for (i, pair) in pairs.iter().enumerate() {
             add_endpoint(&mut batch, i, pair, group, rate, &clock);
         }
         let (next, shape) = batch.run(&socket)?;
         sequence = next;
+        let requests = requests.elapsed();
+        let closes = Instant::now();
         drop(queues);
+        let closes = closes.elapsed();
         let attached = Attached {
             socket,
             sequence,
             group,
             pairs,
         };
-        Ok((attached, changes.elapsed(), shape))
+        let times = AttachTimes {
+            total: Duration::ZERO,
+            changes: changes.elapsed(),
+            taps,
+            requests,
+            closes,
+            batch: shape,
+        };
+        Ok((attached, times))
     })??;
-    let total = started.elapsed();
-    Ok((
-        attached,
-        AttachTimes {
-            total,
-            changes,
-            batch,
-        },
-    ))
+    times.total = started.elapsed();
+    Ok((attached, times))
 }
 
 /// The detach of the bound: the device group deleted and the veths' qdiscs, in one batch.
