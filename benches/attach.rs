@@ -120,23 +120,11 @@ fn drop_vmm() -> StandInVmm {
         .on_device(OnDevice::Drop)
 }
 
-/// A pod namespace with `n` addressed veths `vb{i}` (peers in `peers`).
+/// A pod namespace with `n` addressed veths `vb{i}` (peers in `peers`), then a pause.
 fn pod(n: usize) -> (TestNetns, TestNetns) {
-    let pod = TestNetns::new();
-    let peers = TestNetns::new();
-    let mut script = String::new();
-    for i in 0..n {
-        script.push_str(&format!(
-            "link add vb{i} type veth peer name vp{i} netns {}\naddr add 10.{}.{}.{}/30 dev vb{i}\nlink set vb{i} up\n",
-            peers.name(),
-            64 + i / 16384,
-            (i / 64) % 256,
-            (i % 64) * 4 + 1
-        ));
-    }
-    pod.ip_batch(&script);
+    let pod = TestNetns::pod_with_veths(n);
     settle(n);
-    (pod, peers)
+    pod
 }
 
 /// Lets the kernel finish the work a previous run left it (the namespaces it dropped are
