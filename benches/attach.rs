@@ -25,17 +25,18 @@
 //! - `pipelined raw bound`: the lower bound (benches/attach/bound.rs): one thread in the
 //!   namespace, a plain netlink socket, one link dump, the taps by ioctl, then all 11 requests
 //!   of every endpoint in one buffer sent at once, one ACK; in the rows below, the changes alone
-//!   (taps, batch, acks, closes) and their parts (each a median of its own). Detach: the taps deleted as one device group and the veths' qdisc
-//!   deletes, in one buffer. Like `sandbox-net`, it sets the taps up while it holds their queue
-//!   descriptors and closes them after: the taps have carrier, so the kernel also gives each an
-//!   IPv6 link-local address and routes, and each close waits for an RCU grace period.
+//!   (taps, batch, acks, closes) and their parts (each a median of its own). Detach: the taps
+//!   deleted as one device group and the veths' qdisc deletes, in one buffer. Like
+//!   `sandbox-net`, it sets the taps up while it holds their queue descriptors and closes them
+//!   after: the taps have carrier, so the kernel also gives each an IPv6 link-local address
+//!   and routes, and each close waits for an RCU grace period.
 //! - `ip -batch + tc -batch`: `ip -n NS -batch -` (tuntap add, link set mtu/group/up) then
 //!   `tc -n NS -batch -` (ingress qdiscs, redirects, HTB trees), the scripts on stdin. `ip
 //!   tuntap add` closes its descriptor before `link set up`: these taps go up without carrier
 //!   and get no IPv6 link-local address or routes, kernel work the other rows do (and pay).
 //!
 //! The ratios are each row's median over the bound's median (the bound's total, socket and
-//! dump included). The bound and the iproute2 scripts keep no state: their rows are the same
+//! dump included). The raw rows and the iproute2 scripts keep no state: their rows are the same
 //! runs in both tables.
 //!
 //! Before the timed runs, once, at N=16: the bound must leave the namespace as `sandbox-net`
