@@ -574,21 +574,26 @@ impl Sandbox {
         self.rtnl = Some(rtnl);
         // Whatever happened, each record now says it: attached, or taken back with the steps
         // that could not be undone (none after a clean undo) for a detach or reconcile.
-        for endpoint in &mut endpoints {
-            let record = EndpointRecord::from(&*endpoint);
-            if first_error.is_some() && record.steps.is_empty() && record.vfio.is_none() {
-                self.state.endpoints.retain(|e| e.id != record.id);
-                continue;
+        let Some(e) = first_error else {
+            for endpoint in &endpoints {
+                let record = EndpointRecord::from(endpoint);
+                self.state.upsert_endpoint(record.clone());
+                self.store.save_endpoint(&self.state, &record)?;
             }
-            self.state.upsert_endpoint(record.clone());
-            self.store.save_endpoint(&self.state, &record)?;
+            return Ok(handed);
+        };
+        // Taken back: a record keeps only what could not be undone, and one with nothing
+        // left goes. The document is written once (a journal line cannot drop a record).
+        for endpoint in &endpoints {
+            let record = EndpointRecord::from(endpoint);
+            if record.steps.is_empty() && record.vfio.is_none() {
+                self.state.endpoints.retain(|e| e.id != record.id);
+            } else {
+                self.state.upsert_endpoint(record);
+            }
         }
-        if let Some(e) = first_error {
-            // Records dropped above are dropped from the document too.
-            self.store.save(&self.state)?;
-            return Err(e);
-        }
-        Ok(handed)
+        self.store.save(&self.state)?;
+        Err(e)
     }
 
     /// `options` with the sandbox's device group: the links an attach creates go in it as

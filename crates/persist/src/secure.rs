@@ -52,18 +52,7 @@ fn euid() -> u32 {
 
 /// Opens an existing file of the store for reading; `None` when there is none.
 pub(crate) fn open_existing(path: &Path, what: StateFile) -> Result<Option<File>, StoreError> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(file) => {
-            check_file(&file, path, what)?;
-            Ok(Some(file))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(open_error(e, path, what, "read")),
-    }
+    open_existing_as(path, what, OpenOptions::new().read(true), "read")
 }
 
 /// Opens an existing file of the store for writing (to truncate it); `None` when there is
@@ -72,8 +61,18 @@ pub(crate) fn open_existing_for_writing(
     path: &Path,
     what: StateFile,
 ) -> Result<Option<File>, StoreError> {
-    match OpenOptions::new()
-        .write(true)
+    open_existing_as(path, what, OpenOptions::new().write(true), "open")
+}
+
+/// Opens an existing file of the store with `options`, never through a symbolic link, and
+/// checks it; `None` when there is none. `op` names the operation in an error.
+fn open_existing_as(
+    path: &Path,
+    what: StateFile,
+    options: &mut OpenOptions,
+    op: &'static str,
+) -> Result<Option<File>, StoreError> {
+    match options
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
     {
@@ -82,7 +81,7 @@ pub(crate) fn open_existing_for_writing(
             Ok(Some(file))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(open_error(e, path, what, "open")),
+        Err(e) => Err(open_error(e, path, what, op)),
     }
 }
 
