@@ -7,7 +7,7 @@ use std::{fmt, time::Duration};
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -153,36 +153,96 @@ impl Rtnl {
     }
 
     /// The link's ingress qdisc (`ingress` or `clsact`) and its root qdisc unless it is the
-    /// kernel's default (see [`LinkQdiscs::root`]). One dump: the kernel answers a qdisc
-    /// dump with every link's qdiscs whatever index the request names, so the answer is
-    /// filtered here.
+    /// kernel's default (see [`LinkQdiscs::root`]). Two unicast gets (`RTM_GETQDISC` without
+    /// `NLM_F_DUMP`, naming the link and the parent), not a dump: the kernel answers a qdisc
+    /// dump with every link's qdiscs whatever index the request names, which made each
+    /// link's check cost the whole namespace.
     async fn qdiscs_of(&self, link: &Link) -> Result<(Option<Qdisc>, Option<Qdisc>), NetlinkError> {
-        let qdiscs = self
-            .dump("list", "qdiscs", |h| h.qdisc().get().execute())
-            .await?;
-        let mut ingress = None;
-        let mut root = None;
-        for q in qdiscs
-            .iter()
-            .filter(|q| q.header.index == link.index as i32)
-        {
-            let Some(kind) = q.attributes.iter().find_map(|a| match a {
+        let (ingress, root) = futures::join!(
+            self.qdisc_at(link, TcHandle::INGRESS),
+            self.qdisc_at(link, TcHandle::from(TC_H_ROOT))
+        );
+        let qdisc = |message: TcMessage| {
+            let kind = message.attributes.iter().find_map(|a| match a {
                 TcAttribute::Kind(k) => Some(k.clone()),
                 _ => None,
-            }) else {
-                continue;
-            };
-            let qdisc = Qdisc {
+            })?;
+            Some(Qdisc {
                 kind,
-                handle: u32::from(q.header.handle),
+                handle: u32::from(message.header.handle),
+            })
+        };
+        Ok((ingress?.and_then(qdisc), root?.and_then(qdisc)))
+    }
+
+    /// The qdisc attached at `parent` of the link (`ffff:fff1`: the ingress hook; `TC_H_ROOT`:
+    /// the root of the egress) as the kernel reports it, unless it is one of the kernel's
+    /// built-in ones, which have handle 0 (`noqueue`, the default `pfifo_fast`, `fq_codel`
+    /// or `mq`, and the `noop` an ingress hook keeps once its qdisc was deleted): the kernel's
+    /// dumps leave those out too.
+    ///
+    /// One unicast get (`RTM_GETQDISC` without `NLM_F_DUMP`, naming the link and the parent),
+    /// not a dump: the kernel answers a qdisc dump with every link's qdiscs whatever index the
+    /// request names, which would make each link's question cost the whole namespace. The
+    /// kernel answers `ENOENT` when nothing is attached there. The request carries
+    /// `NLM_F_ECHO`: without it the kernel sends its answer to a get only to the
+    /// `RTNLGRP_TC` multicast group, and the asker receives nothing but the ACK.
+    pub async fn qdisc_at(
+        &self,
+        link: &Link,
+        parent: TcHandle,
+    ) -> Result<Option<TcMessage>, NetlinkError> {
+        let object = || {
+            let place = if parent == TcHandle::INGRESS {
+                "ingress"
+            } else {
+                "root"
             };
-            if q.header.parent == TcHandle::INGRESS {
-                ingress = Some(qdisc);
-            } else if u32::from(q.header.parent) == TC_H_ROOT && qdisc.handle != 0 {
-                root = Some(qdisc);
+            format!("{place} qdisc of {}", describe(link))
+        };
+        let mut message = TcMessage::with_index(link.index as i32);
+        message.header.parent = parent;
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO;
+        let mut handle = self.handle().clone();
+        let mut answers = handle
+            .request(request)
+            .map_err(|e| self.request_error("get", object(), e))?;
+        let mut found = None;
+        while let Some(answer) = answers.next().await {
+            match answer.payload {
+                NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => return Ok(None),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(self.request_error(
+                        "get",
+                        object(),
+                        rtnetlink::Error::NetlinkError(e),
+                    ));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q))
+                    if u32::from(q.header.handle) != 0 =>
+                {
+                    found = Some(q);
+                }
+                _ => {}
             }
         }
-        Ok((ingress, root))
+        Ok(found)
+    }
+
+    /// Every traffic-control class of the link (`tc class show dev DEV`), as the kernel dumps
+    /// them; the kernel filters a class dump by the index the request names.
+    pub async fn classes_of(&self, link: &Link) -> Result<Vec<TcMessage>, NetlinkError> {
+        let index = link.index as i32;
+        let classes = self
+            .dump("list", &format!("classes of {}", describe(link)), |h| {
+                h.traffic_class(index).get().execute()
+            })
+            .await?;
+        Ok(classes
+            .into_iter()
+            .filter(|c| c.header.index == index)
+            .collect())
     }
 
     /// What the link holds at its ingress and at the root of its egress: what sandbox-net

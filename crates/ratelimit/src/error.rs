@@ -122,6 +122,10 @@ pub enum LimitError {
         #[source]
         source: RateError,
     },
+    /// A question to the kernel through the namespace's [`Rtnl`](sandbox_net_netns::Rtnl)
+    /// helpers failed; the error names the link and the namespace.
+    #[error(transparent)]
+    Netlink(#[from] sandbox_net_netns::NetlinkError),
     /// Adding failed part-way and removing the part already added failed too: the link may
     /// keep a partial tree. The source is the failure of the add; `rollback` that of the
     /// removal.
@@ -156,6 +160,7 @@ impl LimitError {
             Self::Parse { source, .. } => source.errno(),
             Self::PartialTree { source, .. } => source.errno(),
             Self::Request { .. } => errno_in_chain(self),
+            Self::Netlink(e) => e.errno(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use netlink_packet_core::{
     ErrorMessage, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
     NetlinkMessage, NetlinkPayload, NlasIterator,
@@ -144,26 +144,16 @@ async fn add_tree(
 /// Reads the link's HTB tree: the root qdisc `1:` and its classes. `None` when the link has
 /// no root qdisc `1:` of kind `htb`.
 ///
-/// Two dumps: the qdiscs of the namespace (the kernel answers a qdisc dump with every
-/// link's qdiscs whatever ifindex the request names, so they are filtered here) and the
-/// classes of the link.
+/// Two requests: a get of the link's root qdisc and a dump of the link's classes.
 #[tracing::instrument(name = "ratelimit.htb_read", skip_all, fields(link = %link.name, ifindex = link.index))]
 pub async fn read_htb_tree(rtnl: &Rtnl, link: &Link) -> Result<Option<HtbTree>, LimitError> {
     let on = On { rtnl, link };
     let Some(default_class) = on.root_default_class().await? else {
         return Ok(None);
     };
-    let index = link.index as i32;
-    let messages = rtnl
-        .handle()
-        .traffic_class(index)
-        .get()
-        .execute()
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| on.request_error("list", "htb classes", None, rtnetlink_to_io(e)))?;
+    let messages = rtnl.classes_of(link).await?;
     let mut classes = Vec::new();
-    for message in messages.iter().filter(|m| m.header.index == index) {
+    for message in &messages {
         let parsed = parse_class(message).map_err(|e| on.parse_error("htb classes", e))?;
         if let Some(class) = parsed.filter(|c| c.handle >> 16 == ROOT_HANDLE >> 16) {
             classes.push(class);
@@ -234,21 +224,11 @@ impl On<'_> {
 
     /// The root qdisc `1:` of the link, whatever its kind.
     async fn root_qdisc_1(&self) -> Result<Option<TcMessage>, LimitError> {
-        let index = self.link.index as i32;
-        let qdiscs = self
+        let root = self
             .rtnl
-            .handle()
-            .qdisc()
-            .get()
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| self.request_error("list", "qdiscs", None, rtnetlink_to_io(e)))?;
-        Ok(qdiscs.into_iter().find(|q| {
-            q.header.index == index
-                && u32::from(q.header.handle) == ROOT_HANDLE
-                && u32::from(q.header.parent) == TC_H_ROOT
-        }))
+            .qdisc_at(self.link, TcHandle::from(TC_H_ROOT))
+            .await?;
+        Ok(root.filter(|q| u32::from(q.header.handle) == ROOT_HANDLE))
     }
 
     /// The default class of the link's root qdisc `1:`, if it is an HTB qdisc.
