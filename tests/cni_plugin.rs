@@ -4,7 +4,7 @@
 //! filter is deleted behind its back, DEL back to the pod as it was, DEL again, DEL after the
 //! namespace is gone, GC, STATUS (0, and 50 without `/dev/net/tun`); CHECK below 0.4.0 and
 //! GC/STATUS below 1.1.0 are error 1, as the versions of the specification have them. Then
-//! ADD killed at every step, and bad input.
+//! ADD killed at every step, bad input, VERSION and the tap's owner.
 
 #![allow(clippy::unwrap_used)]
 
@@ -814,6 +814,126 @@ async fn status_is_50_without_dev_net_tun() {
         out["msg"].as_str().unwrap().contains("is not writable"),
         "{out}"
     );
+}
+
+/// VERSION needs no namespace, environment or root: it answers every request with the five
+/// versions and the request's own `cniVersion`, as the specification asks.
+#[test]
+fn version_lists_every_version_in_the_requests_version() {
+    let version = |stdin: &str| -> Value {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-net-cni"))
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "VERSION {stdin}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    for v in CniVersion::ALL {
+        let stdin = json!({"cniVersion": v.as_str()}).to_string();
+        assert_eq!(
+            version(&stdin),
+            json!({"cniVersion": v.as_str(), "supportedVersions": all}),
+            "VERSION asked in {v}"
+        );
+    }
+    // The newest when the request says none; a version it does not speak is still echoed:
+    // the runtime compares it with `supportedVersions`.
+    assert_eq!(
+        version(""),
+        json!({"cniVersion": "1.1.0", "supportedVersions": all})
+    );
+    assert_eq!(
+        version(r#"{"cniVersion": "0.2.0"}"#),
+        json!({"cniVersion": "0.2.0", "supportedVersions": all})
+    );
+}
+
+/// The tap's owner from the `tapOwner`/`tapGroup` keys, as the kernel reports it in sysfs
+/// inside the namespace; `CNI_ARGS` `TC_REDIRECT_TAP_UID` overrides `tapOwner` alone.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn tap_owner_and_group_from_the_config() {
+    let fx = node(Chain::Ptp);
+    let list = fx.conflist(
+        "1.1.0",
+        &[our_plugin(&fx, json!({"tapOwner": 1234, "tapGroup": 2345}))],
+    );
+    let mut attachment = fx.attachment();
+    let first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = fx.settled_snapshot();
+    // `ip netns exec` mounts a sysfs of the namespace: the tun driver's own attributes.
+    let owner = |tap: &str| -> (String, String) {
+        let read = |attr: &str| {
+            let path = format!("/sys/class/net/{tap}/{attr}");
+            let out = Command::new("ip")
+                .args(["netns", "exec", fx.pod().name(), "cat", &path])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{path}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        (read("owner"), read("group"))
+    };
+    for (args, expected) in [
+        (vec![], ("1234", "2345")),
+        (vec![("TC_REDIRECT_TAP_UID", "4321")], ("4321", "2345")),
+    ] {
+        attachment.args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+            .await
+            .unwrap_or_else(|e| panic!("ADD {args:?}: {}", error_chain(&e)))
+            .unwrap();
+        let (_, result) = CniResult::from_json("result", &raw).unwrap();
+        let (o, g) = owner("tap0_kata");
+        assert_eq!((o.as_str(), g.as_str()), expected, "CNI_ARGS {args:?}");
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Check,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CHECK {args:?}: {}", error_chain(&e)));
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Del,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap();
+        assert_same_snapshot(&before, &fx.settled_snapshot());
+    }
+    // ptp's DEL with its ADD's arguments (it refuses ones it does not know).
+    attachment.args.clear();
+    fx.runner
+        .del(&list, &attachment, Some(&first))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
