@@ -194,6 +194,18 @@ pub struct DriftReport {
     pub found: String,
 }
 
+impl DriftReport {
+    /// The report of one drift of `endpoint`, as `check` returns it.
+    pub fn new(endpoint: EndpointId, drift: sandbox_net_interworking::Drift) -> Self {
+        Self {
+            endpoint,
+            step: drift.step,
+            expected: drift.expected,
+            found: drift.found,
+        }
+    }
+}
+
 /// How many state files ended how.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -655,12 +667,7 @@ async fn check(sandbox: &Sandbox, file: &Path) -> Outcome {
         Ok(drifts) => Outcome::AliveDrift {
             drifts: drifts
                 .into_iter()
-                .map(|(endpoint, drift)| DriftReport {
-                    endpoint,
-                    step: drift.step,
-                    expected: drift.expected,
-                    found: drift.found,
-                })
+                .map(|(endpoint, drift)| DriftReport::new(endpoint, drift))
                 .collect(),
         },
         Err(e) => Outcome::Refused {

@@ -191,6 +191,65 @@ fn attach_check_detach_round_trip_through_the_cli() {
     not(feature = "root-tests"),
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
+fn check_and_detach_print_json() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap();
+    let out = sandbox_net(&[
+        "attach",
+        "--netns",
+        fx.pod.name(),
+        "--state",
+        state_arg,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let endpoint = devices[0]["endpoint"].as_str().unwrap().to_string();
+
+    let check = sandbox_net(&["check", "--state", state_arg, "--json"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({"state": state_arg, "endpoints": 1, "drifts": []})
+    );
+
+    // A drift keeps exit status 3 and is reported with the fields of `reconcile --json`.
+    fx.pod.tc(&["filter", "del", "dev", "eth0", "ingress"]);
+    let check = sandbox_net(&["check", "--state", state_arg, "--json"]);
+    assert_eq!(check.status.code(), Some(3), "{}", stderr(&check));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["state"], state_arg);
+    assert_eq!(report["endpoints"], 1);
+    let drifts = report["drifts"].as_array().unwrap();
+    assert_eq!(drifts.len(), 1, "{report}");
+    assert_eq!(drifts[0]["endpoint"], endpoint.as_str());
+    assert_eq!(drifts[0]["step"], "redirect eth0 -> tap0_kata");
+    assert_eq!(
+        drifts[0]["expected"],
+        "a redirect to tap0_kata at priority 49152"
+    );
+    assert_eq!(drifts[0]["found"], "redirects to []", "{report}");
+
+    let out = sandbox_net(&["detach", "--state", state_arg, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let detached: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        detached,
+        serde_json::json!({"detached": 1, "state": state_arg})
+    );
+    assert!(!state.exists());
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
 fn attach_refuses_bad_input_and_leaves_nothing() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
@@ -277,6 +336,54 @@ fn the_demo_runs_and_reports_real_figures() {
     assert!(
         text.contains("  pod          built by the CNI reference plugins ptp + host-local"),
         "{text}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+fn the_demo_reports_as_json() {
+    sandbox_net_netns::testing::require_root();
+    let out = sandbox_net(&["demo", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ping_sent"], 5, "{report}");
+    assert_eq!(report["ping_received"], 5, "{report}");
+    assert!(report["rtt_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["rate_bits"], 50_000_000);
+    assert!(report["shaped_rx_bits"].as_f64().unwrap() > 0.0, "{report}");
+    let attached = report["attached"].as_array().unwrap();
+    assert_eq!(attached.len(), 1, "{report}");
+    assert!(
+        attached[0]
+            .as_str()
+            .unwrap()
+            .starts_with("eth0 -> tap0_kata (tcfilter, 1 queue), guest MAC "),
+        "{report}"
+    );
+    assert_eq!(
+        report["htb"],
+        serde_json::json!([
+            "tap0_kata (rx) default 1:2, 1:1 rate 50000000 ceil 50000000 bit/s, 1:2 rate 50000000 ceil 50000000 bit/s",
+            "eth0 (tx) default 1:2, 1:1 rate 50000000 ceil 50000000 bit/s, 1:2 rate 50000000 ceil 50000000 bit/s",
+        ])
+    );
+    for key in [
+        "pod_namespace",
+        "host_namespace",
+        "pod_builder",
+        "detach_process",
+    ] {
+        assert!(report[key].is_string(), "{key} in {report}");
+    }
+    assert!(
+        report["pod_builder"]
+            .as_str()
+            .unwrap()
+            .starts_with("built by the CNI reference plugins ptp + host-local"),
+        "{report}"
     );
 }
 

@@ -167,36 +167,7 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
     assert!(args[3].ends_with(",mq=on,vectors=6"), "{args:?}");
     let queues = netdev_fds(&args);
     assert_eq!(queues.len(), 2);
-
-    // The VMM holds exactly its standard streams and the two queues its arguments name, in
-    // the pod's namespace.
-    let fds = open_fds(vmm);
-    let numbers: BTreeSet<i32> = fds.iter().map(|(n, _)| *n).collect();
-    let mut expected: BTreeSet<i32> = [0, 1, 2].into();
-    expected.extend(&queues);
-    assert_eq!(numbers, expected, "{fds:?}");
-    for (n, target) in &fds {
-        if queues.contains(n) {
-            assert_eq!(target, Path::new("/dev/net/tun"));
-        }
-    }
-    let ns = std::fs::metadata(format!("/proc/{vmm}/ns/net")).unwrap();
-    let pod = fx.pod.netns().id();
-    assert_eq!((ns.dev(), ns.ino()), (pod.dev, pod.ino));
-    // sandbox-net keeps no copy: it closes its own once the VMM runs (and the tap's
-    // persistence is cleared), while it waits for the VMM.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while open_fds(exec.id())
-        .iter()
-        .any(|(_, t)| t == Path::new("/dev/net/tun"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sandbox-net still holds queues: {:?}",
-            open_fds(exec.id())
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert_only_the_vmm_holds_the_queues(&fx, &exec, vmm, &queues);
     // With --no-persist the tap now lives on the VMM's descriptors only.
     let info = &fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"];
     assert_eq!(info["persist"], false);
@@ -229,6 +200,37 @@ async fn exec_hands_over_exactly_the_queues_and_passes_on_a_killed_vmms_status()
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
+/// The VMM holds exactly its standard streams and the queues its arguments name, in the pod's
+/// namespace; sandbox-net (`exec`) keeps no copy: it closes its own once the VMM runs (and the
+/// tap's persistence is cleared), while it waits for the VMM.
+fn assert_only_the_vmm_holds_the_queues(fx: &PodFixture, exec: &Child, vmm: u32, queues: &[i32]) {
+    let fds = open_fds(vmm);
+    let numbers: BTreeSet<i32> = fds.iter().map(|(n, _)| *n).collect();
+    let mut expected: BTreeSet<i32> = [0, 1, 2].into();
+    expected.extend(queues);
+    assert_eq!(numbers, expected, "{fds:?}");
+    for (n, target) in &fds {
+        if queues.contains(n) {
+            assert_eq!(target, Path::new("/dev/net/tun"));
+        }
+    }
+    let ns = std::fs::metadata(format!("/proc/{vmm}/ns/net")).unwrap();
+    let pod = fx.pod.netns().id();
+    assert_eq!((ns.dev(), ns.ino()), (pod.dev, pod.ino));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while open_fds(exec.id())
+        .iter()
+        .any(|(_, t)| t == Path::new("/dev/net/tun"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox-net still holds queues: {:?}",
+            open_fds(exec.id())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `reconcile --json` on `dir` until its one sandbox has `outcome` (exec records the
 /// VMM as the owner just after starting it); returns that report.
 fn reconcile_until(dir: &Path, outcome: &str) -> Value {
@@ -242,6 +244,62 @@ fn reconcile_until(dir: &Path, outcome: &str) -> Value {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("reconcile never reported {outcome}: {last}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn exec_passes_on_a_failing_vmms_status_and_with_no_persist_leaves_no_descriptor_or_tap() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    attach(&fx, &state, &["--queues", "2", "--no-persist"]);
+    assert_eq!(our_links(&fx.pod), ["tap0_kata"]);
+
+    // A stand-in VMM that fails on its own: it records its arguments and its pid, holds what
+    // it was given until the test has looked at it, then exits 7. The shell stays the VMM
+    // process (no exec), so its descriptors are the ones sandbox-net handed over. The pid
+    // file appears by a rename, once the shell has closed every file it wrote.
+    let (pidfile, argsfile, go) = (
+        dir.path().join("pid"),
+        dir.path().join("args"),
+        dir.path().join("go"),
+    );
+    let script = format!(
+        "printf '%s\\n' \"$@\" > {args}; echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; \
+         while [ ! -e {go} ]; do sleep 0.01; done; exit 7",
+        args = argsfile.display(),
+        pid = pidfile.display(),
+        go = go.display()
+    );
+    let mut exec = exec_stand_in(&state, &script);
+    let vmm = wait_for_vmm(&pidfile, "sh");
+    let args: Vec<String> = std::fs::read_to_string(&argsfile)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let queues = netdev_fds(&args);
+    assert_eq!(queues.len(), 2, "{args:?}");
+    assert_only_the_vmm_holds_the_queues(&fx, &exec, vmm, &queues);
+    let info = &fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"];
+    assert_eq!(info["persist"], false);
+
+    std::fs::write(&go, "").unwrap();
+    let status = exec.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "the VMM's own exit status");
+    // The VMM's descriptors were the tap's last: it went with them.
+    assert!(
+        wait_until_gone(&fx, "tap0_kata").await,
+        "the tap outlived the VMM"
+    );
+    // The record stays for detach, which finds the tap gone and restores the pod.
+    assert!(state.exists());
+    detach(&state);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
 #[tokio::test]

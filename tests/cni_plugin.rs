@@ -2,7 +2,9 @@
 //! macvlan with host-local), at every version from 0.3.0 to 1.1.0: ADD and its result field
 //! by field, traffic through the tap to the user-space guest, CHECK clean and CHECK after a
 //! filter is deleted behind its back, DEL back to the pod as it was, DEL again, DEL after the
-//! namespace is gone, GC, STATUS; then ADD killed at every step, and bad input.
+//! namespace is gone, GC, STATUS (0, and 50 without `/dev/net/tun`); CHECK below 0.4.0 and
+//! GC/STATUS below 1.1.0 are error 1, as the versions of the specification have them. Then
+//! ADD killed at every step, bad input, VERSION and the tap's owner.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,7 +21,7 @@ use std::{
 
 use common::cni::{Chain, CniNode};
 use sandbox_net::cni::{
-    Attachment, CniCommand, CniResult, CniVersion, ExecError, NetworkConfigList, code,
+    Attachment, ChainError, CniCommand, CniResult, CniVersion, ExecError, NetworkConfigList, code,
     error::error_chain,
 };
 use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
@@ -267,32 +269,73 @@ async fn after_every_reference_chain_at_every_version() {
                 "{what}: the guest answered {replies} echo requests"
             );
 
-            // CHECK of the whole chain is clean.
+            // The request our plugin gets for CHECK, STATUS and GC (by the binary, to read
+            // its exit status and stdout).
+            let netns = attachment.netns.as_deref().and_then(Path::to_str).unwrap();
+            let check_env = [
+                ("CNI_COMMAND", "CHECK"),
+                ("CNI_CONTAINERID", attachment.container_id.as_str()),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", attachment.ifname.as_str()),
+            ];
+            let check = list
+                .request(1, version, Some(result.to_json(version)))
+                .to_string();
+
             if version.has_check() {
+                // CHECK of our plugin alone, then of the whole chain: clean.
+                assert_eq!(
+                    run_binary(&fx, &check_env, &check),
+                    (Value::Null, 0),
+                    "{what}: CHECK"
+                );
                 fx.runner
                     .check(&list, &attachment, &result)
                     .await
                     .unwrap_or_else(|e| panic!("{what}: CHECK: {}", error_chain(&e)));
+            } else {
+                // CHECK came in 0.4.0: refused, as skel does, and so does the runner.
+                assert_not_in_version(
+                    &what,
+                    &run_binary(&fx, &check_env, &check),
+                    "CHECK",
+                    version,
+                );
+                let err = fx
+                    .runner
+                    .check(&list, &attachment, &result)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        ChainError::Unsupported {
+                            command: CniCommand::Check,
+                            ..
+                        }
+                    ),
+                    "{what}: {err}"
+                );
             }
-            // A filter deleted behind our back: CHECK names it.
+            // A filter deleted behind our back: CHECK names it (from 0.4.0; before, it stays
+            // error 1 whatever the kernel holds).
             fx.pod()
                 .tc(&["filter", "del", "dev", "tap0_kata", "ingress"]);
-            let err = run_ours(
-                &fx,
-                &list,
-                CniCommand::Check,
-                Some(&attachment),
-                Some(&result),
-            )
-            .await
-            .unwrap_err();
-            let cni = err.cni_error().unwrap_or_else(|| panic!("{what}: {err}"));
-            assert_eq!(cni.code, code::DRIFT, "{what}: {cni:?}");
-            assert!(
-                cni.msg.contains("redirect") && cni.msg.contains("tap0_kata"),
-                "{what}: the message names the missing redirect: {}",
-                cni.msg
-            );
+            let (out, status) = run_binary(&fx, &check_env, &check);
+            if version.has_check() {
+                assert_eq!(
+                    (status, &out["code"]),
+                    (1, &json!(code::DRIFT)),
+                    "{what}: {out}"
+                );
+                let msg = out["msg"].as_str().unwrap();
+                assert!(
+                    msg.contains("redirect") && msg.contains("tap0_kata"),
+                    "{what}: the message names the missing redirect: {msg}"
+                );
+            } else {
+                assert_not_in_version(&what, &(out, status), "CHECK", version);
+            }
 
             // DEL: the pod as before ADD; DEL again.
             run_ours(
@@ -328,32 +371,84 @@ async fn after_every_reference_chain_at_every_version() {
                 .unwrap();
             let (_, again) = CniResult::from_json("result", &again).unwrap();
             assert!(has_link(fx.pod(), "tap0_kata"));
-            let gc_version = fx.runner.plugin_version(&list, 1).await.unwrap();
-            let mut gc = list.request(1, gc_version, None);
+            let mut gc = list.request(1, version, None);
             gc["cni.dev/valid-attachments"] = json!([]);
-            fx.runner
-                .exec
-                .exec(PLUGIN, CniCommand::Gc, None, &gc)
-                .await
-                .unwrap();
-            assert!(
-                !has_link(fx.pod(), "tap0_kata"),
-                "{what}: GC removed the tap"
-            );
-            assert_same_snapshot(&before, &fx.pod().snapshot());
-            assert_eq!(
-                state_files(&fx),
-                Vec::<String>::new(),
-                "{what}: GC removed the state"
-            );
+            let gc_answer = run_binary(&fx, &[("CNI_COMMAND", "GC")], &gc.to_string());
+            let status = list.request(1, version, None).to_string();
+            let status_env = [("CNI_COMMAND", "STATUS")];
+            if version.has_status_and_gc() {
+                assert_eq!(gc_answer, (Value::Null, 0), "{what}: GC");
+                assert!(
+                    !has_link(fx.pod(), "tap0_kata"),
+                    "{what}: GC removed the tap"
+                );
+                assert_same_snapshot(&before, &fx.pod().snapshot());
+                assert_eq!(
+                    state_files(&fx),
+                    Vec::<String>::new(),
+                    "{what}: GC removed the state"
+                );
 
-            // STATUS: ready.
-            let status = list.request(1, gc_version, None);
-            fx.runner
-                .exec
-                .exec(PLUGIN, CniCommand::Status, None, &status)
-                .await
-                .unwrap();
+                // STATUS: ready; without /dev/net/tun, 50 naming it.
+                assert_eq!(
+                    run_binary(&fx, &status_env, &status),
+                    (Value::Null, 0),
+                    "{what}: STATUS"
+                );
+                let (out, exit) = run_binary_without_tun(&fx, &status_env, &status);
+                assert_eq!(
+                    (exit, &out["code"]),
+                    (1, &json!(code::NOT_AVAILABLE)),
+                    "{what}: {out}"
+                );
+                assert!(
+                    out["msg"]
+                        .as_str()
+                        .unwrap()
+                        .contains("/dev/net/tun cannot be opened"),
+                    "{what}: {out}"
+                );
+            } else {
+                // GC and STATUS came in 1.1.0: refused, as skel does; the leftover is kept
+                // (DEL removes it), and the runner sends neither.
+                assert_not_in_version(&what, &gc_answer, "GC", version);
+                assert!(
+                    has_link(fx.pod(), "tap0_kata"),
+                    "{what}: GC changed nothing"
+                );
+                assert_ne!(state_files(&fx), Vec::<String>::new(), "{what}");
+                let err = fx.runner.gc(&list, &[]).await.unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        ChainError::Unsupported {
+                            command: CniCommand::Gc,
+                            ..
+                        }
+                    ),
+                    "{what}: {err}"
+                );
+                run_ours(&fx, &list, CniCommand::Del, Some(&attachment), Some(&again))
+                    .await
+                    .unwrap();
+                assert_same_snapshot(&before, &fx.pod().snapshot());
+                assert_eq!(state_files(&fx), Vec::<String>::new(), "{what}");
+                for without_tun in [false, true] {
+                    let answer = exec_binary(&fx, &status_env, &status, without_tun);
+                    assert_not_in_version(&what, &answer, "STATUS", version);
+                }
+                let err = fx.runner.status(&list).await.unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        ChainError::Unsupported {
+                            command: CniCommand::Status,
+                            ..
+                        }
+                    ),
+                    "{what}: {err}"
+                );
+            }
 
             // The whole chain's DEL, then our DEL after the namespace is gone.
             let third = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
@@ -456,8 +551,33 @@ async fn add_killed_at_every_step_is_undone_by_del() {
 
 /// Runs our plugin binary with `env` and `stdin` directly, in the node namespace.
 fn run_binary(fx: &CniNode, env: &[(&str, &str)], stdin: &str) -> (Value, i32) {
+    exec_binary(fx, env, stdin, false)
+}
+
+/// As [`run_binary`], in a private mount namespace whose `/dev/net` is an empty tmpfs: no
+/// `/dev/net/tun` for the plugin, the host's left alone.
+fn run_binary_without_tun(fx: &CniNode, env: &[(&str, &str)], stdin: &str) -> (Value, i32) {
+    exec_binary(fx, env, stdin, true)
+}
+
+fn exec_binary(fx: &CniNode, env: &[(&str, &str)], stdin: &str, without_tun: bool) -> (Value, i32) {
     let plugin = fx.runner.exec.find(PLUGIN).unwrap();
-    let mut cmd = Command::new(&plugin);
+    let mut cmd = if without_tun {
+        let mut unshare = Command::new("unshare");
+        unshare
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs none /dev/net && exec \"$0\"",
+            ])
+            .arg(&plugin);
+        unshare
+    } else {
+        Command::new(&plugin)
+    };
     for (k, _) in std::env::vars() {
         if k.starts_with("CNI_") {
             cmd.env_remove(k);
@@ -480,10 +600,29 @@ fn run_binary(fx: &CniNode, env: &[(&str, &str)], stdin: &str) -> (Value, i32) {
     let value = if stdout.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {stdout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     };
+    assert_eq!(out.status.signal(), None, "the plugin was killed: {value}");
     (value, out.status.code().unwrap_or(-1))
+}
+
+/// Asserts that `answer` (stdout and exit status) is error 1 because `command` does not exist
+/// at `version`, as the reference plugins' `skel` answers.
+fn assert_not_in_version(what: &str, answer: &(Value, i32), command: &str, version: CniVersion) {
+    let (out, status) = answer;
+    assert_eq!(*status, 1, "{what}: {command} at {version}: {out}");
+    assert_eq!(out["code"], code::INCOMPATIBLE_VERSION, "{what}: {out}");
+    assert_eq!(out["cniVersion"], version.as_str(), "{what}: {out}");
+    assert_eq!(
+        out["msg"],
+        format!("config version {version} does not allow {command}"),
+        "{what}"
+    );
 }
 
 #[tokio::test]
@@ -649,39 +788,9 @@ async fn status_is_50_without_dev_net_tun() {
     let (out, status) = run_binary(&fx, &[("CNI_COMMAND", "STATUS")], &request.to_string());
     assert_eq!((status, out.clone()), (0, Value::Null), "ready: {out}");
     // A private mount namespace where /dev/net is an empty tmpfs: no /dev/net/tun.
-    let plugin = fx.runner.exec.find(PLUGIN).unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs none /dev/net && exec \"$0\"",
-    ])
-    .arg(&plugin)
-    .env("CNI_COMMAND", "STATUS")
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    fx.node.netns().enter_before_exec(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?} {:?}",
-            out.stdout,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert_eq!(out.status.signal(), None);
+    let (stdout, status) =
+        run_binary_without_tun(&fx, &[("CNI_COMMAND", "STATUS")], &request.to_string());
+    assert_eq!(status, 1, "{stdout}");
     assert_eq!(stdout["code"], code::NOT_AVAILABLE, "{stdout}");
     assert!(
         stdout["msg"]
@@ -705,6 +814,126 @@ async fn status_is_50_without_dev_net_tun() {
         out["msg"].as_str().unwrap().contains("is not writable"),
         "{out}"
     );
+}
+
+/// VERSION needs no namespace, environment or root: it answers every request with the five
+/// versions and the request's own `cniVersion`, as the specification asks.
+#[test]
+fn version_lists_every_version_in_the_requests_version() {
+    let version = |stdin: &str| -> Value {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-net-cni"))
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "VERSION {stdin}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    for v in CniVersion::ALL {
+        let stdin = json!({"cniVersion": v.as_str()}).to_string();
+        assert_eq!(
+            version(&stdin),
+            json!({"cniVersion": v.as_str(), "supportedVersions": all}),
+            "VERSION asked in {v}"
+        );
+    }
+    // The newest when the request says none; a version it does not speak is still echoed:
+    // the runtime compares it with `supportedVersions`.
+    assert_eq!(
+        version(""),
+        json!({"cniVersion": "1.1.0", "supportedVersions": all})
+    );
+    assert_eq!(
+        version(r#"{"cniVersion": "0.2.0"}"#),
+        json!({"cniVersion": "0.2.0", "supportedVersions": all})
+    );
+}
+
+/// The tap's owner from the `tapOwner`/`tapGroup` keys, as the kernel reports it in sysfs
+/// inside the namespace; `CNI_ARGS` `TC_REDIRECT_TAP_UID` overrides `tapOwner` alone.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn tap_owner_and_group_from_the_config() {
+    let fx = node(Chain::Ptp);
+    let list = fx.conflist(
+        "1.1.0",
+        &[our_plugin(&fx, json!({"tapOwner": 1234, "tapGroup": 2345}))],
+    );
+    let mut attachment = fx.attachment();
+    let first = fx
+        .runner
+        .run_plugin(&list, 0, CniCommand::Add, Some(&attachment), None, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let before = fx.settled_snapshot();
+    // `ip netns exec` mounts a sysfs of the namespace: the tun driver's own attributes.
+    let owner = |tap: &str| -> (String, String) {
+        let read = |attr: &str| {
+            let path = format!("/sys/class/net/{tap}/{attr}");
+            let out = Command::new("ip")
+                .args(["netns", "exec", fx.pod().name(), "cat", &path])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{path}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        (read("owner"), read("group"))
+    };
+    for (args, expected) in [
+        (vec![], ("1234", "2345")),
+        (vec![("TC_REDIRECT_TAP_UID", "4321")], ("4321", "2345")),
+    ] {
+        attachment.args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let raw = run_ours(&fx, &list, CniCommand::Add, Some(&attachment), Some(&first))
+            .await
+            .unwrap_or_else(|e| panic!("ADD {args:?}: {}", error_chain(&e)))
+            .unwrap();
+        let (_, result) = CniResult::from_json("result", &raw).unwrap();
+        let (o, g) = owner("tap0_kata");
+        assert_eq!((o.as_str(), g.as_str()), expected, "CNI_ARGS {args:?}");
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Check,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CHECK {args:?}: {}", error_chain(&e)));
+        run_ours(
+            &fx,
+            &list,
+            CniCommand::Del,
+            Some(&attachment),
+            Some(&result),
+        )
+        .await
+        .unwrap();
+        assert_same_snapshot(&before, &fx.settled_snapshot());
+    }
+    // ptp's DEL with its ADD's arguments (it refuses ones it does not know).
+    attachment.args.clear();
+    fx.runner
+        .del(&list, &attachment, Some(&first))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -206,8 +206,10 @@ async fn up_runs_a_real_conflist_and_down_undoes_it_and_a_crash_is_deleted_befor
     );
     assert_eq!(node_veths(&fx).len(), 1);
     assert_eq!(pod_links(&name), ["lo", "eth0", "tap0_kata"]);
-    let out = sandbox_net(&["down", "--state", state.to_str().unwrap()], &[]);
+    let out = sandbox_net(&["down", "--state", state.to_str().unwrap(), "--json"], &[]);
     assert!(out.status.success(), "{}", text(&out));
+    let down: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(down, json!({"detached": 1, "state": state}));
     assert_eq!(fx.leases(), Vec::<String>::new());
     assert!(Netns::open_named(&name).is_err());
 }

@@ -328,5 +328,85 @@ mod tests {
             ),
             "{err}"
         );
+        // vmm-config --vhost-net: a tap that the VMM would open vhost-net for itself.
+        let mut dev = tap(1);
+        dev.backend = VmmBackend::Tap {
+            name: IfName::new("tap0_kata").unwrap(),
+            queues: Queues::ByName(1),
+            vhost: Vhost::ByVmm,
+        };
+        assert_eq!(
+            network_interface(&dev, 0, 0).unwrap_err().to_string(),
+            "firecracker cannot take endpoint 0909090900000001 (vhost-net): Firecracker has no \
+             vhost-net: configure it without"
+        );
+    }
+
+    /// What an attach hands the adapter: a macvtap's queues, a tap with vhost-net descriptors,
+    /// a VFIO function. Each is refused with the endpoint and the reason, and nothing is
+    /// recorded; a plain tap next to them is taken.
+    #[tokio::test]
+    async fn the_adapter_refuses_macvtap_vhost_net_and_vfio_and_records_nothing() {
+        let fc = Firecracker::new(FirecrackerConfig::default()).unwrap();
+        // Any descriptor serves: the adapter only counts them, Firecracker opens by name.
+        let fd = || std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let device = |backend| NetDevice {
+            endpoint: EndpointId::from_bytes([9, 9, 9, 9, 0, 0, 0, 1]),
+            guest_name: IfName::new("eth0").unwrap(),
+            mac: "02:00:0a:c8:00:02".parse::<MacAddr>().unwrap(),
+            mtu: 1500,
+            backend,
+        };
+        let name = || IfName::new("tap0_kata").unwrap();
+        let refused = "the hypervisor could not add the device of endpoint 0909090900000001: \
+                       firecracker cannot take endpoint 0909090900000001";
+        let cases = [
+            (
+                Backend::Macvtap {
+                    name: name(),
+                    queues: vec![fd()],
+                    vhost: vec![],
+                },
+                "(a macvtap): Firecracker opens a tap by name: use the tcfilter model",
+            ),
+            (
+                Backend::Tap {
+                    name: name(),
+                    queues: vec![fd()],
+                    vhost: vec![fd()],
+                },
+                "(vhost-net): Firecracker has no vhost-net: configure it without",
+            ),
+            (
+                Backend::Vfio {
+                    bdf: "0000:03:00.1".parse().unwrap(),
+                    device: "/dev/vfio/12".into(),
+                },
+                "(a PCI function): Firecracker has no device pass-through",
+            ),
+        ];
+        for (backend, why) in cases {
+            let err = fc.add_device(device(backend)).await.unwrap_err();
+            assert_eq!(err.to_string(), format!("{refused} {why}"));
+        }
+        assert_eq!(fc.network_interfaces(), []);
+
+        fc.add_device(device(Backend::Tap {
+            name: name(),
+            queues: vec![fd()],
+            vhost: vec![],
+        }))
+        .await
+        .unwrap();
+        assert_eq!(
+            fc.network_interfaces(),
+            [NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0_kata".into(),
+                guest_mac: "02:00:0a:c8:00:02".into(),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            }]
+        );
     }
 }

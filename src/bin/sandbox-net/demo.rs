@@ -104,6 +104,27 @@ impl fmt::Display for DemoReport {
     }
 }
 
+/// `demo --json`: the same figures with their units in the names (the round trip in
+/// milliseconds, rates in bits/s), and the configured rate next to the measured one.
+impl serde::Serialize for DemoReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("DemoReport", 11)?;
+        s.serialize_field("pod_namespace", &self.namespaces.0)?;
+        s.serialize_field("host_namespace", &self.namespaces.1)?;
+        s.serialize_field("pod_builder", &self.pod_builder)?;
+        s.serialize_field("attached", &self.attached)?;
+        s.serialize_field("ping_sent", &self.ping.0)?;
+        s.serialize_field("ping_received", &self.ping.1)?;
+        s.serialize_field("rtt_ms", &self.rtt.map(|r| r.as_secs_f64() * 1e3))?;
+        s.serialize_field("htb", &self.htb)?;
+        s.serialize_field("rate_bits", &RATE_BITS)?;
+        s.serialize_field("shaped_rx_bits", &self.shaped_rx_bits)?;
+        s.serialize_field("detach_process", &self.detach_process)?;
+        s.end()
+    }
+}
+
 /// A stand-in for the VMM that cannot run here: it runs the user-space guest on the tap's
 /// queues.
 struct GuestVmm {

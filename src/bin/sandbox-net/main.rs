@@ -11,7 +11,7 @@ use sandbox_net::{
     InterworkingModel, Netns, NetnsSource, Network, NetworkConfig, Owner, ReconcileOptions,
     ReconcileReport, SandboxError, ScanOptions, TapOptions,
     cni::{NetworkConfigList, PluginExec, runtime::CniRecord},
-    reconcile::Outcome,
+    reconcile::{DriftReport, Outcome},
     telemetry,
 };
 
@@ -227,12 +227,19 @@ enum Command {
         /// The state file written by `attach`.
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
+        /// Print JSON: {"detached": N, "state": FILE}.
+        #[arg(long)]
+        json: bool,
     },
     /// Compare the kernel with a state file; exit status 3 when they differ.
     Check {
         /// The state file written by `attach`.
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
+        /// Print JSON: {"state", "endpoints", "drifts": [{"endpoint", "step", "expected",
+        /// "found"}]} (the drifts as `reconcile --json` reports them).
+        #[arg(long)]
+        json: bool,
     },
     /// Create a namespace, run a CNI network configuration into it (ADD of each plugin in
     /// order), and attach its endpoints, for a VMM that opens the taps by name.
@@ -287,6 +294,9 @@ enum Command {
         /// The state file written by `up`.
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
+        /// Print JSON: {"detached": N, "state": FILE}.
+        #[arg(long)]
+        json: bool,
     },
     /// Adopt or reap every sandbox whose state lies under a directory.
     ///
@@ -315,7 +325,11 @@ enum Command {
         include_host_netns: bool,
     },
     /// Run a self-contained demonstration in throwaway namespaces (needs root only).
-    Demo,
+    Demo {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_model(text: &str) -> Result<InterworkingModel, String> {
@@ -402,8 +416,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 attach(request).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Detach { state } | Command::Down { state } => {
-                detach(state).await.map(|()| ExitCode::SUCCESS)
+            Command::Detach { state, json } | Command::Down { state, json } => {
+                detach(state, json).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Up {
                 netns,
@@ -503,7 +517,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } => vmm_cli::hot_remove(&state, &qmp, &endpoint, json)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Check { state } => check(state).await,
+            Command::Check { state, json } => check(state, json).await,
             Command::Reconcile {
                 dir,
                 json,
@@ -521,10 +535,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 reconcile(&dir, &options, json).await
             }
-            Command::Demo => demo::run().await.map(|report| {
-                print!("{report}");
-                ExitCode::SUCCESS
-            }),
+            Command::Demo { json } => {
+                let report = demo::run().await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report)
+                            .context("cannot encode the report as JSON")?
+                    );
+                } else {
+                    print!("{report}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }
@@ -776,20 +799,49 @@ fn device_table(devices: &[DeviceInfo]) -> String {
     out
 }
 
-async fn detach(state: PathBuf) -> anyhow::Result<()> {
+async fn detach(state: PathBuf, json: bool) -> anyhow::Result<()> {
     let network = Network::restore(&state, NetworkConfig::default())?;
     let count = network.sandbox().state().endpoints.len();
     network.teardown().await?;
-    println!("detached {count} endpoint(s); {} removed", state.display());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "detached": count, "state": state })
+        );
+    } else {
+        println!("detached {count} endpoint(s); {} removed", state.display());
+    }
     Ok(())
 }
 
-async fn check(state: PathBuf) -> anyhow::Result<ExitCode> {
+async fn check(state: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     let network = Network::restore(&state, NetworkConfig::default())?;
     let drifts = network
         .check()
         .await
         .map_err(|e: SandboxError| anyhow::Error::from(e))?;
+    let code = if drifts.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRIFT)
+    };
+    if json {
+        let endpoints = network.sandbox().state().endpoints.len();
+        let drifts: Vec<DriftReport> = drifts
+            .into_iter()
+            .map(|(endpoint, drift)| DriftReport::new(endpoint, drift))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "state": state,
+                "endpoints": endpoints,
+                "drifts": drifts,
+            }))
+            .context("cannot encode the check as JSON")?
+        );
+        return Ok(code);
+    }
     if drifts.is_empty() {
         println!(
             "{}: the kernel matches the state ({} endpoint(s))",
@@ -801,7 +853,7 @@ async fn check(state: PathBuf) -> anyhow::Result<ExitCode> {
     for (endpoint, drift) in &drifts {
         println!("endpoint {endpoint}: {drift}");
     }
-    Ok(ExitCode::from(EXIT_DRIFT))
+    Ok(code)
 }
 
 async fn reconcile(

@@ -16,6 +16,8 @@
 //!   kernel. Interfaces carry `mtu` (1.1.0).
 //! - **CHECK** compares the kernel with the recorded steps (tap, qdiscs, redirects, HTB/IFB,
 //!   MAC, MTU) and `prevResult` with what ADD added; any difference is error 102 naming it.
+//!   CHECK exists from 0.4.0, STATUS and GC from 1.1.0: a request of an older version for one
+//!   of them is error 1, as the reference plugins' `skel` answers.
 //! - **DEL** undoes everything from the record: when the record is gone, when the namespace is
 //!   gone, twice. The pod interface is restored exactly (MAC, addresses, routes, neighbours).
 //! - **STATUS** is 0 when ADD can work, else 50 with every reason: `/dev/net/tun` cannot be
@@ -120,6 +122,9 @@ pub async fn run(env: &CniEnv, stdin: &[u8], faults: Faults) -> Outcome {
         Ok(v) => v,
         Err(e) => return Outcome::failure(e, CniVersion::LATEST),
     };
+    if let Err(e) = command_exists(command, version) {
+        return Outcome::failure(e, version);
+    }
     let config = match PluginConfig::from_request(&request, version) {
         Ok(c) => c,
         // DEL is best effort: it needs only the network's name and the state directory, so a
@@ -179,8 +184,28 @@ async fn dispatch(
     }
 }
 
-/// VERSION: the versions spoken, answering in the request's `cniVersion` (the newest when it
-/// has none or one not spoken).
+/// The error 1 for a command the request's version does not have. The specification adds
+/// CHECK in 0.4.0 and STATUS and GC in 1.1.0, and the reference plugins' `skel` refuses them
+/// for an older configuration with "incompatible CNI version"; a runtime of that version never
+/// sends them (libcni refuses CHECK below 0.4.0 and skips STATUS and GC below 1.1.0).
+fn command_exists(command: CniCommand, version: CniVersion) -> Result<(), CniError> {
+    let since = match command {
+        CniCommand::Check => CniVersion::V0_4_0,
+        CniCommand::Status | CniCommand::Gc => CniVersion::V1_1_0,
+        CniCommand::Add | CniCommand::Del | CniCommand::Version => return Ok(()),
+    };
+    if version >= since {
+        return Ok(());
+    }
+    Err(CniError {
+        code: code::INCOMPATIBLE_VERSION,
+        msg: format!("config version {version} does not allow {command}"),
+        details: format!("{command} exists from CNI {since} on"),
+    })
+}
+
+/// VERSION: the versions spoken, answering with the request's `cniVersion` as the
+/// specification asks (whatever it says; the newest when it has none).
 fn version(stdin: &[u8]) -> Outcome {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
