@@ -495,6 +495,21 @@ impl Sandbox {
         Ok(endpoint)
     }
 
+    /// Attaches `endpoints` to a VM that is not running yet, as one batch (see below), and
+    /// commits once: at most two data syncs whatever their number. Returns their ids in
+    /// order; on failure every one of them is taken back and the first error is returned.
+    pub async fn attach_batch<H: Hypervisor>(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        hypervisor: &H,
+        options: &AttachOptions,
+    ) -> Result<Vec<EndpointId>, SandboxError> {
+        let result = self
+            .attach_batch_uncommitted(endpoints, hypervisor, options)
+            .await;
+        self.committed(result)
+    }
+
     /// Attaches `endpoints` (cold-plugged: the VM is not running yet) as one batch: all of
     /// them are prepared at once, their requests interleaved on the sandbox's one netlink
     /// socket (each endpoint's plan written before its first change), then their devices are

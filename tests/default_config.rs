@@ -144,6 +144,8 @@ async fn the_default_configuration_attaches_with_vhost_net_end_to_end() {
         let devices = vmm.devices.lock().unwrap();
         assert_eq!(devices[0].what, "tap tap0_kata x1 vhost x1");
         let features = &devices[0].features;
+        // One vhost-net descriptor, and it answered VHOST_GET_FEATURES as vhost-net.
+        assert_eq!(features.len(), 1, "{features:x?}");
         assert!(
             features.iter().all(|f| f & VHOST_NET_F_VIRTIO_NET_HDR != 0),
             "{features:x?}"

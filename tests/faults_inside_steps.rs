@@ -23,9 +23,10 @@ use common::{
     add_pod_links,
     kill::{ChildRun, Kill, Mode, Points, run_child},
     our_links,
-    reconcile::{attach_pod, dead_owner, files_of},
+    reconcile::{attach_pod, attach_pod_batch_to, dead_owner, files_of},
 };
 use sandbox_net::{ReconcileOptions, Sandbox, reconcile};
+use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot, require_root};
 
 #[tokio::test]
@@ -99,7 +100,13 @@ impl Scene {
 
     /// The kill points of a whole attach, listed by a run that is not killed (then detached).
     fn attach_points(&self) -> Vec<String> {
-        let run = self.run(Mode::Attach, Kill::Never);
+        self.points_of(Mode::Attach)
+    }
+
+    /// The kill points of a whole attach of kind `mode`, listed by a run that is not killed
+    /// (then detached).
+    fn points_of(&self, mode: Mode) -> Vec<String> {
+        let run = self.run(mode, Kill::Never);
         assert!(!run.killed());
         assert!(!self.detach("after the listing attach"));
         self.assert_restored("after the listing attach");
@@ -319,12 +326,45 @@ async fn a_kill_inside_a_save_or_a_journal_append_leaves_a_state_the_next_detach
     }
 }
 
+/// How the sandbox a detach test tears down was attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attached {
+    /// eth0 with tcfilter, then eth1 with macvtap ([`attach_pod`]).
+    OneByOne,
+    /// eth0 and eth1 in one batch, with tcfilter ([`attach_pod_batch_to`]).
+    AsOneBatch,
+}
+
 /// Kills a detach at each of its kill points in turn (0, 1, 2, ... until a detach is not
 /// killed), each time after an attach in this process whose owner has exited since (a VMM that
 /// is gone); `recover` finishes the job. Returns the points covered.
 async fn kill_detach_at_each(scene: &Scene, recover: impl AsyncFn(&Scene, &str)) -> Vec<String> {
+    kill_detach_of_at_each(scene, Attached::OneByOne, recover).await
+}
+
+/// [`kill_detach_at_each`] of a sandbox attached as `attached` says.
+async fn kill_detach_of_at_each(
+    scene: &Scene,
+    attached: Attached,
+    recover: impl AsyncFn(&Scene, &str),
+) -> Vec<String> {
     let attach = || async {
-        let (mut sandbox, vmm) = attach_pod(scene.fx.pod.netns(), &scene.state()).await;
+        let netns = scene.fx.pod.netns();
+        let (mut sandbox, vmm) = match attached {
+            Attached::OneByOne => attach_pod(netns, &scene.state()).await,
+            Attached::AsOneBatch => {
+                let mut sandbox = Sandbox::create(
+                    scene.state(),
+                    "batch-test",
+                    netns.clone(),
+                    InterworkingModel::TcFilter,
+                )
+                .unwrap();
+                let options = common::options(InterworkingModel::TcFilter);
+                let vmm = attach_pod_batch_to(&mut sandbox, netns, &options).await;
+                (sandbox, vmm)
+            }
+        };
         sandbox.set_owner(Some(dead_owner())).unwrap();
         drop(vmm);
     };
@@ -404,5 +444,84 @@ async fn a_detach_killed_at_any_of_its_points_is_finished_by_reconcile() {
         let reaped = if had_state { 1 } else { 0 };
         assert_eq!(report.summary.reaped, reaped, "{context}: {report:#?}");
     })
+    .await;
+}
+
+/// A batch attach (both endpoints prepared at once, their requests interleaved on one
+/// socket) killed at every one of its kill points in turn: before and inside every kernel
+/// step of each endpoint (each request or, for an HTB tree, between its requests), inside
+/// every save and journal append. Each time, a detach in a new process gives the pod back
+/// exactly. The interleaving of the two endpoints' requests follows the kernel's answers, so
+/// a run may meet the points in another order than the listing: each kill must be at a point
+/// the listing has, and every kill must land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_batch_attach_killed_at_any_of_its_points_is_undone_by_the_next_detach() {
+    let scene = Scene::new();
+    let points = scene.points_of(Mode::AttachBatch);
+    let listed: Vec<String> = points.iter().map(|p| shape(p)).collect();
+    let mut covered = Vec::new();
+    for k in 0..points.len() {
+        let run = scene.run(Mode::AttachBatch, Kill::At(k));
+        let point = run
+            .killed_at
+            .unwrap_or_else(|| panic!("batch attach kill {k} ({}) did not land", points[k]));
+        assert!(
+            listed.contains(&shape(&point)),
+            "kill {k}: {point} is not a point of the listing {points:#?}"
+        );
+        let context = format!("batch attach killed at {k} ({point})");
+        let first_save = k == 0 && point.ends_with("written, before the rename");
+        assert_eq!(
+            scene.detach(&context),
+            first_save,
+            "{context}: a state file"
+        );
+        scene.assert_restored(&context);
+        covered.push(point);
+    }
+    eprintln!(
+        "every one of the {} kill points of a batch attach covered:\n  {}",
+        covered.len(),
+        covered.join("\n  ")
+    );
+    // Both endpoints' steps were interrupted: each tap's creation, each redirect, each HTB
+    // tree between its requests, and the state's writes.
+    for family in [
+        "after the combined change of tap0_kata",
+        "after the combined change of tap1_kata",
+        "htb tree of tap0_kata: ",
+        "htb tree of tap1_kata: ",
+        "htb tree of eth0: ",
+        "htb tree of eth1: ",
+        "save ",
+        "append to ",
+    ] {
+        assert!(
+            covered.iter().any(|p| p.starts_with(family)),
+            "a kill point {family}...: {covered:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_detach_of_a_batch_killed_at_any_of_its_points_is_finished_by_the_next_detach() {
+    let scene = Scene::new();
+    kill_detach_of_at_each(
+        &scene,
+        Attached::AsOneBatch,
+        async |scene: &Scene, context: &str| {
+            if scene.detach(context) {
+                eprintln!("{context}: no state file for the detach");
+            }
+        },
+    )
     .await;
 }

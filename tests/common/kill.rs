@@ -31,7 +31,10 @@ use tracing_subscriber::{
     Layer, filter::filter_fn, layer::Context, layer::SubscriberExt as _, registry::Registry,
 };
 
-use super::{options, reconcile::attach_pod_to};
+use super::{
+    options,
+    reconcile::{attach_pod_batch_to, attach_pod_to},
+};
 
 /// The name of the child test every binary using [`run_child`] defines.
 const CHILD: &str = "kill_child";
@@ -46,6 +49,10 @@ pub enum Mode {
     Attach,
     /// Restores the sandbox from the state path, tears it down and removes its state.
     Detach,
+    /// Creates the sandbox and attaches every endpoint of the pod in one batch
+    /// ([`Sandbox::attach_batch`]: their requests interleaved on one socket), all with
+    /// tcfilter and rx/tx limits, then exits without detaching.
+    AttachBatch,
 }
 
 /// Where the child's countdown starts.
@@ -100,6 +107,7 @@ pub fn run_child(mode: Mode, pod: &str, state: &Path, kill: Kill, points: Points
             match mode {
                 Mode::Attach => "attach",
                 Mode::Detach => "detach",
+                Mode::AttachBatch => "attach-batch",
             },
         )
         .env("SBX_CHILD_NETNS", pod)
@@ -232,6 +240,19 @@ pub async fn child() {
             .unwrap();
             sandbox.store().set_kill_countdown(store_countdown);
             drop(attach_pod_to(&mut sandbox, &netns, with_hooks).await);
+        }
+        "attach-batch" => {
+            let netns = Netns::open_named(&netns).unwrap();
+            let mut sandbox = Sandbox::create(
+                &state,
+                "kill-test",
+                netns.clone(),
+                InterworkingModel::TcFilter,
+            )
+            .unwrap();
+            sandbox.store().set_kill_countdown(store_countdown);
+            let options = with_hooks(InterworkingModel::TcFilter);
+            drop(attach_pod_batch_to(&mut sandbox, &netns, &options).await);
         }
         "detach" => match Sandbox::restore(&state) {
             Ok((mut sandbox, _)) => {

@@ -59,6 +59,21 @@ pub async fn attach_pod_to(
     vmm
 }
 
+/// Attaches every endpoint of `netns` to `sandbox` in one batch with `options` (tcfilter in
+/// the tests), with the rx/tx limits of [`attach_pod`].
+pub async fn attach_pod_batch_to(
+    sandbox: &mut Sandbox,
+    netns: &Netns,
+    options: &AttachOptions,
+) -> StandInVmm {
+    let vmm = keeping_vmm(10_000_000, 20_000_000);
+    sandbox
+        .attach_batch(endpoints(netns).await, &vmm, options)
+        .await
+        .unwrap();
+    vmm
+}
+
 /// A process to name as an owner, killed (and waited for) when dropped.
 pub struct OwnerProcess(Child);
 

@@ -161,6 +161,21 @@ async fn wait_until_gone(rtnl: &sandbox_net_netns::Rtnl, tap: &str) -> bool {
     false
 }
 
+/// Reopens the persistent tap `tap`'s queues by name, retrying while the kernel answers
+/// `EBUSY` (up to 2 s): a child forked by a parallel test may hold a copy of the queue just
+/// closed until it execs, and a one-queue tap takes one queue at a time.
+async fn reopen_when_free(ns: &TestNetns, tap: &str, queues: usize) -> sandbox_net_netns::Tap {
+    for _ in 0..200 {
+        match ns.netns().open_tap_queues(&name(tap), queues, true).await {
+            Err(e) if e.errno() == Some(libc::EBUSY) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{tap}: still busy after 2 s");
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -175,11 +190,7 @@ async fn a_persistent_tap_is_reopened_by_name_the_way_it_was_made() {
             ..TapConfig::new(name(tap), queues)
         };
         drop(ns.netns().create_tap(&config).await.unwrap());
-        let reopened = ns
-            .netns()
-            .open_tap_queues(&name(tap), queues, true)
-            .await
-            .unwrap();
+        let reopened = reopen_when_free(&ns, tap, queues).await;
         assert_eq!(reopened.queues.len(), queues);
         // TUNGETIFF also reports IFF_PERSIST.
         let persist = libc::IFF_PERSIST as u16;
