@@ -108,7 +108,8 @@ async fn boot_and_ping(model: InterworkingModel, vcpus: usize, queues: usize) {
     not(feature = "root-tests"),
     ignore = "needs root, a real kernel and QEMU: run with --features root-tests"
 )]
-async fn tcfilter_with_two_queue_pairs_boots_and_answers_ping() {
+async fn tcfilter_with_one_and_two_queue_pairs_boots_and_answers_ping() {
+    boot_and_ping(InterworkingModel::TcFilter, 1, 1).await;
     boot_and_ping(InterworkingModel::TcFilter, 2, 2).await;
 }
 
@@ -117,8 +118,9 @@ async fn tcfilter_with_two_queue_pairs_boots_and_answers_ping() {
     not(feature = "root-tests"),
     ignore = "needs root, a real kernel and QEMU: run with --features root-tests"
 )]
-async fn macvtap_with_one_queue_pair_boots_and_answers_ping() {
+async fn macvtap_with_one_and_two_queue_pairs_boots_and_answers_ping() {
     boot_and_ping(InterworkingModel::Macvtap, 1, 1).await;
+    boot_and_ping(InterworkingModel::Macvtap, 2, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
