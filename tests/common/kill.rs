@@ -229,7 +229,7 @@ pub async fn child() {
         ..options(model)
     };
     match mode.as_str() {
-        "attach" => {
+        "attach" | "attach-batch" => {
             let netns = Netns::open_named(&netns).unwrap();
             let mut sandbox = Sandbox::create(
                 &state,
@@ -239,20 +239,13 @@ pub async fn child() {
             )
             .unwrap();
             sandbox.store().set_kill_countdown(store_countdown);
-            drop(attach_pod_to(&mut sandbox, &netns, with_hooks).await);
-        }
-        "attach-batch" => {
-            let netns = Netns::open_named(&netns).unwrap();
-            let mut sandbox = Sandbox::create(
-                &state,
-                "kill-test",
-                netns.clone(),
-                InterworkingModel::TcFilter,
-            )
-            .unwrap();
-            sandbox.store().set_kill_countdown(store_countdown);
-            let options = with_hooks(InterworkingModel::TcFilter);
-            drop(attach_pod_batch_to(&mut sandbox, &netns, &options).await);
+            let vmm = if mode == "attach" {
+                attach_pod_to(&mut sandbox, &netns, with_hooks).await
+            } else {
+                let options = with_hooks(InterworkingModel::TcFilter);
+                attach_pod_batch_to(&mut sandbox, &netns, &options).await
+            };
+            drop(vmm);
         }
         "detach" => match Sandbox::restore(&state) {
             Ok((mut sandbox, _)) => {
