@@ -361,10 +361,22 @@ fn main() -> ExitCode {
     if report_peak {
         // VmHWM is this process's own peak: unlike getrusage's maxrss it does not include the
         // memory of the parent this process was spawned from.
+        // RssAnon is this process's own; RssFile is mostly its code and libc's, pages it
+        // shares with every other process of the same files.
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
-            eprintln!("peak memory: {}", line.trim_start_matches("VmHWM:").trim());
-        }
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or("unknown")
+        };
+        eprintln!(
+            "peak memory: {} (at exit: anonymous {}, file-backed {})",
+            field("VmHWM:"),
+            field("RssAnon:"),
+            field("RssFile:")
+        );
     }
     code
 }
