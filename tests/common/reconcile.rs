@@ -59,6 +59,21 @@ pub async fn attach_pod_to(
     vmm
 }
 
+/// A sandbox created at `state` for `netns` whose endpoints are all attached in one batch with
+/// tcfilter ([`attach_pod_batch_to`]), and the stand-in VMM holding their queues.
+pub async fn attach_pod_batch(netns: &Netns, state: &Path) -> (Sandbox, StandInVmm) {
+    let mut sandbox = Sandbox::create(
+        state,
+        "batch-test",
+        netns.clone(),
+        InterworkingModel::TcFilter,
+    )
+    .unwrap();
+    let options = options(InterworkingModel::TcFilter);
+    let vmm = attach_pod_batch_to(&mut sandbox, netns, &options).await;
+    (sandbox, vmm)
+}
+
 /// Attaches every endpoint of `netns` to `sandbox` in one batch with `options` (tcfilter in
 /// the tests), with the rx/tx limits of [`attach_pod`].
 pub async fn attach_pod_batch_to(

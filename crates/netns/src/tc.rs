@@ -146,23 +146,28 @@ impl Rtnl {
     /// Whether the link has an ingress qdisc of kind `ingress`.
     pub async fn has_ingress_qdisc(&self, link: &Link) -> Result<bool, NetlinkError> {
         Ok(self
-            .qdiscs_of(link)
+            .qdisc_kind_at(link, TcHandle::INGRESS)
             .await?
-            .0
             .is_some_and(|q| q.kind == "ingress"))
     }
 
     /// The link's ingress qdisc (`ingress` or `clsact`) and its root qdisc unless it is the
-    /// kernel's default (see [`LinkQdiscs::root`]). Two unicast gets (`RTM_GETQDISC` without
-    /// `NLM_F_DUMP`, naming the link and the parent), not a dump: the kernel answers a qdisc
-    /// dump with every link's qdiscs whatever index the request names, which made each
-    /// link's check cost the whole namespace.
+    /// kernel's default (see [`LinkQdiscs::root`]): two [`Rtnl::qdisc_at`] gets at once.
     async fn qdiscs_of(&self, link: &Link) -> Result<(Option<Qdisc>, Option<Qdisc>), NetlinkError> {
         let (ingress, root) = futures::join!(
-            self.qdisc_at(link, TcHandle::INGRESS),
-            self.qdisc_at(link, TcHandle::from(TC_H_ROOT))
+            self.qdisc_kind_at(link, TcHandle::INGRESS),
+            self.qdisc_kind_at(link, TcHandle::from(TC_H_ROOT))
         );
-        let qdisc = |message: TcMessage| {
+        Ok((ingress?, root?))
+    }
+
+    /// The kind and handle of [`Rtnl::qdisc_at`]'s answer.
+    async fn qdisc_kind_at(
+        &self,
+        link: &Link,
+        parent: TcHandle,
+    ) -> Result<Option<Qdisc>, NetlinkError> {
+        Ok(self.qdisc_at(link, parent).await?.and_then(|message| {
             let kind = message.attributes.iter().find_map(|a| match a {
                 TcAttribute::Kind(k) => Some(k.clone()),
                 _ => None,
@@ -171,8 +176,7 @@ impl Rtnl {
                 kind,
                 handle: u32::from(message.header.handle),
             })
-        };
-        Ok((ingress?.and_then(qdisc), root?.and_then(qdisc)))
+        }))
     }
 
     /// The qdisc attached at `parent` of the link (`ffff:fff1`: the ingress hook; `TC_H_ROOT`:
@@ -192,57 +196,41 @@ impl Rtnl {
         link: &Link,
         parent: TcHandle,
     ) -> Result<Option<TcMessage>, NetlinkError> {
-        let object = || {
-            let place = if parent == TcHandle::INGRESS {
-                "ingress"
-            } else {
-                "root"
-            };
-            format!("{place} qdisc of {}", describe(link))
-        };
         let mut message = TcMessage::with_index(link.index as i32);
         message.header.parent = parent;
-        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(message));
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO;
-        let mut handle = self.handle().clone();
-        let mut answers = handle
-            .request(request)
-            .map_err(|e| self.request_error("get", object(), e))?;
-        let mut found = None;
-        while let Some(answer) = answers.next().await {
-            match answer.payload {
-                NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => return Ok(None),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(self.request_error(
-                        "get",
-                        object(),
-                        rtnetlink::Error::NetlinkError(e),
-                    ));
+        let answers = self
+            .tc_exchange(
+                RouteNetlinkMessage::GetQueueDiscipline(message),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
+            )
+            .await;
+        match answers {
+            Ok(answers) => Ok(answers.into_iter().find_map(|answer| match answer {
+                RouteNetlinkMessage::NewQueueDiscipline(q) if u32::from(q.header.handle) != 0 => {
+                    Some(q)
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q))
-                    if u32::from(q.header.handle) != 0 =>
-                {
-                    found = Some(q);
-                }
-                _ => {}
+                _ => None,
+            })),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(None),
+            Err(e) => {
+                let place = if parent == TcHandle::INGRESS {
+                    "ingress"
+                } else {
+                    "root"
+                };
+                Err(self.request_error("get", format!("{place} qdisc of {}", describe(link)), e))
             }
         }
-        Ok(found)
     }
 
     /// Every traffic-control class of the link (`tc class show dev DEV`), as the kernel dumps
-    /// them; the kernel filters a class dump by the index the request names.
+    /// them: a class dump, which the kernel answers with the classes of the index it names.
     pub async fn classes_of(&self, link: &Link) -> Result<Vec<TcMessage>, NetlinkError> {
         let index = link.index as i32;
-        let classes = self
-            .dump("list", &format!("classes of {}", describe(link)), |h| {
-                h.traffic_class(index).get().execute()
-            })
-            .await?;
-        Ok(classes
-            .into_iter()
-            .filter(|c| c.header.index == index)
-            .collect())
+        self.dump("list", &format!("classes of {}", describe(link)), |h| {
+            h.traffic_class(index).get().execute()
+        })
+        .await
     }
 
     /// What the link holds at its ingress and at the root of its egress: what sandbox-net
@@ -357,18 +345,31 @@ impl Rtnl {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(), rtnetlink::Error> {
+        self.tc_exchange(message, flags).await.map(drop)
+    }
+
+    /// Sends one traffic-control request and returns the messages the kernel answers with (a
+    /// get's answer; none for a change), or its refusal.
+    async fn tc_exchange(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, rtnetlink::Error> {
         let mut request = NetlinkMessage::from(message);
         request.header.flags = flags;
         let mut handle = self.handle().clone();
         let mut answers = handle.request(request)?;
+        let mut messages = Vec::new();
         while let Some(answer) = answers.next().await {
-            if let NetlinkPayload::Error(e) = answer.payload
-                && e.code.is_some()
-            {
-                return Err(rtnetlink::Error::NetlinkError(e));
+            match answer.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(rtnetlink::Error::NetlinkError(e));
+                }
+                NetlinkPayload::InnerMessage(message) => messages.push(message),
+                _ => {}
             }
         }
-        Ok(())
+        Ok(messages)
     }
 
     /// The filters at the link's ingress hook, as the kernel dumps them (a u32 filter as
