@@ -32,12 +32,19 @@ impl Netns {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let handle = self.spawn(f)?;
-        let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-        match joined {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => resume_unwind(panic),
-            Err(join_error) => resume_unwind(join_error.into_panic()),
+        // The thread says it is done by dropping `done` (after `f`, or unwinding from it, or
+        // when it could not enter the namespace); joining it then only waits for its exit.
+        // Joining on a blocking-pool thread instead would start one more thread per call.
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let handle = self.spawn(move || {
+            let _done = done;
+            f()
+        })?;
+        // Never sent: the drop is the signal.
+        let _ = finished.await;
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => resume_unwind(panic),
         }
     }
 
