@@ -162,14 +162,23 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
+/// The kernel's id of this boot. Read once: it cannot change while this process runs.
 fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|id| id.trim().to_string())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string())
+        })
+        .clone()
 }
 
+/// The pid namespace this process's pids are numbered in. Read once: a process never leaves
+/// its pid namespace (`setns` and `unshare` of `CLONE_NEWPID` change only its children's).
 fn pid_namespace() -> Option<u64> {
-    fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+    static PID_NAMESPACE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *PID_NAMESPACE.get_or_init(|| fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino()))
 }
 
 #[cfg(test)]
