@@ -223,8 +223,12 @@ fn subscriber(
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Errors returned by instrumented operations are recorded on their spans (`err`, as an
     // `error` field) and printed once by `main`; the log does not repeat them.
+    // It lets every level through (the hint says so): without a hint the subscriber's
+    // maximum level is unknown, the `log` bridge then passes on every `debug!` of the netlink
+    // crates, and each is formatted and filtered at run time.
     let not_returned_errors =
-        filter_fn(|meta| !(meta.is_event() && meta.fields().field("error").is_some()));
+        filter_fn(|meta| !(meta.is_event() && meta.fields().field("error").is_some()))
+            .with_max_level_hint(LevelFilter::TRACE);
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
