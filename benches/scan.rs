@@ -41,7 +41,6 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use futures::TryStreamExt;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkMessage};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -217,44 +216,30 @@ fn drain_dump(socket: &Socket, receive: &mut Vec<u8>) -> anyhow::Result<usize> {
     }
 }
 
-/// The six dumps of a scan, raw: the same requests (links without counters,
-/// `RTEXT_FILTER_SKIP_STATS`), messages collected, nothing converted.
+/// The six dumps of a scan, decoded by netlink-packet-route and nothing more: the same
+/// requests (links without counters, `RTEXT_FILTER_SKIP_STATS`) through `Rtnl::exchange`.
 async fn raw_dump(rtnl: &Rtnl) -> anyhow::Result<()> {
-    let h = rtnl.handle();
-    let links: Vec<_> = h
-        .link()
-        .get()
-        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-        .execute()
-        .try_collect()
-        .await?;
-    let addrs: Vec<_> = h.address().get().execute().try_collect().await?;
-    let r4: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?;
-    let r6: Vec<_> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?;
-    let n4: Vec<_> = h
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await?;
-    let n6: Vec<_> = h
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Inet6)
-        .execute()
-        .try_collect()
-        .await?;
+    let dump = |message| rtnl.exchange(message, NLM_F_REQUEST | NLM_F_DUMP);
+    let mut link = LinkMessage::default();
+    link.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let neighbours = |family| {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family;
+        RouteNetlinkMessage::GetNeighbour(message)
+    };
+    let links = dump(RouteNetlinkMessage::GetLink(link)).await?;
+    let addrs = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).await?;
+    let r4 = dump(RouteNetlinkMessage::GetRoute(
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+    ))
+    .await?;
+    let r6 = dump(RouteNetlinkMessage::GetRoute(
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ))
+    .await?;
+    let n4 = dump(neighbours(AddressFamily::Inet)).await?;
+    let n6 = dump(neighbours(AddressFamily::Inet6)).await?;
     ensure!(!links.is_empty(), "raw dump returned no link");
     std::hint::black_box((links, addrs, r4, r6, n4, n6));
     Ok(())

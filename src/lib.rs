@@ -45,7 +45,9 @@ pub use sandbox_net_endpoints::{
 // Wiring: the models, their options and what `check` reports.
 pub use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions, UnknownModel};
 // Namespaces, netlink and the scan.
-pub use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId, ScanOptions};
+pub use sandbox_net_netns::{
+    Failures, NetlinkError, Netns, NetnsError, NetnsId, ScanOptions, errno_in_chain, error_chain,
+};
 // The building blocks, one level down, for a shim that drives endpoints itself.
 pub use sandbox_net_endpoints as endpoints;
 pub use sandbox_net_interworking as interworking;

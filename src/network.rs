@@ -15,7 +15,7 @@ use sandbox_net_endpoints::{
     ReopenOptions, SkippedInterface, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions};
-use sandbox_net_netns::{Netns, ScanOptions, set_tap_persist};
+use sandbox_net_netns::{Failures, Netns, ScanOptions, set_tap_persist};
 use sandbox_net_persist::{
     IfName, MacAddr, Owner,
     scan::{Interface, NamespaceScan},
@@ -344,13 +344,12 @@ impl Network {
                 Err(other) => return Err(other),
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(SandboxError::Teardown {
+        match Failures::from_vec(failures) {
+            None => Ok(()),
+            Some(failures) => Err(SandboxError::Teardown {
                 file: self.sandbox.state_path().to_path_buf(),
                 failures,
-            })
+            }),
         }
     }
 

@@ -47,7 +47,10 @@ use sandbox_net_persist::{
 };
 use serde::Serialize;
 
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::{
+    error_chain,
+    sandbox::{Sandbox, SandboxError},
+};
 
 /// How [`reconcile`] runs.
 #[derive(Debug, Clone)]
@@ -652,7 +655,7 @@ async fn examine(
     {
         report.outcome = Outcome::Left {
             why: "the sandbox was torn down".into(),
-            errors: vec![chain(&e)],
+            errors: vec![error_chain(&e)],
         };
     }
     report
@@ -674,7 +677,7 @@ async fn check(sandbox: &Sandbox, file: &Path) -> Outcome {
             error: format!(
                 "{}: cannot check the live sandbox: {}",
                 file.display(),
-                chain(&e)
+                error_chain(&e)
             ),
         },
     }
@@ -707,11 +710,11 @@ async fn reap(sandbox: &mut Sandbox, why: String, options: &ReconcileOptions) ->
         },
         Err(SandboxError::Teardown { failures, .. }) => Outcome::Left {
             why,
-            errors: failures.iter().map(|f| chain(f)).collect(),
+            errors: failures.iter().map(|f| error_chain(f)).collect(),
         },
         Err(e) => Outcome::Left {
             why,
-            errors: vec![chain(&e)],
+            errors: vec![error_chain(&e)],
         },
     }
 }
@@ -755,21 +758,7 @@ fn remove_orphans(doc: &Path, files: &[PathBuf], options: &ReconcileOptions) -> 
 }
 
 fn refused(e: &(dyn std::error::Error + 'static)) -> Outcome {
-    Outcome::Refused { error: chain(e) }
-}
-
-/// An error and its causes, joined with `: `.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        // Errors that are `transparent` repeat their cause's text.
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
+    Outcome::Refused {
+        error: error_chain(e),
     }
-    text
 }

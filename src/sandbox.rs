@@ -8,7 +8,7 @@ use sandbox_net_endpoints::{
     AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, RecordError, ReopenOptions,
 };
 use sandbox_net_interworking::{Drift, Kernel, check};
-use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
+use sandbox_net_netns::{Failures, NetlinkError, Netns, NetnsError, NetnsId};
 use sandbox_net_persist::{
     IfName, Owner, OwnerError,
     endpoint::EndpointId,
@@ -148,12 +148,13 @@ pub enum SandboxError {
         endpoints: Vec<String>,
     },
     /// Teardown went on past failures; these are all of them.
-    #[error("teardown of {file} left {} failure(s): {}", .failures.len(), list(.failures))]
+    #[error("teardown of {file} failed")]
     Teardown {
         /// The state file.
         file: PathBuf,
         /// Every failure, in order.
-        failures: Vec<EndpointError>,
+        #[source]
+        failures: Failures<EndpointError>,
     },
 }
 
@@ -169,23 +170,6 @@ fn current_owner(file: &Path) -> Result<Owner, SandboxError> {
         file: file.to_path_buf(),
         source,
     })
-}
-
-fn list(failures: &[EndpointError]) -> String {
-    failures
-        .iter()
-        .map(|f| {
-            let mut text = f.to_string();
-            let mut source = std::error::Error::source(f);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Refuses `netns` when it is the node's own network (PID 1's, or this process's). Also when
@@ -894,7 +878,7 @@ impl Sandbox {
             self.state.upsert_endpoint(record.clone());
             self.store.save_endpoint(&self.state, &record)?;
         }
-        if !failures.is_empty() {
+        if let Some(failures) = Failures::from_vec(failures) {
             self.rtnl = rtnl;
             return Err(SandboxError::Teardown {
                 file: self.store.path().to_path_buf(),
@@ -954,7 +938,7 @@ impl Sandbox {
                     crate::cni::runtime::del(&record, &sandbox_id, Some(netns.path().to_path_buf()))
                         .await
                 {
-                    tracing::warn!(error = %crate::cni::error::error_chain(&undo), "DEL after a failed ADD failed; the record stays for teardown");
+                    tracing::warn!(error = %sandbox_net_netns::error_chain(&undo), "DEL after a failed ADD failed; the record stays for teardown");
                     return Err(cni_error(&list.name, e));
                 }
                 self.state.cni.pop();
@@ -977,7 +961,7 @@ impl Sandbox {
                 let network = crate::cni::runtime::network(&record)
                     .map(|l| l.name)
                     .unwrap_or_default();
-                tracing::warn!(%network, error = %crate::cni::error::error_chain(&e), "CNI DEL failed");
+                tracing::warn!(%network, error = %sandbox_net_netns::error_chain(&e), "CNI DEL failed");
                 kept.push(record);
                 first_error.get_or_insert(SandboxError::Cni {
                     file: self.store.path().to_path_buf(),

@@ -54,10 +54,11 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
     let fx = CniNode::new(chain, &[]);
     let list = fx.conflist("1.0.0", &[]);
     let attachment = fx.attachment();
-    let result =
-        fx.runner.add(&list, &attachment).await.unwrap_or_else(|e| {
-            panic!("{case}: ADD: {}", sandbox_net::cni::error::error_chain(&e))
-        });
+    let result = fx
+        .runner
+        .add(&list, &attachment)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: ADD: {}", sandbox_net::error_chain(&e)));
     let pod_ip = CniNode::pod_ip(&result);
     let before = fx.settled_snapshot();
 
@@ -131,6 +132,6 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
     fx.runner
         .del(&list, &attachment, Some(&result))
         .await
-        .unwrap_or_else(|e| panic!("{case}: DEL: {}", sandbox_net::cni::error::error_chain(&e)));
+        .unwrap_or_else(|e| panic!("{case}: DEL: {}", sandbox_net::error_chain(&e)));
     assert_eq!(fx.leases(), Vec::<String>::new(), "{case}: lease released");
 }

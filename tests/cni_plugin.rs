@@ -20,9 +20,12 @@ use std::{
 };
 
 use common::cni::{Chain, CniNode};
-use sandbox_net::cni::{
-    Attachment, ChainError, CniCommand, CniResult, CniVersion, ExecError, NetworkConfigList, code,
-    error::error_chain,
+use sandbox_net::{
+    cni::{
+        Attachment, ChainError, CniCommand, CniResult, CniVersion, ExecError, NetworkConfigList,
+        code,
+    },
+    error_chain,
 };
 use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
 use sandbox_net_netns::testing::{TestNetns, assert_same_snapshot};

@@ -24,10 +24,7 @@ async fn reference_chains_add_check_del_at_every_version() {
             let list = fx.conflist(version.as_str(), &[]);
             let attachment = fx.attachment();
             let result = fx.runner.add(&list, &attachment).await.unwrap_or_else(|e| {
-                panic!(
-                    "{chain:?} {version}: ADD: {}",
-                    sandbox_net::cni::error::error_chain(&e)
-                )
+                panic!("{chain:?} {version}: ADD: {}", sandbox_net::error_chain(&e))
             });
 
             // The result names the pod interface as the kernel has it.
@@ -74,7 +71,7 @@ async fn reference_chains_add_check_del_at_every_version() {
                     .unwrap_or_else(|e| {
                         panic!(
                             "{chain:?} {version}: CHECK: {}",
-                            sandbox_net::cni::error::error_chain(&e)
+                            sandbox_net::error_chain(&e)
                         )
                     });
             }

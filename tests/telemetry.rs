@@ -275,7 +275,7 @@ async fn a_failed_step_is_an_error_status_and_the_rollback_a_child_span() {
     let SandboxError::Endpoint(err) = err else {
         panic!("not an endpoint failure: {err:?}");
     };
-    let EndpointFailure::Steps(failed) = &err.source else {
+    let EndpointFailure::Steps(failed) = err.first() else {
         panic!("not a failed step: {err:?}");
     };
     assert_eq!(failed.position, 4, "fail_before counts from 0");

@@ -16,6 +16,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
+use sandbox_net_netns::Failures;
 use serde_json::Value;
 
 use super::{
@@ -81,14 +82,15 @@ pub enum ChainError {
         version: CniVersion,
     },
     /// GC or STATUS went on past failures; these are all of them.
-    #[error("network {network}: {command} failed for {} plugin(s): {}", .failures.len(), list(.failures))]
+    #[error("network {network}: {command} failed")]
     Several {
         /// The network's name.
         network: String,
         /// The command.
         command: CniCommand,
         /// Every failure.
-        failures: Vec<ChainError>,
+        #[source]
+        failures: Failures<ChainError>,
     },
 }
 
@@ -100,14 +102,6 @@ impl ChainError {
             _ => None,
         }
     }
-}
-
-fn list(failures: &[ChainError]) -> String {
-    failures
-        .iter()
-        .map(|f| super::error::error_chain(f))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// One attachment that is still valid, for GC (`cni.dev/valid-attachments`).
@@ -361,14 +355,13 @@ impl ChainRunner {
                 failures.push(e);
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ChainError::Several {
+        match Failures::from_vec(failures) {
+            None => Ok(()),
+            Some(failures) => Err(ChainError::Several {
                 network: list.name.clone(),
                 command,
                 failures,
-            })
+            }),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The CNI error result: `{"cniVersion", "code", "msg", "details"}` on stdout with a non-zero
 //! exit, and the codes this module uses.
 
+use sandbox_net_netns::error_chain;
 use serde::{Deserialize, Serialize};
 
 use super::version::CniVersion;
@@ -98,21 +99,6 @@ impl CniError {
         }
         value
     }
-}
-
-/// An error and its sources joined with `: `.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        // thiserror's `transparent` repeats the inner message: say it once.
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -560,7 +560,7 @@ mod tests {
         ];
         for (input, expected) in cases {
             let err = CniResult::from_json("prevResult", &input).unwrap_err();
-            let text = super::super::error::error_chain(&err);
+            let text = sandbox_net_netns::error_chain(&err);
             assert!(
                 text.starts_with(expected),
                 "{text:?} should start with {expected:?}"

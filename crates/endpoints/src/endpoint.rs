@@ -7,7 +7,7 @@ use sandbox_net_interworking::{
     ApplyOptions, AttachError, FitError, InterworkingModel, Kernel, NetworkPair, PairError, Step,
     TapOptions, UndoError, apply_with, fit_to_kernel, random_local_mac, undo_with, vm_link_name,
 };
-use sandbox_net_netns::{MacvtapError, NetlinkError, VhostError, open_vhost_net};
+use sandbox_net_netns::{Failures, MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
     IfName, MacAddr,
     endpoint::{EndpointId, EndpointKind},
@@ -133,11 +133,17 @@ pub struct EndpointError {
     pub kind: EndpointKind,
     /// Its pod link.
     pub link: IfName,
-    /// The first failure (detach goes on past failures; see `more`).
+    /// Every failure, in order: one for an attach (which stops at its first), possibly
+    /// several for a detach or a teardown (which go on past failures).
     #[source]
-    pub source: EndpointFailure,
-    /// Further failures of a detach, in order.
-    pub more: Vec<EndpointFailure>,
+    pub failures: Failures<EndpointFailure>,
+}
+
+impl EndpointError {
+    /// The first failure.
+    pub fn first(&self) -> &EndpointFailure {
+        self.failures.first()
+    }
 }
 
 /// A pod interface as the VM gets it.
@@ -245,19 +251,25 @@ impl Endpoint {
         }
     }
 
-    fn error(
-        &self,
-        op: &'static str,
-        source: EndpointFailure,
-        more: Vec<EndpointFailure>,
-    ) -> EndpointError {
+    fn error(&self, op: &'static str, failures: Failures<EndpointFailure>) -> EndpointError {
         EndpointError {
             op,
             id: self.id.clone(),
             kind: self.kind,
             link: self.link_name().clone(),
-            source,
-            more,
+            failures,
+        }
+    }
+
+    /// `Ok` when nothing failed, else the error of `op` with every failure.
+    fn outcome(
+        &self,
+        op: &'static str,
+        failures: Vec<EndpointFailure>,
+    ) -> Result<(), EndpointError> {
+        match Failures::from_vec(failures) {
+            None => Ok(()),
+            Some(failures) => Err(self.error(op, failures)),
         }
     }
 
@@ -308,7 +320,7 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let device = match self.build_device(kernel, hypervisor, options, record).await {
             Ok(device) => device,
-            Err(e) => return Err(self.error("attach", e, Vec::new())),
+            Err(e) => return Err(self.error("attach", Failures::new(e, []))),
         };
         self.hand_over(kernel, hypervisor, options, device, hot)
             .await
@@ -333,7 +345,7 @@ impl Endpoint {
             Ok(device) => Ok(device),
             Err(e) => {
                 tracing::error!(error = %sandbox_net_netns::error_chain(&e));
-                Err(self.error("attach", e, Vec::new()))
+                Err(self.error("attach", Failures::new(e, [])))
             }
         }
     }
@@ -348,11 +360,8 @@ impl Endpoint {
         device: NetDevice,
     ) -> Result<(), EndpointError> {
         drop(device);
-        let mut failures = self.unwind(kernel, options).await.into_iter();
-        match failures.next() {
-            None => Ok(()),
-            Some(first) => Err(self.error("take back", first, failures.collect())),
-        }
+        let failures = self.unwind(kernel, options).await;
+        self.outcome("take back", failures)
     }
 
     /// The second half of [`Endpoint::attach_recorded`]: hands the prepared `device` to the
@@ -372,7 +381,7 @@ impl Endpoint {
         };
         if let Err(refused) = handed {
             let more = self.unwind(kernel, options).await;
-            return Err(self.error("attach", refused.into(), more));
+            return Err(self.error("attach", Failures::new(refused.into(), more)));
         }
         self.attached = true;
         tracing::info!("endpoint attached");
@@ -399,14 +408,9 @@ impl Endpoint {
         }
         failures.extend(self.unwind(kernel, options).await);
         self.attached = false;
-        let mut failures = failures.into_iter();
-        match failures.next() {
-            None => {
-                tracing::info!("endpoint detached");
-                Ok(())
-            }
-            Some(first) => Err(self.error("detach", first, failures.collect())),
-        }
+        self.outcome("detach", failures)?;
+        tracing::info!("endpoint detached");
+        Ok(())
     }
 
     /// Tears the endpoint down from its recorded state alone, without a VMM (after a restart,
@@ -421,11 +425,7 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let failures = self.unwind_in(kernel, options).await;
         self.attached = false;
-        let mut failures = failures.into_iter();
-        match failures.next() {
-            None => Ok(()),
-            Some(first) => Err(self.error("tear down", first, failures.collect())),
-        }
+        self.outcome("tear down", failures)
     }
 
     /// Undoes the kernel steps and the VFIO binding; returns what failed.

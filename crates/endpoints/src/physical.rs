@@ -36,7 +36,7 @@ use std::{
 };
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType};
-use sandbox_net_netns::{Netns, errno_in_chain, error_chain};
+use sandbox_net_netns::{Failures, Netns, errno_in_chain, error_chain};
 use sandbox_net_persist::IfName;
 use serde::{Deserialize, Serialize};
 
@@ -337,7 +337,8 @@ pub enum VfioError {
     /// Binding to vfio-pci failed after the device left its driver, and putting it back
     /// failed too: the device may be left without a driver.
     #[error(
-        "failed to bind PCI device {bdf} to vfio-pci, and rolling back failed as well ({rollback})"
+        "failed to bind PCI device {bdf} to vfio-pci, and rolling back failed as well ({})",
+        error_chain(.rollback)
     )]
     BindRollback {
         /// The device.
@@ -371,18 +372,13 @@ impl VfioError {
 
 /// Every step that failed while putting a PCI function back to its original driver.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to restore the driver of PCI device {bdf}: {}", list(.errors))]
+#[error("failed to give PCI device {bdf} back to its original driver")]
 pub struct RestoreError {
     /// The device.
     pub bdf: PciAddress,
-    /// The failed steps, in order (at least one).
-    pub errors: Vec<VfioError>,
-}
-
-/// The errors' chains, joined with `; `.
-fn list(errors: &[VfioError]) -> String {
-    let chains: Vec<String> = errors.iter().map(|e| error_chain(e)).collect();
-    chains.join("; ")
+    /// The failed steps, in order.
+    #[source]
+    pub errors: Failures<VfioError>,
 }
 
 impl RestoreError {
@@ -599,24 +595,23 @@ impl SysfsPci {
     /// changes nothing but step 1.
     #[tracing::instrument(name = "endpoints.restore_pci_driver", skip_all, fields(bdf = %binding.bdf))]
     pub fn restore(&self, binding: &VfioBinding) -> Result<(), RestoreError> {
-        let errors = self.put_back(binding, false);
-        if errors.is_empty() {
-            tracing::info!(driver = ?binding.original_driver, "original driver restored");
-            Ok(())
-        } else {
-            Err(RestoreError {
+        match Failures::from_vec(self.put_back(binding, false)) {
+            None => {
+                tracing::info!(driver = ?binding.original_driver, "original driver restored");
+                Ok(())
+            }
+            Some(errors) => Err(RestoreError {
                 bdf: binding.bdf.clone(),
                 errors,
-            })
+            }),
         }
     }
 
     /// The error `bind_vfio` returns after putting the device back.
     fn roll_back(&self, binding: &VfioBinding, unbound: bool, error: VfioError) -> VfioError {
-        let errors = self.put_back(binding, unbound);
-        if errors.is_empty() {
+        let Some(errors) = Failures::from_vec(self.put_back(binding, unbound)) else {
             return error;
-        }
+        };
         VfioError::BindRollback {
             bdf: binding.bdf.clone(),
             rollback: RestoreError {

@@ -43,8 +43,7 @@ impl Endpoint {
                 id: self.id.clone(),
                 kind: self.kind,
                 link: self.link_name().clone(),
-                source,
-                more: Vec::new(),
+                failures: sandbox_net_netns::Failures::new(source, []),
             })
     }
 

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use rtnetlink::packet_route::link::NetkitMode;
 use sandbox_net_endpoints::testing::{self, OnDevice, StandInNicDriver, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
@@ -245,12 +246,11 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
         rtnetlink::packet_route::link::IpVlanMode::L2,
     );
     let result = rtnl
-        .handle()
-        .link()
-        .add(request.build())
-        .execute()
-        .await
-        .map_err(io_error);
+        .exchange(
+            rtnetlink::packet_route::RouteNetlinkMessage::NewLink(request.build()),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await;
     skip_if_unsupported!(result, "ipvlan", libc::EOPNOTSUPP).unwrap();
     // The ipvlan has a subnet of its own, reached over eth0 from the host side of the veth.
     fx.pod.ip_batch(
@@ -304,13 +304,6 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
 }
 
 /// An rtnetlink error as the `io::Error` of its errno, for the feature detection.
-fn io_error(e: rtnetlink::Error) -> std::io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
-        other => panic!("unexpected rtnetlink error: {other}"),
-    }
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -449,7 +442,10 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
         )
         .await
         .unwrap_err();
-    assert!(format!("{:?}", err.source).contains("NameTaken"), "{err:?}");
+    assert!(
+        format!("{:?}", err.first()).contains("NameTaken"),
+        "{err:?}"
+    );
     assert_same_snapshot(&squatted, &fx.pod.snapshot());
     fx.pod.ip(&["link", "del", "tap0_kata"]);
     // A link that is not there (gone since the scan).

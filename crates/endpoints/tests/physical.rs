@@ -325,12 +325,13 @@ fn restore_continues_past_failures_and_returns_them_all() {
     assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
     assert_eq!(err.errno(), Some(libc::EISDIR));
     let root = tree.root().display();
+    // The count, then each failure's whole chain.
     assert_eq!(
-        err.to_string(),
+        sandbox_net_netns::error_chain(&err),
         format!(
-            "failed to restore the driver of PCI device {BDF}: \
-             failed to write \"\\n\" to {root}/bus/pci/devices/{BDF}/driver_override: Is a directory (os error 21); \
-             failed to write {BDF} to {root}/bus/pci/drivers/e1000e/bind: Is a directory (os error 21)"
+            "failed to give PCI device {BDF} back to its original driver: 2 failures: \
+             (1) failed to write \"\\n\" to {root}/bus/pci/devices/{BDF}/driver_override: Is a directory (os error 21); \
+             (2) failed to write {BDF} to {root}/bus/pci/drivers/e1000e/bind: Is a directory (os error 21)"
         )
     );
 }

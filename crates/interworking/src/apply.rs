@@ -220,7 +220,7 @@ pub async fn apply_with(
     let rollback_options = ApplyOptions::default();
     let rollback = match undo_with(kernel, undone, rollback_options).await {
         Ok(()) => Vec::new(),
-        Err(e) => e.failures,
+        Err(e) => e.failures.into_vec(),
     };
     let residue = crate::undo::residue(&rollback, undone);
     let step = steps[failure.first..=failure.last]

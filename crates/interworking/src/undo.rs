@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use sandbox_net_netns::{NetlinkError, Rtnl};
+use sandbox_net_netns::{Failures, NetlinkError, Rtnl};
 use sandbox_net_persist::{
     IfName, RouteProtocol,
     scan::{Link, Route},
@@ -30,10 +30,11 @@ pub struct UndoFailure {
 
 /// Every step that could not be undone; the others were.
 #[derive(Debug, thiserror::Error)]
-#[error("{} step(s) could not be undone: {}", .failures.len(), list(.failures))]
+#[error("not every step could be undone")]
 pub struct UndoError {
     /// The failures, in the order they happened.
-    pub failures: Vec<UndoFailure>,
+    #[source]
+    pub failures: Failures<UndoFailure>,
 }
 
 impl UndoError {
@@ -53,14 +54,6 @@ pub(crate) fn residue(failures: &[UndoFailure], steps: &[Step]) -> Vec<Step> {
         .into_iter()
         .filter_map(|i| steps.get(i).cloned())
         .collect()
-}
-
-fn list(failures: &[UndoFailure]) -> String {
-    failures
-        .iter()
-        .map(|f| format!("{f}: {}", f.source))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Undoes `steps` in reverse order, the links they created first. What is already gone counts
@@ -135,10 +128,9 @@ pub async fn undo_with(
             });
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(UndoError { failures })
+    match Failures::from_vec(failures) {
+        None => Ok(()),
+        Some(failures) => Err(UndoError { failures }),
     }
 }
 

@@ -194,21 +194,34 @@ impl NetlinkError {
     }
 }
 
-/// An error and its sources joined with `: `, as the CLI prints them.
+/// An error and its sources joined with `: `, as the CLI prints them. A source whose text the
+/// chain already ends with is said once: thiserror's `transparent` repeats its inner message,
+/// and a message written as `"...: {0}"` repeats its source's.
 pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
+    let mut text = err.to_string();
     let mut source = err.source();
-    while let Some(e) = source {
-        parts.push(e.to_string());
-        source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        let said = text == more || text.ends_with(&format!(": {more}"));
+        if !said {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
     }
-    parts.join(": ")
+    text
 }
 
-/// Turns rtnetlink's error into an `io::Error` that keeps the errno when there is one.
+/// Turns rtnetlink's error into an `io::Error` that keeps the errno when there is one, and
+/// reads as the kernel's reason when it gave one (see [`crate::ext_ack::refusal_to_io`]).
 pub fn rtnetlink_to_io(err: rtnetlink::Error) -> io::Error {
     match err {
-        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        // rtnetlink keeps the refusal, not the flags of its message. The sockets of this
+        // crate do not set `NETLINK_CAP_ACK`, so the kernel echoes the whole request and the
+        // extended ack's attributes, when there are any, follow it.
+        rtnetlink::Error::NetlinkError(msg) => {
+            crate::ext_ack::refusal_to_io(netlink_packet_core::NLM_F_ACK_TLVS, &msg)
+        }
         other => io::Error::other(other.to_string()),
     }
 }

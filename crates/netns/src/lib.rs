@@ -16,14 +16,17 @@
 //! - Errors ([`NetnsError`], [`NetlinkError`]) name the namespace and the object and keep the
 //!   errno.
 //!
-//! ## Limitations
-//! Extended-ack text from the kernel is requested but not yet decoded into errors.
+//! - A request the kernel refuses reads as the kernel's reason (its extended ack, which
+//!   every socket of this crate asks for) with the errno underneath: see [`kernel_reason`].
+//!   [`Rtnl::exchange`] sends a request built by the caller under the same rules.
 #![deny(missing_docs)]
 
 mod address;
 mod convert;
 mod error;
 mod exec;
+mod ext_ack;
+mod failures;
 mod ifreq;
 mod lean_dump;
 mod link;
@@ -43,6 +46,8 @@ mod vhost;
 pub use error::{
     MacvtapError, NetlinkError, NetnsError, TapError, errno_in_chain, error_chain, rtnetlink_to_io,
 };
+pub use ext_ack::{ext_ack_text, kernel_reason, refusal_to_io};
+pub use failures::Failures;
 pub use ifreq::ifreq_named;
 pub use link::LinkChange;
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};

@@ -1,14 +1,20 @@
 //! A route-netlink handle bound to one namespace.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
+use netlink_packet_core::{NLM_F_DUMP, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{AsyncSocket, TokioSocket, protocols::NETLINK_ROUTE};
 use tokio::task::JoinHandle;
 
 use crate::{
     Netns,
     error::{NetlinkError, rtnetlink_to_io},
+    ext_ack::refusal_to_io,
 };
 
 /// An rtnetlink handle whose socket was created inside one network namespace, so every
@@ -73,9 +79,49 @@ impl Netns {
 }
 
 impl Rtnl {
-    /// The rtnetlink handle, for requests this crate has no helper for.
-    pub fn handle(&self) -> &rtnetlink::Handle {
+    /// The rtnetlink handle, for this crate's requests.
+    pub(crate) fn handle(&self) -> &rtnetlink::Handle {
         &self.handle
+    }
+
+    /// Sends one request the caller built (`flags`: `NLM_F_REQUEST | NLM_F_ACK` and those of
+    /// the operation, `NLM_F_CREATE | NLM_F_EXCL` for an add, `NLM_F_DUMP` for a dump) and
+    /// returns the messages the kernel answers with: a get's or a dump's, none for a change.
+    /// Every answer is read, so that a refusal arriving after some messages is not missed.
+    ///
+    /// A refusal is an `io::Error` of the errno's kind that reads as the kernel's reason (its
+    /// extended ack, see [`kernel_reason`](crate::kernel_reason)) with the bare errno as its
+    /// source. A dump takes its turn with the other dumps of this handle: the kernel runs one
+    /// dump per socket at a time and answers a second with `EBUSY`.
+    pub async fn exchange(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, io::Error> {
+        let _turn = if flags & NLM_F_DUMP == NLM_F_DUMP {
+            Some(self.dump_turn.lock().await)
+        } else {
+            None
+        };
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut answers = handle.request(request).map_err(rtnetlink_to_io)?;
+        let mut messages = Vec::new();
+        let mut refusal = None;
+        while let Some(answer) = answers.next().await {
+            match answer.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    refusal.get_or_insert_with(|| refusal_to_io(answer.header.flags, &e));
+                }
+                NetlinkPayload::InnerMessage(message) => messages.push(message),
+                _ => {}
+            }
+        }
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok(messages),
+        }
     }
 
     pub(crate) fn lean(&self) -> &crate::lean_dump::LeanSocket {
@@ -94,11 +140,21 @@ impl Rtnl {
         object: impl Into<String>,
         err: rtnetlink::Error,
     ) -> NetlinkError {
+        self.request_failed(op, object, rtnetlink_to_io(err))
+    }
+
+    /// Builds the error for a failed request on `object`, from the kernel's answer.
+    pub(crate) fn request_failed(
+        &self,
+        op: &'static str,
+        object: impl Into<String>,
+        source: io::Error,
+    ) -> NetlinkError {
         NetlinkError::Request {
             op,
             object: object.into(),
             netns: self.netns.clone(),
-            source: rtnetlink_to_io(err),
+            source,
         }
     }
 

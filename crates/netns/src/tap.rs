@@ -155,7 +155,7 @@ fn reopen_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapE
             netns,
         });
     };
-    let mut request = ifreq(name, config.flags());
+    let mut request = ifreq_with_flags(name, config.flags());
     let queues = open_queues(config, &request, &netns)?;
     // The tap could have gone between the look-up and the opens, and TUNSETIFF then made a
     // new one: that one vanishes with `queues` when they are dropped here.
@@ -249,7 +249,7 @@ fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapErr
             source,
         }
     };
-    let mut request = ifreq(name, config.flags());
+    let mut request = ifreq_with_flags(name, config.flags());
     let queues = open_queues(config, &request, &netns)?;
     // `config.queues >= 1` was checked by the caller, so there is a first queue.
     let first = queues[0].as_raw_fd();
@@ -278,7 +278,7 @@ fn open_tap(config: &TapConfig, netns: std::path::PathBuf) -> Result<Tap, TapErr
 }
 
 /// An `ifreq` carrying `name` (NUL-terminated; `IfName` guarantees at most 15 bytes) and flags.
-fn ifreq(name: &IfName, flags: u16) -> libc::ifreq {
+fn ifreq_with_flags(name: &IfName, flags: u16) -> libc::ifreq {
     let mut request = crate::ifreq_named(name);
     request.ifr_ifru.ifru_flags = flags as libc::c_short;
     request
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn ifreq_carries_name_and_flags() {
-        let req = ifreq(&IfName::new("123456789012345").unwrap(), 0x5102);
+        let req = ifreq_with_flags(&IfName::new("123456789012345").unwrap(), 0x5102);
         let name: Vec<u8> = req.ifr_name.iter().map(|c| *c as u8).collect();
         assert_eq!(&name[..15], b"123456789012345");
         assert_eq!(name[15], 0, "NUL-terminated");

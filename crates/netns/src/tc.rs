@@ -5,10 +5,7 @@
 
 use std::{fmt, time::Duration};
 
-use futures::StreamExt;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{
@@ -19,7 +16,11 @@ use netlink_packet_route::{
 };
 use sandbox_net_persist::scan::Link;
 
-use crate::{Rtnl, error::NetlinkError, link::describe};
+use crate::{
+    Rtnl,
+    error::{NetlinkError, errno_in_chain},
+    link::describe,
+};
 
 /// The priority of the redirect filters (Kata's): `tc filter ... prio 49152`. Used when the
 /// link's ingress holds no filter of anyone else.
@@ -199,7 +200,7 @@ impl Rtnl {
         let mut message = TcMessage::with_index(link.index as i32);
         message.header.parent = parent;
         let answers = self
-            .tc_exchange(
+            .exchange(
                 RouteNetlinkMessage::GetQueueDiscipline(message),
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
             )
@@ -211,14 +212,14 @@ impl Rtnl {
                 }
                 _ => None,
             })),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(None),
+            Err(e) if errno_in_chain(&e) == Some(libc::ENOENT) => Ok(None),
             Err(e) => {
                 let place = if parent == TcHandle::INGRESS {
                     "ingress"
                 } else {
                     "root"
                 };
-                Err(self.request_error("get", format!("{place} qdisc of {}", describe(link)), e))
+                Err(self.request_failed("get", format!("{place} qdisc of {}", describe(link)), e))
             }
         }
     }
@@ -308,12 +309,13 @@ impl Rtnl {
                 TcOption::U32(TcFilterU32Option::Action(vec![action])),
             ]),
         ];
-        self.tc_request(
+        self.exchange(
             RouteNetlinkMessage::NewTrafficFilter(message),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
-        .map_err(|e| self.request_error("add", object(), e))
+        .map(drop)
+        .map_err(|e| self.request_failed("add", object(), e))
     }
 
     /// Deletes the filter at `priority` of the link's ingress hook, whatever it holds (`tc
@@ -322,13 +324,14 @@ impl Rtnl {
         let mut message = TcMessage::with_index(link.index as i32);
         message.header.parent = INGRESS_HOOK.into();
         message.header.info = u32::from(priority) << 16 | u32::from(ETH_P_ALL.to_be());
-        self.tc_request(
+        self.exchange(
             RouteNetlinkMessage::DelTrafficFilter(message),
             NLM_F_REQUEST | NLM_F_ACK,
         )
         .await
+        .map(drop)
         .map_err(|e| {
-            self.request_error(
+            self.request_failed(
                 "delete",
                 format!(
                     "ingress filter at priority {priority} of {}",
@@ -337,39 +340,6 @@ impl Rtnl {
                 e,
             )
         })
-    }
-
-    /// Sends one traffic-control request and waits for the kernel's answer.
-    async fn tc_request(
-        &self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<(), rtnetlink::Error> {
-        self.tc_exchange(message, flags).await.map(drop)
-    }
-
-    /// Sends one traffic-control request and returns the messages the kernel answers with (a
-    /// get's answer; none for a change), or its refusal.
-    async fn tc_exchange(
-        &self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, rtnetlink::Error> {
-        let mut request = NetlinkMessage::from(message);
-        request.header.flags = flags;
-        let mut handle = self.handle().clone();
-        let mut answers = handle.request(request)?;
-        let mut messages = Vec::new();
-        while let Some(answer) = answers.next().await {
-            match answer.payload {
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(rtnetlink::Error::NetlinkError(e));
-                }
-                NetlinkPayload::InnerMessage(message) => messages.push(message),
-                _ => {}
-            }
-        }
-        Ok(messages)
     }
 
     /// The filters at the link's ingress hook, as the kernel dumps them (a u32 filter as

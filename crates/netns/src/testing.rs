@@ -135,8 +135,9 @@ impl Errno for crate::MacvtapError {
 }
 
 impl Errno for std::io::Error {
+    /// Its errno, also under the kernel's reason (see [`crate::kernel_reason`]).
     fn errno(&self) -> Option<i32> {
-        self.raw_os_error()
+        crate::errno_in_chain(self)
     }
 }
 
@@ -428,10 +429,7 @@ impl PodFixture {
             .add(request.build())
             .execute()
             .await
-            .map_err(|e| match e {
-                rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
-                other => std::io::Error::other(other.to_string()),
-            })?;
+            .map_err(crate::rtnetlink_to_io)?;
         host.ip(&["link", "set", Self::POD_IF, "netns", pod.name()]);
         let l2 = mode == NetkitMode::L2;
         if l2 {

@@ -74,8 +74,7 @@ pub enum LimitError {
     Rate(#[from] RateError),
     /// The kernel refused or failed a request.
     #[error(
-        "failed to {op} {object} on link {link} (ifindex {index}) in network namespace {netns}{}",
-        kernel_says(ext_ack)
+        "failed to {op} {object} on link {link} (ifindex {index}) in network namespace {netns}"
     )]
     Request {
         /// What was asked (`"add"`, `"delete"`, `"list"`).
@@ -88,9 +87,7 @@ pub enum LimitError {
         index: u32,
         /// The namespace's path.
         netns: PathBuf,
-        /// The kernel's extended-ack text, when it sent one.
-        ext_ack: Option<String>,
-        /// The kernel's answer, with its errno.
+        /// The kernel's answer: its reason (extended ack) when it gave one, with the errno.
         #[source]
         source: io::Error,
     },
@@ -167,16 +164,9 @@ impl LimitError {
     /// The kernel's extended-ack text for a refused request, if it sent one.
     pub fn ext_ack(&self) -> Option<&str> {
         match self {
-            Self::Request { ext_ack, .. } => ext_ack.as_deref(),
+            Self::Request { source, .. } => sandbox_net_netns::kernel_reason(source),
             Self::PartialTree { source, .. } => source.ext_ack(),
             _ => None,
         }
-    }
-}
-
-fn kernel_says(ext_ack: &Option<String>) -> String {
-    match ext_ack {
-        Some(text) => format!(" (kernel: {text})"),
-        None => String::new(),
     }
 }

@@ -4,16 +4,12 @@
 
 use std::io;
 
-use futures::StreamExt;
-use netlink_packet_core::{
-    ErrorMessage, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-    NetlinkMessage, NetlinkPayload, NlasIterator,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcHandle, TcHeader, TcMessage},
 };
-use sandbox_net_netns::{Rtnl, rtnetlink_to_io};
+use sandbox_net_netns::Rtnl;
 use sandbox_net_persist::scan::Link;
 
 use crate::{
@@ -25,10 +21,6 @@ use crate::{
 const ADD_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 /// Flags of a request that deletes an object.
 const DEL_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK;
-/// `NLMSGERR_ATTR_MSG`: the extended ack's text.
-const NLMSGERR_ATTR_MSG: u16 = 1;
-/// Size of `struct nlmsghdr`.
-const NLMSG_HDRLEN: usize = 16;
 
 /// The HTB tree found on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,9 +232,8 @@ impl On<'_> {
         Ok(parsed.map(|q| q.default_class))
     }
 
-    /// Sends one request and drains its answers. An `NLMSG_ERROR` without a code is the
-    /// ACK; one with a code (a negative errno) is the kernel's refusal, kept with its errno and
-    /// extended-ack text.
+    /// Sends one request and reads the kernel's answer: the ACK, or its refusal, kept with
+    /// its errno and the kernel's reason.
     async fn send(
         &self,
         message: RouteNetlinkMessage,
@@ -250,41 +241,20 @@ impl On<'_> {
         op: &'static str,
         object: &str,
     ) -> Result<(), LimitError> {
-        let mut request = NetlinkMessage::from(message);
-        request.header.flags = flags;
-        let mut handle = self.rtnl.handle().clone();
-        let mut answers = handle
-            .request(request)
-            .map_err(|e| self.request_error(op, object, None, rtnetlink_to_io(e)))?;
-        let mut refusal = None;
-        while let Some(answer) = answers.next().await {
-            if let NetlinkPayload::Error(err) = &answer.payload
-                && err.code.is_some()
-                && refusal.is_none()
-            {
-                refusal = Some((err.to_io(), ext_ack_text(answer.header.flags, err)));
-            }
-        }
-        match refusal {
-            Some((source, ext_ack)) => Err(self.request_error(op, object, ext_ack, source)),
-            None => Ok(()),
-        }
+        self.rtnl
+            .exchange(message, flags)
+            .await
+            .map(drop)
+            .map_err(|source| self.request_error(op, object, source))
     }
 
-    fn request_error(
-        &self,
-        op: &'static str,
-        object: &str,
-        ext_ack: Option<String>,
-        source: io::Error,
-    ) -> LimitError {
+    fn request_error(&self, op: &'static str, object: &str, source: io::Error) -> LimitError {
         LimitError::Request {
             op,
             object: object.to_string(),
             link: self.link.name.to_string(),
             index: self.link.index,
             netns: self.rtnl.netns().to_path_buf(),
-            ext_ack,
             source,
         }
     }
@@ -296,94 +266,6 @@ impl On<'_> {
             index: self.link.index,
             netns: self.rtnl.netns().to_path_buf(),
             source,
-        }
-    }
-}
-
-/// The text of an extended ack (`NLMSGERR_ATTR_MSG`), if the kernel sent one. `flags` are
-/// those of the `NLMSG_ERROR` message; the error's payload is the request's header, the
-/// request's body unless `NLM_F_CAPPED`, then the attributes if `NLM_F_ACK_TLVS`.
-pub(crate) fn ext_ack_text(flags: u16, err: &ErrorMessage) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 {
-        return None;
-    }
-    let echoed = if flags & NLM_F_CAPPED != 0 {
-        NLMSG_HDRLEN
-    } else {
-        u32::from_ne_bytes(err.header.get(0..4)?.try_into().ok()?) as usize
-    };
-    let tlvs = err.header.get(echoed.checked_add(3)? & !3..)?;
-    NlasIterator::new(tlvs)
-        .map_while(Result::ok)
-        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
-        .map(|nla| {
-            let text = nla.value();
-            let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
-            String::from_utf8_lossy(&text[..end]).into_owned()
-        })
-        .filter(|text| !text.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use std::num::NonZeroI32;
-
-    use super::*;
-
-    fn error_message(code: i32, header: Vec<u8>) -> ErrorMessage {
-        let mut err = ErrorMessage::default();
-        err.code = NonZeroI32::new(code);
-        err.header = header;
-        err
-    }
-
-    fn msg_tlv(text: &str) -> Vec<u8> {
-        let mut value = text.as_bytes().to_vec();
-        value.push(0);
-        let len = 4 + value.len();
-        let mut out = (len as u16).to_ne_bytes().to_vec();
-        out.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
-        out.extend_from_slice(&value);
-        out.resize(len.next_multiple_of(4), 0);
-        out
-    }
-
-    #[test]
-    fn ext_ack_after_an_echoed_request() {
-        // The echoed request: a 16-byte header with nlmsg_len 36 and a 20-byte body.
-        let mut header = 36u32.to_ne_bytes().to_vec();
-        header.resize(36, 0xAA);
-        header.extend(msg_tlv("Invalid handle."));
-        let err = error_message(-libc::EINVAL, header);
-        assert_eq!(
-            ext_ack_text(NLM_F_ACK_TLVS, &err).as_deref(),
-            Some("Invalid handle.")
-        );
-        assert_eq!(ext_ack_text(0, &err), None);
-    }
-
-    #[test]
-    fn ext_ack_after_a_capped_request() {
-        let mut header = 999u32.to_ne_bytes().to_vec();
-        header.resize(16, 0);
-        header.extend(msg_tlv(
-            "quantum of class 10002 is big. Consider r2q change.",
-        ));
-        let err = error_message(-libc::EINVAL, header);
-        assert_eq!(
-            ext_ack_text(NLM_F_ACK_TLVS | NLM_F_CAPPED, &err).as_deref(),
-            Some("quantum of class 10002 is big. Consider r2q change.")
-        );
-    }
-
-    #[test]
-    fn ext_ack_never_panics_on_short_payloads() {
-        for len in 0..40 {
-            let err = error_message(-1, vec![0xFF; len]);
-            let _ = ext_ack_text(NLM_F_ACK_TLVS, &err);
-            let _ = ext_ack_text(NLM_F_ACK_TLVS | NLM_F_CAPPED, &err);
         }
     }
 }

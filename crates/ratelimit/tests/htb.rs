@@ -5,11 +5,7 @@
 //! JSON, so classes are read from `tc -d class show`'s text; qdiscs from `tc -j`.
 #![allow(clippy::unwrap_used)]
 
-use futures::StreamExt;
-use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-    Nla,
-};
+use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Nla};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcMessage, TcOption},
@@ -234,17 +230,11 @@ async fn missing_link_is_named_with_its_errno() {
 
 /// Sends a hand-built request and returns the kernel's errno (0 for the ACK).
 async fn send_raw(rtnl: &Rtnl, message: RouteNetlinkMessage) -> i32 {
-    let mut request = NetlinkMessage::from(message);
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    let mut handle = rtnl.handle().clone();
-    let mut answers = handle.request(request).unwrap();
-    let mut errno = 0;
-    while let Some(answer) = answers.next().await {
-        if let NetlinkPayload::Error(e) = answer.payload {
-            errno = -e.raw_code();
-        }
+    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    match rtnl.exchange(message, flags).await {
+        Ok(_) => 0,
+        Err(e) => sandbox_net_netns::errno_in_chain(&e).expect("a refusal carries its errno"),
     }
-    errno
 }
 
 /// A class message at an arbitrary 64-bit byte rate: our 200 Gbit/s message with its

@@ -601,10 +601,7 @@ async fn cleanup(scene: Scene) -> anyhow::Result<()> {
             .del(&pod.list, &pod.attachment, Some(&pod.result))
             .await
     {
-        problems.push(format!(
-            "CNI DEL: {}",
-            sandbox_net::cni::error::error_chain(&e)
-        ));
+        problems.push(format!("CNI DEL: {}", sandbox_net::error_chain(&e)));
     }
     if let Some(dir) = scene.state.parent() {
         let _ = std::fs::remove_dir_all(dir);

@@ -353,8 +353,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // The chain is printed once, here: "error: what failed: why: deeper cause".
-            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", sandbox_net::error_chain(&*err));
             ExitCode::from(EXIT_FAILURE)
         }
     };

@@ -58,11 +58,11 @@ use self::request::{
 };
 use super::{
     CniVersion,
-    error::{CniError, code, error_chain},
+    error::{CniError, code},
     exec::CniCommand,
     result::{CniResult, Interface, IpConfig},
 };
-use crate::{Sandbox, SandboxError, handover::HandOver};
+use crate::{Sandbox, SandboxError, error_chain, handover::HandOver};
 
 /// The device every tap is made through.
 const TUN_PATH: &str = "/dev/net/tun";
