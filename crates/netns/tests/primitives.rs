@@ -3,7 +3,7 @@
 // Test code: an unwrap that fails is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use sandbox_net_netns::{NetlinkError, testing::PodFixture};
+use sandbox_net_netns::{NetlinkError, error_chain, kernel_reason, testing::PodFixture};
 use sandbox_net_persist::MacAddr;
 
 #[tokio::test]
@@ -110,6 +110,24 @@ async fn errors_name_the_link_the_namespace_and_keep_the_errno() {
         )
     );
     assert_eq!(err.errno(), Some(libc::EINVAL));
+    // The kernel's reason (its extended ack) comes with the errno, in the error's chain.
+    let NetlinkError::Request { source, .. } = &err else {
+        panic!("not a refused request: {err:?}");
+    };
+    let reason = kernel_reason(source).expect("the kernel explains a refused MTU");
+    assert!(
+        reason
+            .to_lowercase()
+            .contains("mtu greater than device maximum"),
+        "{reason}"
+    );
+    assert_eq!(
+        error_chain(&err),
+        format!(
+            "{err}: {reason}: {}",
+            std::io::Error::from_raw_os_error(libc::EINVAL)
+        )
+    );
 
     let err = rtnl
         .del_address(&eth0, "10.9.9.9/24".parse().unwrap())
