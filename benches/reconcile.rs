@@ -101,7 +101,7 @@ async fn leak(n: usize, tag: &str) -> anyhow::Result<Leaked> {
             config.clone(),
         )?;
         network.add_endpoints(&drop_vmm(), None).await?;
-        network.set_owner(Some(gone.clone()))?;
+        network.set_owner(Some(gone.clone())).await?;
     }
     settle(n);
     Ok(Leaked {

@@ -153,8 +153,8 @@ impl Network {
     /// or the VMM it started: see [`Owner::of_pid`]), or nobody. Recorded at once, durably.
     /// While the owner runs, `reconcile` only checks the sandbox; once it is gone, the
     /// sandbox is reaped. A sandbox with no owner is kept.
-    pub fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
-        self.sandbox.set_owner(owner.clone())?;
+    pub async fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
+        self.sandbox.set_owner(owner.clone()).await?;
         self.holder = owner;
         Ok(())
     }
@@ -167,8 +167,8 @@ impl Network {
     /// Runs after an operation: the sandbox goes back to the owner named by the caller. A
     /// failure to record that is returned unless the operation itself failed (then it is
     /// logged, and the operation's error returned).
-    fn hand_back<T>(&mut self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
-        let handed = self.sandbox.set_owner(self.holder.clone());
+    async fn hand_back<T>(&mut self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
+        let handed = self.sandbox.set_owner(self.holder.clone()).await;
         match (result, handed) {
             (Ok(value), Ok(())) => Ok(value),
             (Ok(_), Err(e)) => Err(e),
@@ -226,7 +226,7 @@ impl Network {
     ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
         self.sandbox.own()?;
         let result = self.add_endpoints_owned(hypervisor, interfaces).await;
-        self.hand_back(result)
+        self.hand_back(result).await
     }
 
     async fn add_endpoints_owned<H: Hypervisor>(
@@ -312,7 +312,7 @@ impl Network {
     ) -> Result<(), SandboxError> {
         self.sandbox.own()?;
         let result = self.remove_endpoints_owned(hypervisor, ids).await;
-        self.hand_back(result)
+        self.hand_back(result).await
     }
 
     async fn remove_endpoints_owned<H: Hypervisor>(
@@ -367,7 +367,7 @@ impl Network {
     ) -> Result<(Vec<EndpointId>, Vec<SkippedInterface>), SandboxError> {
         self.sandbox.own()?;
         let result = self.hot_add_owned(hypervisor, names).await;
-        self.hand_back(result)
+        self.hand_back(result).await
     }
 
     async fn hot_add_owned<H: Hypervisor>(
@@ -446,7 +446,7 @@ impl Network {
             .attach(endpoint, hypervisor, &options, true)
             .await
             .map(|endpoint| endpoint.id);
-        self.hand_back(result)
+        self.hand_back(result).await
     }
 
     /// Opens again the devices of every endpoint of an attached sandbox, for a VMM started
@@ -493,7 +493,7 @@ impl Network {
             .sandbox
             .detach_uncommitted(id, hypervisor, &options, true)
             .await;
-        self.hand_back(result)
+        self.hand_back(result).await
     }
 
     /// Differences between the kernel and the recorded state (empty when intact).
@@ -510,8 +510,8 @@ impl Network {
         // The teardown records this process as the owner before it changes anything; the
         // sandbox goes back to its owner only if something is left.
         match self.sandbox.teardown(&self.config.attach_options()).await {
-            Ok(()) => self.sandbox.forget(),
-            Err(e) => self.hand_back(Err(e)),
+            Ok(()) => self.sandbox.forget().await,
+            Err(e) => self.hand_back(Err(e)).await,
         }
     }
 

@@ -651,7 +651,7 @@ async fn examine(
     }
     report.outcome = reap(&mut sandbox, why, options).await;
     if matches!(report.outcome, Outcome::Reaped { .. })
-        && let Err(e) = sandbox.forget()
+        && let Err(e) = sandbox.forget().await
     {
         report.outcome = Outcome::Left {
             why: "the sandbox was torn down".into(),

@@ -1,7 +1,10 @@
 //! A sandbox's network with its state on disk: attach with the plan persisted before it is
 //! applied, restore in a new process, check, and tear down from the record alone.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rand::RngExt;
 use sandbox_net_endpoints::{
@@ -192,7 +195,8 @@ fn refuse_host_netns(state: &Path, netns: &Netns) -> Result<(), SandboxError> {
 /// A sandbox's network and its state file, locked for this process.
 #[derive(Debug)]
 pub struct Sandbox {
-    store: StateStore,
+    /// Shared with the blocking thread of a commit while it runs.
+    store: Arc<StateStore>,
     state: SandboxState,
     netns: Option<Netns>,
     /// The netlink connection attaches share, made on first use.
@@ -289,7 +293,7 @@ impl Sandbox {
             store.save(&state)?;
         }
         Ok(Self {
-            store,
+            store: Arc::new(store),
             state,
             netns: Some(netns),
             rtnl: None,
@@ -338,7 +342,7 @@ impl Sandbox {
         };
         Ok((
             Self {
-                store,
+                store: Arc::new(store),
                 state: loaded.state,
                 netns,
                 rtnl: None,
@@ -381,9 +385,9 @@ impl Sandbox {
     /// Records `owner` as the sandbox's owner (none: nobody holds it), durably once the
     /// state file exists (a line of its journal). Nothing is written when it is already the
     /// owner.
-    pub fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
+    pub async fn set_owner(&mut self, owner: Option<Owner>) -> Result<(), SandboxError> {
         self.record_owner(owner)?;
-        self.commit()
+        self.commit().await
     }
 
     /// Records `owner`, unsynced (the operation it starts or ends commits).
@@ -407,14 +411,40 @@ impl Sandbox {
     /// wrote. Each public operation of a sandbox ends with it; until then its records reach
     /// the next process (they are written before each change) but not a disk that loses
     /// power, which loses the kernel objects they describe as well.
-    pub fn commit(&self) -> Result<(), SandboxError> {
-        Ok(self.store.commit(&self.state)?)
+    ///
+    /// The syncs run on tokio's blocking threads (see [`Sandbox::durably`]).
+    pub async fn commit(&self) -> Result<(), SandboxError> {
+        self.durably(|store, state| store.commit(state)).await
+    }
+
+    /// Runs `write` (a store operation that syncs to disk) on tokio's blocking threads, with
+    /// a copy of the state: an `fsync` waits for the disk, milliseconds on an idle one and
+    /// far more on a busy one, and an async worker that waits stalls every task queued on
+    /// it. A panic of `write` is resumed in the caller.
+    async fn durably(
+        &self,
+        write: impl FnOnce(&StateStore, &SandboxState) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), SandboxError> {
+        let store = Arc::clone(&self.store);
+        let state = self.state.clone();
+        match tokio::task::spawn_blocking(move || write(&store, &state)).await {
+            Ok(written) => Ok(written?),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(StoreError::Io {
+                    op: "sync",
+                    path: self.store.path().to_path_buf(),
+                    source: std::io::Error::other("the tokio runtime is shutting down"),
+                }
+                .into()),
+            },
+        }
     }
 
     /// The result of an operation, after its commit: a failed commit is the error unless the
     /// operation failed (then it is logged, and the operation's error returned).
-    fn committed<T>(&self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
-        match (result, self.commit()) {
+    async fn committed<T>(&self, result: Result<T, SandboxError>) -> Result<T, SandboxError> {
+        match (result, self.commit().await) {
             (Ok(value), Ok(())) => Ok(value),
             (Ok(_), Err(e)) => Err(e),
             (Err(e), Ok(())) => Err(e),
@@ -438,7 +468,7 @@ impl Sandbox {
         let result = self
             .attach_uncommitted(endpoint, hypervisor, options, hot)
             .await;
-        self.committed(result)
+        self.committed(result).await
     }
 
     /// [`Sandbox::attach`] without the commit, for an operation that attaches several.
@@ -491,7 +521,7 @@ impl Sandbox {
         let result = self
             .attach_batch_uncommitted(endpoints, hypervisor, options)
             .await;
-        self.committed(result)
+        self.committed(result).await
     }
 
     /// Attaches `endpoints` (cold-plugged: the VM is not running yet) as one batch: all of
@@ -653,8 +683,8 @@ impl Sandbox {
     }
 
     /// Writes the state file (whole, including its journal), durably.
-    pub fn save(&self) -> Result<(), SandboxError> {
-        Ok(self.store.save_synced(&self.state)?)
+    pub async fn save(&self) -> Result<(), SandboxError> {
+        self.durably(|store, state| store.save_synced(state)).await
     }
 
     /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
@@ -667,7 +697,7 @@ impl Sandbox {
         hot: bool,
     ) -> Result<(), SandboxError> {
         let result = self.detach_uncommitted(id, hypervisor, options, hot).await;
-        self.committed(result)
+        self.committed(result).await
     }
 
     /// [`Sandbox::detach`] without the commit, for an operation that detaches several.
@@ -815,7 +845,7 @@ impl Sandbox {
             // nothing to make durable.
             Ok(()) => Ok(()),
             // What is left is, for the next try.
-            Err(e) => self.committed(Err(e)),
+            Err(e) => self.committed(Err(e)).await,
         }
     }
 
@@ -905,7 +935,7 @@ impl Sandbox {
         record: CniRecord,
     ) -> Result<crate::cni::CniResult, SandboxError> {
         let result = self.add_cni_uncommitted(record).await;
-        self.committed(result)
+        self.committed(result).await
     }
 
     async fn add_cni_uncommitted(
@@ -998,14 +1028,26 @@ impl Sandbox {
     /// kinds this version does not know is never removed: nothing here could tear them down,
     /// and without the document nothing ever would. It is written back with them alone (the
     /// endpoints torn down are dropped from it), and the error says so.
-    pub fn forget(mut self) -> Result<(), SandboxError> {
+    pub async fn forget(mut self) -> Result<(), SandboxError> {
         if self.state.unknown_endpoints.is_empty() {
-            return Ok(self.store.remove()?);
+            // Only the blocking write of a commit whose future was dropped can still hold
+            // the store: it ends on its own, and the files go after it.
+            let mut store = self.store;
+            let store = loop {
+                match Arc::try_unwrap(store) {
+                    Ok(store) => break store,
+                    Err(shared) => {
+                        store = shared;
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
+            };
+            return Ok(store.remove()?);
         }
         self.state
             .endpoints
             .retain(|e| !e.steps.is_empty() || e.vfio.is_some());
-        self.store.save_synced(&self.state)?;
+        self.save().await?;
         let ids = self
             .state
             .unknown_endpoints

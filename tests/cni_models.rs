@@ -104,7 +104,7 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
                 .unwrap_or_else(|e| {
                     panic!("{case}: detach: {}", sandbox_net_netns::error_chain(&e))
                 });
-            sandbox.forget().unwrap();
+            sandbox.forget().await.unwrap();
         }
         Ending::RestoreAndTeardown => {
             // The shim and its VMM go away; the state file stays.
@@ -114,7 +114,7 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
             restored.teardown(&opts).await.unwrap_or_else(|e| {
                 panic!("{case}: teardown: {}", sandbox_net_netns::error_chain(&e))
             });
-            restored.forget().unwrap();
+            restored.forget().await.unwrap();
         }
     }
     assert_eq!(our_links(fx.pod()), Vec::<String>::new(), "{case}");

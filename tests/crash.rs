@@ -34,7 +34,7 @@ async fn restore_and_teardown(state: &Path) {
     assert!(warnings.is_empty(), "{warnings:?}");
     let opts = options(InterworkingModel::TcFilter);
     sandbox.teardown(&opts).await.unwrap();
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ async fn unusual_pods_are_given_back_exactly_after_a_restore_and_teardown() {
                 "{pod} {model}: not given back exactly:\n  {}",
                 differences.join("\n  ")
             );
-            sandbox.forget().unwrap();
+            sandbox.forget().await.unwrap();
         }
     }
 }
@@ -294,6 +294,6 @@ async fn someone_elses_root_qdisc_or_a_full_ingress_is_refused_before_anything_c
         drop(sandbox);
         let (saved, _) = Sandbox::restore(&state).unwrap();
         assert!(saved.state().endpoints.iter().all(|e| e.steps.is_empty()));
-        saved.forget().unwrap();
+        saved.forget().await.unwrap();
     }
 }

@@ -290,7 +290,13 @@ async fn a_kill_inside_a_save_or_a_journal_append_leaves_a_state_the_next_detach
                 let endpoints = scene.load().state().endpoints.len();
                 let owner = dead_owner();
                 let mut sandbox = scene.load();
-                sandbox.set_owner(Some(owner.clone())).unwrap();
+                // This inspection is synchronous, on a worker of the test's multi-thread
+                // runtime.
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current()
+                        .block_on(sandbox.set_owner(Some(owner.clone())))
+                })
+                .unwrap();
                 drop(sandbox);
                 let sandbox = scene.load();
                 assert_eq!(sandbox.owner(), Some(&owner), "{point}");
@@ -353,7 +359,7 @@ async fn kill_detach_of_at_each(
             Attached::OneByOne => attach_pod(netns, &scene.state()).await,
             Attached::AsOneBatch => attach_pod_batch(netns, &scene.state()).await,
         };
-        sandbox.set_owner(Some(dead_owner())).unwrap();
+        sandbox.set_owner(Some(dead_owner())).await.unwrap();
         drop(vmm);
     };
     attach().await;

@@ -138,7 +138,7 @@ async fn a_state_whose_namespace_is_gone_is_reaped_and_says_what_went_with_it() 
     add_pod_links(&fx.pod, 1);
     let steps = {
         let (mut sandbox, _vmm) = attach_pod(fx.pod.netns(), &state).await;
-        sandbox.set_owner(Some(dead_owner())).unwrap();
+        sandbox.set_owner(Some(dead_owner())).await.unwrap();
         sandbox
             .state()
             .endpoints
@@ -204,10 +204,11 @@ async fn unowned_sandboxes_are_kept_unless_asked_and_a_locked_one_is_left_alone(
         .await
         .0
         .set_owner(None)
+        .await
         .unwrap();
     // Held by this (live) process, with a dead owner recorded: the lock wins.
     let (mut held, held_vmm) = attach_pod(fx_busy.pod.netns(), &busy).await;
-    held.set_owner(Some(dead_owner())).unwrap();
+    held.set_owner(Some(dead_owner())).await.unwrap();
     let held_snapshot = fx_busy.pod.snapshot();
 
     let report = reconcile(dir.path(), &ReconcileOptions::default())

@@ -111,7 +111,7 @@ async fn sixty_four_sandboxes_left_in_every_state_are_reaped_or_kept() {
             Left::LiveOwner => live_owners.next(),
         };
         let (mut sandbox, vmm) = attach_pod(pods[i].pod.netns(), &state(i)).await;
-        sandbox.set_owner(owner).unwrap();
+        sandbox.set_owner(owner).await.unwrap();
         if *left == Left::LiveOwner {
             live_vmms.push(vmm);
         }

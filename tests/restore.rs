@@ -66,7 +66,7 @@ async fn three_endpoints_restored_and_torn_down_twice() {
     // And once more from the file, in a "third process".
     let (mut sandbox, _) = Sandbox::restore(&state).unwrap();
     sandbox.teardown(&opts).await.unwrap();
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
     assert!(!state.exists());
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
@@ -136,7 +136,7 @@ async fn teardown_with_the_namespace_already_deleted() {
             .iter()
             .all(|e| !e.attached && e.steps.is_empty())
     );
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
 }
 
 #[tokio::test]
@@ -160,7 +160,7 @@ async fn a_created_namespace_is_deleted_with_the_sandbox() {
         !path.exists(),
         "the namespace we created is deleted at teardown"
     );
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
 }
 
 #[tokio::test]
@@ -182,7 +182,7 @@ async fn a_state_whose_namespace_changed_or_is_missing_is_refused() {
     .unwrap();
     // Nothing to tear down yet, so nothing written yet; a save writes the document.
     assert!(!state.exists());
-    sandbox.save().unwrap();
+    sandbox.save().await.unwrap();
     drop(sandbox);
     // The recorded path now names another namespace.
     let text = fs::read_to_string(&state).unwrap();
@@ -273,5 +273,5 @@ async fn check_is_clean_after_attach_and_reports_a_deleted_filter() {
         .teardown(&options(InterworkingModel::TcFilter))
         .await
         .unwrap();
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
 }

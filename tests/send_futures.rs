@@ -37,6 +37,11 @@ fn every_public_future_is_send(
     send(sandbox.detach(id, vmm, options, false));
     send(sandbox.check());
     send(sandbox.teardown(options));
+    send(sandbox.set_owner(None));
+    send(sandbox.commit());
+    send(sandbox.save());
+    send(sandbox.forget());
+    send(network.set_owner(None));
     send(network.teardown());
 }
 

@@ -89,7 +89,7 @@ async fn a_failed_rollback_keeps_what_it_could_not_undo_for_a_later_teardown() {
     // A later teardown finishes the job.
     sandbox.teardown(&options(model)).await.unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
-    sandbox.forget().unwrap();
+    sandbox.forget().await.unwrap();
     assert!(!state.exists());
 }
 

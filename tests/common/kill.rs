@@ -254,7 +254,7 @@ pub async fn child() {
                     .teardown(&with_hooks(InterworkingModel::TcFilter))
                     .await
                     .unwrap();
-                sandbox.forget().unwrap();
+                sandbox.forget().await.unwrap();
             }
             Err(SandboxError::Store(StoreError::Missing { .. })) => {
                 println!("SBX_CHILD_NO_STATE {state}");

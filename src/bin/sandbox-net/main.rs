@@ -644,6 +644,7 @@ async fn attach(request: AttachRequest) -> anyhow::Result<()> {
     if let Some(owner) = owner {
         network
             .set_owner(Some(owner))
+            .await
             .context("cannot record the sandbox's owner")?;
     }
     let devices = vmm.devices();

@@ -119,9 +119,13 @@ pub async fn exec(request: ExecRequest) -> anyhow::Result<ExitCode> {
     drop(fds);
     // The VMM holds the sandbox from here on: while it runs, `reconcile` only checks the
     // sandbox; once it has exited, `reconcile` reaps it.
-    let owned = Owner::of_pid(pid)
-        .map_err(anyhow::Error::from)
-        .and_then(|vmm| Ok(network.set_owner(Some(vmm))?));
+    let owned = match Owner::of_pid(pid) {
+        Ok(vmm) => network
+            .set_owner(Some(vmm))
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
     if let Err(e) = owned {
         eprintln!("warning: the VMM is not recorded as the sandbox's owner: {e:#}");
     }

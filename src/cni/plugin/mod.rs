@@ -382,7 +382,7 @@ async fn add(a: &AttachmentEnv, config: &PluginConfig, faults: Faults) -> Result
             // Nothing of this ADD may stay: what was wired is undone, the state removed.
             if let Err(e) = sandbox.teardown(&teardown_options()).await {
                 tracing::warn!(error = %error_chain(&e), "could not undo a failed ADD");
-            } else if let Err(e) = sandbox.forget() {
+            } else if let Err(e) = sandbox.forget().await {
                 tracing::warn!(error = %error_chain(&e), "could not remove the state of a failed ADD");
             }
             remove_empty_parent(&state_path);
@@ -720,6 +720,7 @@ async fn teardown_recorded(state_path: &Path) -> Result<(), CniError> {
         .map_err(|e| sandbox_error("cannot undo the attachment", e))?;
     sandbox
         .forget()
+        .await
         .map_err(|e| sandbox_error("cannot remove the attachment's state", e))?;
     remove_empty_parent(state_path);
     Ok(())
