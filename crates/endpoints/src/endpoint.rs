@@ -1,6 +1,6 @@
 //! An endpoint: one pod interface, its identity, and its attach and detach.
 
-use std::{error::Error as StdError, os::fd::OwnedFd};
+use std::{error::Error as StdError, os::fd::OwnedFd, path::PathBuf};
 
 use rand::RngExt;
 use sandbox_net_interworking::{
@@ -15,11 +15,10 @@ use sandbox_net_persist::{
 };
 
 use crate::{
-    classify::Facts,
     give_back::give_back,
     hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
     limiter::{RateLimits, VmLink, limiter_steps},
-    physical::{SysfsPci, VfioBinding},
+    physical::{PciAddress, SysfsPci, VfioBinding},
 };
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -104,7 +103,7 @@ pub enum EndpointFailure {
     /// could not be read to know); nothing was changed.
     #[error(transparent)]
     Fit(#[from] FitError),
-    /// A physical endpoint without a PCI address, or a vhost-user one without a socket.
+    /// Something the device needs is missing (a MAC address, a device for this kind).
     #[error("{0}")]
     Incomplete(&'static str),
     /// The VMM refused the device.
@@ -140,6 +139,69 @@ pub struct EndpointError {
     pub more: Vec<EndpointFailure>,
 }
 
+/// What an endpoint is, with what its kind needs to reach the VM: a physical endpoint always
+/// has its PCI function, a vhost-user one its socket, and no other kind has either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointVariant {
+    /// A veth (or a device without a kind), paired by the configured model.
+    Veth,
+    /// A macvlan, paired by the configured model.
+    Macvlan,
+    /// An ipvlan, always paired by tcfilter.
+    Ipvlan,
+    /// An L2-mode netkit, paired by the configured model.
+    Netkit,
+    /// A macvtap that exists already: its own queues go to the VM.
+    Macvtap,
+    /// A tap of the hot-plug API: a fresh `tap{index}_kata` is made for it.
+    Tap,
+    /// A tap-mode tun device of the pod, paired by the configured model.
+    Tuntap,
+    /// A PCI network function, handed to the VM through vfio-pci.
+    Physical {
+        /// The function (ethtool's bus info of the pod interface).
+        pci: PciAddress,
+    },
+    /// An interface served by a vhost-user backend through a socket.
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+    },
+}
+
+impl EndpointVariant {
+    /// The plain kind, as persisted and shown.
+    pub fn kind(&self) -> EndpointKind {
+        match self {
+            Self::Veth => EndpointKind::Veth,
+            Self::Macvlan => EndpointKind::Macvlan,
+            Self::Ipvlan => EndpointKind::Ipvlan,
+            Self::Netkit => EndpointKind::Netkit,
+            Self::Macvtap => EndpointKind::Macvtap,
+            Self::Tap => EndpointKind::Tap,
+            Self::Tuntap => EndpointKind::Tuntap,
+            Self::Physical { .. } => EndpointKind::Physical,
+            Self::VhostUser { .. } => EndpointKind::VhostUser,
+        }
+    }
+
+    /// The PCI function of a physical endpoint.
+    pub fn pci(&self) -> Option<&PciAddress> {
+        match self {
+            Self::Physical { pci } => Some(pci),
+            _ => None,
+        }
+    }
+
+    /// The socket of a vhost-user endpoint.
+    pub fn vhost_user_socket(&self) -> Option<&PathBuf> {
+        match self {
+            Self::VhostUser { socket } => Some(socket),
+            _ => None,
+        }
+    }
+}
+
 /// A pod interface as the VM gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -147,12 +209,10 @@ pub struct Endpoint {
     pub id: EndpointId,
     /// Its index among the sandbox's endpoints (names `tap{index}_kata`).
     pub index: u32,
-    /// What it is.
-    pub kind: EndpointKind,
+    /// What it is, with the PCI function or socket its kind reaches the VM through.
+    pub variant: EndpointVariant,
     /// The pod interface as scanned.
     pub interface: Interface,
-    /// What classification found beyond the scan.
-    pub facts: Facts,
     /// The kernel changes of the current attach, recorded before they are applied.
     pub steps: Vec<Step>,
     /// The VFIO binding of a physical endpoint, with the original driver and override.
@@ -181,15 +241,14 @@ pub struct DeviceRecord {
 }
 
 impl Endpoint {
-    /// An endpoint of `kind` for the scanned `interface`, with a fresh random id.
-    pub fn new(index: u32, kind: EndpointKind, interface: Interface, facts: Facts) -> Self {
+    /// An endpoint of `variant` for the scanned `interface`, with a fresh random id.
+    pub fn new(index: u32, variant: EndpointVariant, interface: Interface) -> Self {
         let id = EndpointId::from_bytes(rand::rng().random());
         Self {
             id,
             index,
-            kind,
+            variant,
             interface,
-            facts,
             steps: Vec::new(),
             vfio: None,
             attached: false,
@@ -223,7 +282,12 @@ impl Endpoint {
             neighbours: vec![],
             all_routes: vec![],
         };
-        Self::new(index, EndpointKind::Tap, interface, Facts::default())
+        Self::new(index, EndpointVariant::Tap, interface)
+    }
+
+    /// What kind of endpoint it is.
+    pub fn kind(&self) -> EndpointKind {
+        self.variant.kind()
     }
 
     /// The pod link's name.
@@ -234,7 +298,7 @@ impl Endpoint {
     /// The model this endpoint's kind uses with `configured`: ipvlan is always tcfilter, a
     /// hot-plugged tap is a bare tap, and kinds without a pair have none.
     pub fn model(&self, configured: InterworkingModel) -> Option<InterworkingModel> {
-        match self.kind {
+        match self.kind() {
             EndpointKind::Veth
             | EndpointKind::Macvlan
             | EndpointKind::Tuntap
@@ -254,7 +318,7 @@ impl Endpoint {
         EndpointError {
             op,
             id: self.id.clone(),
-            kind: self.kind,
+            kind: self.kind(),
             link: self.link_name().clone(),
             source,
             more,
@@ -278,7 +342,7 @@ impl Endpoint {
     /// Like [`Endpoint::attach`], calling `record` with the endpoint once its plan (the
     /// kernel steps, the VFIO binding it will make) is known and before anything changes, so
     /// that the plan is persisted before it is applied. If `record` fails, nothing is changed.
-    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind(), model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn attach_recorded<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
@@ -321,7 +385,7 @@ impl Endpoint {
     /// the order of their indices. A prepared endpoint whose device is not handed over is
     /// taken back with [`Endpoint::abandon`].
     /// Its span is the endpoint's `endpoint.attach`, as for a whole attach.
-    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind(), model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn prepare_recorded<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
@@ -382,7 +446,7 @@ impl Endpoint {
     /// Detaches the endpoint: takes the device from a running VM (`hot`), undoes the kernel
     /// changes and gives a PCI function back to its driver. Goes on past failures and
     /// reports them all; safe to run twice.
-    #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn detach<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
@@ -413,7 +477,7 @@ impl Endpoint {
     /// or once the VM is gone): undoes the kernel steps in the namespace (`None` when the
     /// namespace no longer exists) and gives a PCI function back to its driver. Goes on past
     /// failures and reports them all; safe to run twice.
-    #[tracing::instrument(name = "endpoint.teardown", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    #[tracing::instrument(name = "endpoint.teardown", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn teardown(
         &mut self,
         kernel: Option<Kernel<'_>>,
@@ -545,7 +609,7 @@ impl Endpoint {
             (Some(_), None) => Some(vm_link_name(self.index)?),
             (None, _) => None,
         };
-        let vm_link = match (self.kind, model, vm_name.as_ref()) {
+        let vm_link = match (self.kind(), model, vm_name.as_ref()) {
             (_, Some(InterworkingModel::Macvtap), Some(macvtap)) => {
                 Some(VmLink::Macvtap { macvtap })
             }
@@ -559,14 +623,15 @@ impl Endpoint {
             }),
             _ => None,
         };
-        let limiter = limiter_steps(self.kind, vm_link, &self.id, limits)?;
+        let limiter = limiter_steps(self.kind(), vm_link, &self.id, limits)?;
         self.device = DeviceRecord {
             model,
             queues: queues as u32,
             guest_mac: self.interface.link.mac,
             limits,
         };
-        let (mac, mtu, backend) = match (self.kind, model) {
+        // A copy: the arms record into `self` while they use what the variant carries.
+        let (mac, mtu, backend) = match (self.variant.clone(), model) {
             (_, Some(model)) => {
                 let tap = TapOptions {
                     queues,
@@ -600,7 +665,7 @@ impl Endpoint {
                 };
                 (pair.guest_mac, pair.pod.link.mtu, backend)
             }
-            (EndpointKind::Macvtap, None) => {
+            (EndpointVariant::Macvtap, None) => {
                 self.steps = fit_to_kernel(kernel, limiter).await?;
                 record(self).map_err(EndpointFailure::Record)?;
                 self.apply_steps(kernel, options).await?;
@@ -626,13 +691,8 @@ impl Endpoint {
                     }
                 }
             }
-            (EndpointKind::Physical, None) => {
+            (EndpointVariant::Physical { pci: bdf }, None) => {
                 let vfio = |e: crate::physical::VfioError| EndpointFailure::Vfio(Box::new(e));
-                let bdf = self
-                    .facts
-                    .pci
-                    .clone()
-                    .ok_or(EndpointFailure::Incomplete("no PCI address was found"))?;
                 let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
                 // What will be given back is recorded before the device is touched.
                 self.vfio = Some(VfioBinding {
@@ -650,14 +710,7 @@ impl Endpoint {
                     .ok_or(EndpointFailure::Incomplete("the NIC has no MAC address"))?;
                 (mac, self.interface.link.mtu, Backend::Vfio { bdf, device })
             }
-            (EndpointKind::VhostUser, None) => {
-                let socket =
-                    self.facts
-                        .vhost_user_socket
-                        .clone()
-                        .ok_or(EndpointFailure::Incomplete(
-                            "no vhost-user socket was found",
-                        ))?;
+            (EndpointVariant::VhostUser { socket }, None) => {
                 let mac = self
                     .interface
                     .link

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use rtnetlink::packet_route::link::NetkitMode;
 use sandbox_net_endpoints::testing::{self, OnDevice, StandInNicDriver, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, Facts, Unsupported,
-    endpoints_from_scan,
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, EndpointVariant,
+    Unsupported, endpoints_from_scan,
 };
 use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
 use sandbox_net_netns::{
@@ -69,7 +69,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
             .unwrap();
         assert_eq!(eps.len(), 1);
         let ep = &mut eps[0];
-        assert_eq!(ep.kind, EndpointKind::Veth);
+        assert_eq!(ep.kind(), EndpointKind::Veth);
         let vmm = StandInVmm::new()
             .with_queues(2)
             .on_device(OnDevice::RunGuest);
@@ -135,7 +135,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
         .unwrap();
     let kinds: Vec<(String, EndpointKind)> = eps
         .iter()
-        .map(|e| (e.link_name().to_string(), e.kind))
+        .map(|e| (e.link_name().to_string(), e.kind()))
         .collect();
     assert_eq!(
         kinds,
@@ -274,7 +274,7 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
         .iter_mut()
         .find(|e| e.link_name().as_str() == "ipv0")
         .unwrap();
-    assert_eq!(ipvlan.kind, EndpointKind::Ipvlan);
+    assert_eq!(ipvlan.kind(), EndpointKind::Ipvlan);
     // Asked for macvtap, an ipvlan gets tcfilter: a macvtap cannot sit on an ipvlan.
     let opts = options(InterworkingModel::Macvtap);
     assert_eq!(ipvlan.model(opts.model), Some(InterworkingModel::TcFilter));
@@ -598,7 +598,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
             .unwrap();
         assert_eq!(eps.len(), 1);
         let ep = &mut eps[0];
-        assert_eq!(ep.kind, EndpointKind::Netkit);
+        assert_eq!(ep.kind(), EndpointKind::Netkit);
         assert_eq!(ep.model(model), Some(model));
         let vmm = StandInVmm::new()
             .with_queues(2)
@@ -674,11 +674,8 @@ async fn an_l3_netkit_is_refused_before_anything_changes() {
 
 #[test]
 fn physical_endpoint_classification_needs_a_pci_address() {
-    // Pure: the facts stand in for ethtool on a PCI NIC, which this machine does not have.
-    let facts = Facts {
-        pci: Some("0000:00:03.0".parse().unwrap()),
-        vhost_user_socket: None,
-    };
+    // Pure: the address stands in for ethtool on a PCI NIC, which this machine does not have.
+    let pci: sandbox_net_endpoints::physical::PciAddress = "0000:00:03.0".parse().unwrap();
     let iface = sandbox_net_persist::scan::Interface {
         link: sandbox_net_persist::scan::Link {
             name: IfName::new("ens3").unwrap(),
@@ -701,12 +698,12 @@ fn physical_endpoint_classification_needs_a_pci_address() {
         neighbours: vec![],
     };
     assert_eq!(
-        sandbox_net_endpoints::classify(&iface, &facts),
-        Ok(EndpointKind::Physical)
+        sandbox_net_endpoints::classify(&iface, Some(pci.clone()), None),
+        Ok(EndpointVariant::Physical { pci })
     );
     assert_eq!(
-        sandbox_net_endpoints::classify(&iface, &Facts::default()),
-        Ok(EndpointKind::Veth)
+        sandbox_net_endpoints::classify(&iface, None, None),
+        Ok(EndpointVariant::Veth)
     );
 }
 
@@ -764,16 +761,14 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     let eps = endpoints(&fx.pod, std::env::temp_dir(), true)
         .await
         .unwrap();
-    // Facts as ethtool would give them for a PCI NIC.
+    // The PCI function as ethtool would give it for a PCI NIC.
     let nic_of = |interface| {
         Endpoint::new(
             0,
-            EndpointKind::Physical,
-            interface,
-            Facts {
-                pci: Some(bdf.parse().unwrap()),
-                vhost_user_socket: None,
+            EndpointVariant::Physical {
+                pci: bdf.parse().unwrap(),
             },
+            interface,
         )
     };
     let mut nic = nic_of(eps[0].interface.clone());
@@ -852,12 +847,10 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
         .unwrap();
     let mut nic = Endpoint::new(
         0,
-        EndpointKind::Physical,
-        eps[0].interface.clone(),
-        Facts {
-            pci: Some(bdf.parse().unwrap()),
-            vhost_user_socket: None,
+        EndpointVariant::Physical {
+            pci: bdf.parse().unwrap(),
         },
+        eps[0].interface.clone(),
     );
     let opts = AttachOptions {
         sysfs: sysfs.sysfs().with_driver_netns(host_initial.netns().path()),

@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use sandbox_net_endpoints::testing::{self, StandInVmm};
-use sandbox_net_endpoints::{AttachOptions, Endpoint, Facts, ifb_name, physical::SysfsPci};
+use sandbox_net_endpoints::{
+    AttachOptions, Endpoint, EndpointVariant, ifb_name, physical::SysfsPci,
+};
 use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions, check};
 use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
-use sandbox_net_persist::endpoint::EndpointKind;
 use serde_json::Value;
 
 /// A VMM without a limiter of its own, one queue pair, configured with these rates.
@@ -236,12 +237,10 @@ async fn bad_limits_are_refused_before_anything_changes() {
     // A vhost-user endpoint's frames never cross the host's stack.
     let mut vhost_user = Endpoint::new(
         5,
-        EndpointKind::VhostUser,
-        eps[0].interface.clone(),
-        Facts {
-            pci: None,
-            vhost_user_socket: Some("/tmp/vhostuser_10.200.0.2/vhu.sock".into()),
+        EndpointVariant::VhostUser {
+            socket: "/tmp/vhostuser_10.200.0.2/vhu.sock".into(),
         },
+        eps[0].interface.clone(),
     );
     let err = vhost_user
         .attach(
