@@ -601,7 +601,7 @@ impl Sandbox {
         // left goes. The document is written once (a journal line cannot drop a record).
         for endpoint in &endpoints {
             let record = EndpointRecord::from(endpoint);
-            if record.steps.is_empty() && record.vfio.is_none() {
+            if record.steps.is_empty() {
                 self.state.endpoints.retain(|e| e.id != record.id);
             } else {
                 self.state.upsert_endpoint(record);
@@ -1018,9 +1018,7 @@ impl Sandbox {
         if self.state.unknown_endpoints.is_empty() {
             return Ok(self.store.remove()?);
         }
-        self.state
-            .endpoints
-            .retain(|e| !e.steps.is_empty() || e.vfio.is_some());
+        self.state.endpoints.retain(|e| !e.steps.is_empty());
         self.store.save_synced(&self.state)?;
         let ids = self
             .state

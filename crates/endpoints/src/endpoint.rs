@@ -213,10 +213,10 @@ pub struct Endpoint {
     pub variant: EndpointVariant,
     /// The pod interface as scanned.
     pub interface: Interface,
-    /// The kernel changes of the current attach, recorded before they are applied.
+    /// The changes of the current attach, recorded before they are applied: netlink steps in
+    /// the pod's namespace, and for a physical endpoint the binding of its PCI function to
+    /// vfio-pci ([`Step::BindVfio`], in sysfs).
     pub steps: Vec<Step>,
-    /// The VFIO binding of a physical endpoint, with the original driver and override.
-    pub vfio: Option<VfioBinding>,
     /// Whether it is attached.
     pub attached: bool,
     /// What the current attach gave the VM (queues, guest MAC, model, host-side limits).
@@ -250,7 +250,6 @@ impl Endpoint {
             variant,
             interface,
             steps: Vec::new(),
-            vfio: None,
             attached: false,
             device: DeviceRecord::default(),
             vm_link: None,
@@ -412,7 +411,7 @@ impl Endpoint {
         device: NetDevice,
     ) -> Result<(), EndpointError> {
         drop(device);
-        let mut failures = self.unwind(kernel, options).await.into_iter();
+        let mut failures = self.undo_all(kernel, options).await.into_iter();
         match failures.next() {
             None => Ok(()),
             Some(first) => Err(self.error("take back", first, failures.collect())),
@@ -435,7 +434,7 @@ impl Endpoint {
             hypervisor.add_device(device).await
         };
         if let Err(refused) = handed {
-            let more = self.unwind(kernel, options).await;
+            let more = self.undo_all(kernel, options).await;
             return Err(self.error("attach", refused.into(), more));
         }
         self.attached = true;
@@ -461,7 +460,7 @@ impl Endpoint {
         {
             failures.push(e.into());
         }
-        failures.extend(self.unwind(kernel, options).await);
+        failures.extend(self.undo_all(kernel, options).await);
         self.attached = false;
         let mut failures = failures.into_iter();
         match failures.next() {
@@ -483,7 +482,7 @@ impl Endpoint {
         kernel: Option<Kernel<'_>>,
         options: &AttachOptions,
     ) -> Result<(), EndpointError> {
-        let failures = self.unwind_in(kernel, options).await;
+        let failures = self.undo_all_in(kernel, options).await;
         self.attached = false;
         let mut failures = failures.into_iter();
         match failures.next() {
@@ -492,20 +491,21 @@ impl Endpoint {
         }
     }
 
-    /// Undoes the kernel steps and the VFIO binding; returns what failed.
-    async fn unwind(
+    /// Undoes every recorded step; returns what failed.
+    async fn undo_all(
         &mut self,
         kernel: Kernel<'_>,
         options: &AttachOptions,
     ) -> Vec<EndpointFailure> {
-        self.unwind_in(Some(kernel), options).await
+        self.undo_all_in(Some(kernel), options).await
     }
 
-    /// Undoes the kernel steps (when the namespace still exists: `kernel` is `None` when it is
-    /// gone, and everything in it with it) and the VFIO binding (host sysfs, always). The
-    /// steps left are those that could not be undone, for a later detach to take back: none
-    /// after a clean undo, so that a second detach has nothing left to do.
-    async fn unwind_in(
+    /// Undoes every recorded step, in reverse: the netlink steps in the pod's namespace (when
+    /// it still exists: `kernel` is `None` when it is gone, and everything in it with it),
+    /// then the VFIO binding (host sysfs, always), which was made first. The steps left are
+    /// those that could not be undone, for a later detach to take back: none after a clean
+    /// undo, so that a second detach has nothing left to do.
+    async fn undo_all_in(
         &mut self,
         kernel: Option<Kernel<'_>>,
         options: &AttachOptions,
@@ -517,10 +517,52 @@ impl Endpoint {
                     failures.push(e.into());
                 }
             }
-            None => self.steps.clear(),
+            // Gone with the namespace; what lives in sysfs stays to be undone.
+            None => self.steps.retain(Step::is_sysfs),
         }
-        if let Some(binding) = self.vfio.take() {
-            let given_back = match (options.sysfs.restore(&binding), kernel) {
+        failures.extend(self.undo_vfio_bindings(kernel, options).await);
+        failures
+    }
+
+    /// Undoes the recorded netlink steps; those that could not be undone stay recorded, and
+    /// so do the steps in sysfs (see [`Endpoint::undo_vfio_bindings`]).
+    async fn undo_steps(
+        &mut self,
+        kernel: Kernel<'_>,
+        options: ApplyOptions,
+    ) -> Result<(), UndoError> {
+        let (sysfs, netlink): (Vec<Step>, Vec<Step>) = std::mem::take(&mut self.steps)
+            .into_iter()
+            .partition(Step::is_sysfs);
+        let result = undo_with(kernel, &netlink, options).await;
+        self.steps = sysfs;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.steps.extend(e.residue(&netlink));
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes the recorded VFIO bindings, last first: the PCI function leaves vfio-pci for
+    /// its original driver ([`SysfsPci::unbind_vfio`]), and the network interface that driver
+    /// registers in the host's namespace becomes the pod's again, as it was ([`give_back`]),
+    /// unless the pod's namespace is gone. A binding that could not be undone stays recorded,
+    /// so that a later detach tries again.
+    async fn undo_vfio_bindings(
+        &mut self,
+        kernel: Option<Kernel<'_>>,
+        options: &AttachOptions,
+    ) -> Vec<EndpointFailure> {
+        let mut failures = Vec::new();
+        let mut kept = Vec::new();
+        for step in std::mem::take(&mut self.steps).into_iter().rev() {
+            let Some(binding) = VfioBinding::of_step(&step) else {
+                kept.push(step);
+                continue;
+            };
+            let given_back = match (options.sysfs.unbind_vfio(&binding), kernel) {
                 (Err(e), _) => Err(EndpointFailure::Vfio(Box::new(e))),
                 // The NIC's driver registered a new interface in the host's namespace: the
                 // pod gets it back as it had it.
@@ -536,29 +578,12 @@ impl Endpoint {
             };
             if let Err(e) = given_back {
                 failures.push(e);
-                // Kept, so that a later detach tries again.
-                self.vfio = Some(binding);
+                kept.push(step);
             }
         }
+        kept.reverse();
+        self.steps = kept;
         failures
-    }
-
-    /// Undoes the recorded kernel steps; those that could not be undone stay recorded.
-    async fn undo_steps(
-        &mut self,
-        kernel: Kernel<'_>,
-        options: ApplyOptions,
-    ) -> Result<(), UndoError> {
-        match undo_with(kernel, &self.steps, options).await {
-            Ok(()) => {
-                self.steps.clear();
-                Ok(())
-            }
-            Err(e) => {
-                self.steps = e.residue(&self.steps);
-                Err(e)
-            }
-        }
     }
 
     /// Applies the recorded kernel steps; on failure the record keeps what the rollback could
@@ -693,21 +718,25 @@ impl Endpoint {
             }
             (EndpointVariant::Physical { pci: bdf }, None) => {
                 let vfio = |e: crate::physical::VfioError| EndpointFailure::Vfio(Box::new(e));
-                let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
-                // What will be given back is recorded before the device is touched.
-                self.vfio = Some(VfioBinding {
-                    bdf: bdf.clone(),
-                    original_driver: options.sysfs.driver(&bdf).map_err(vfio)?,
-                    original_override: options.sysfs.driver_override(&bdf).map_err(vfio)?,
-                });
-                record(self).map_err(EndpointFailure::Record)?;
-                let binding = options.sysfs.bind_vfio(&bdf).map_err(vfio)?;
-                self.vfio = Some(binding);
                 let mac = self
                     .interface
                     .link
                     .mac
                     .ok_or(EndpointFailure::Incomplete("the NIC has no MAC address"))?;
+                let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
+                // What will be given back is recorded before the device is touched, as the
+                // step that binds it.
+                let binding = options.sysfs.vfio_binding(&bdf).map_err(vfio)?;
+                self.steps = vec![Step::from(binding.clone())];
+                record(self).map_err(EndpointFailure::Record)?;
+                if let Err(e) = options.sysfs.apply_vfio_binding(&binding) {
+                    // The binding put the device back itself; only when that failed too is
+                    // there something left for a later detach.
+                    if !matches!(e, crate::physical::VfioError::BindRollback { .. }) {
+                        self.steps.clear();
+                    }
+                    return Err(vfio(e));
+                }
                 (mac, self.interface.link.mtu, Backend::Vfio { bdf, device })
             }
             (EndpointVariant::VhostUser { socket }, None) => {

@@ -2,7 +2,7 @@
 //!
 //! While the function is bound to vfio-pci its network interface does not exist: unbinding
 //! the NIC's driver unregistered it, and its addresses and routes went with it. When the
-//! function goes back to its driver ([`SysfsPci::restore`]), the driver registers a new
+//! function goes back to its driver ([`SysfsPci::unbind_vfio`]), the driver registers a new
 //! interface, and the kernel puts the interfaces of the devices it probes in the host's
 //! initial namespace, with the driver's name (which udev may change), the NIC's factory MAC,
 //! the default MTU, down, without an address. [`give_back`] makes it the pod's again:

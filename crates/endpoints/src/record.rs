@@ -1,14 +1,11 @@
 //! An endpoint to and from its persisted record.
 
-use sandbox_net_persist::{
-    endpoint::EndpointKind,
-    state::{EndpointRecord, VfioRecord},
-};
+use sandbox_net_persist::{endpoint::EndpointKind, state::EndpointRecord};
 
 use crate::{
     endpoint::{DeviceRecord, Endpoint, EndpointVariant},
     limiter::RateLimits,
-    physical::{PciAddress, VfioBinding},
+    physical::PciAddress,
 };
 
 /// A record that cannot become an endpoint again.
@@ -41,11 +38,6 @@ impl From<&Endpoint> for EndpointRecord {
             pci: e.variant.pci().map(|p| p.to_string()),
             vhost_user_socket: e.variant.vhost_user_socket().cloned(),
             steps: e.steps.clone(),
-            vfio: e.vfio.as_ref().map(|b| VfioRecord {
-                bdf: b.bdf.to_string(),
-                original_driver: b.original_driver.clone(),
-                original_override: b.original_override.clone(),
-            }),
             attached: e.attached,
         }
     }
@@ -86,18 +78,9 @@ impl TryFrom<&EndpointRecord> for Endpoint {
                     .ok_or_else(|| missing("vhost_user_socket"))?,
             },
         };
-        let vfio = match &r.vfio {
-            Some(v) => Some(VfioBinding {
-                bdf: pci_address(&v.bdf)?,
-                original_driver: v.original_driver.clone(),
-                original_override: v.original_override.clone(),
-            }),
-            None => None,
-        };
         let mut endpoint = Endpoint::new(r.index, variant, r.interface.clone());
         endpoint.id = r.id.clone();
         endpoint.steps = r.steps.clone();
-        endpoint.vfio = vfio;
         endpoint.attached = r.attached;
         endpoint.device = DeviceRecord {
             model: r.model,

@@ -11,7 +11,7 @@ use sandbox_net_endpoints::{
     AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, EndpointVariant,
     Unsupported, endpoints_from_scan,
 };
-use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
+use sandbox_net_interworking::{InterworkingModel, Kernel, Step, TapOptions};
 use sandbox_net_netns::{
     ScanOptions, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, open_vhost_net, skip_if_unsupported,
     testing::{PodFixture, TestNetns, assert_same_snapshot},
@@ -784,17 +784,20 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
         vmm.device(&nic.id).as_deref(),
         Some("vfio 0000:00:03.0 /dev/vfio/7")
     );
-    let binding = nic.vfio.clone().unwrap();
-    assert_eq!(binding.original_driver.as_deref(), Some("e1000e"));
+    // The binding is the endpoint's one recorded step, with what it overwrote.
+    assert_eq!(
+        nic.steps,
+        [Step::BindVfio {
+            bdf: bdf.parse().unwrap(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        }]
+    );
     let read = |relative: &str| sysfs.read(relative).trim().to_owned();
     let override_file = format!("devices/{bdf}/driver_override");
     assert_eq!(read(&override_file), "vfio-pci");
     assert_eq!(read("drivers/e1000e/unbind"), bdf);
     assert_eq!(read("drivers_probe"), bdf);
-    assert!(
-        nic.steps.is_empty(),
-        "no netlink change for a physical endpoint"
-    );
     // The function is on vfio-pci; its interface was unregistered with its driver: the pod
     // has no eth0 while the VM has the NIC.
     wait_for_driver(&sysfs, "vfio-pci");
@@ -804,7 +807,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     assert_eq!(read(&override_file), "");
     assert_eq!(read("drivers/vfio-pci/unbind"), bdf);
     assert_eq!(read("drivers/e1000e/bind"), bdf);
-    assert!(nic.vfio.is_none());
+    assert_eq!(nic.steps, [], "undone");
     // Back in the pod, not in the host's namespace, with its name, MAC, MTU, addresses,
     // routes and neighbours; and it carries the pod's traffic.
     assert_eq!(link_names(&host_initial), ["lo"]);
@@ -821,7 +824,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     assert_eq!(link_names(&fx.pod), ["lo"]);
     vmm.shutdown();
     nic.teardown(Some(kernel), &opts).await.unwrap();
-    assert!(nic.vfio.is_none());
+    assert_eq!(nic.steps, [], "undone");
     assert_eq!(link_names(&host_initial), ["lo"]);
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
@@ -870,5 +873,9 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
         "{chain}"
     );
     // Kept: a later detach tries again.
-    assert!(nic.vfio.is_some());
+    assert!(
+        matches!(&nic.steps[..], [Step::BindVfio { bdf: b, .. }] if b.as_str() == bdf),
+        "{:?}",
+        nic.steps
+    );
 }

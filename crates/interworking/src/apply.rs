@@ -144,6 +144,8 @@ pub struct ApplyOptions {
 
 /// Applies `steps` in order. On the first failure the steps already applied are undone in
 /// reverse, and the error says which step failed and what the rollback could not undo.
+/// A step made through sysfs ([`Step::BindVfio`]) is not netlink's: it is skipped (the
+/// endpoint binds the PCI function itself).
 pub async fn apply(kernel: Kernel<'_>, steps: &[Step]) -> Result<AppliedPair, AttachError> {
     apply_with(kernel, steps, ApplyOptions::default()).await
 }
@@ -315,7 +317,7 @@ impl Links<'_> {
         let Some(pending) = &mut self.pending else {
             return false;
         };
-        if step.link() != &pending.link.name {
+        if step.link() != Some(&pending.link.name) {
             return false;
         }
         let change = &mut pending.change;
@@ -452,6 +454,8 @@ async fn apply_one(
                 }
             }
         }
+        // Sysfs, not netlink: the endpoint binds the PCI function (see `apply`).
+        Step::BindVfio { .. } => {}
     }
     Ok(())
 }

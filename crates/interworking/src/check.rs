@@ -42,7 +42,10 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
                 found,
             })
         };
-        let link_name = step.link();
+        // A PCI function's binding is in sysfs, not in the namespace: not compared here.
+        let Some(link_name) = step.link() else {
+            continue;
+        };
         let link = match rtnl.link_by_name(link_name.as_str()).await {
             Ok(link) => link,
             Err(NetlinkError::LinkNotFound { .. }) => {

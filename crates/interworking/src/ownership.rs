@@ -131,9 +131,10 @@ pub fn fit(
     // Priorities taken on each link, ours included as they are handed out.
     let mut taken: HashMap<IfName, Vec<u16>> = HashMap::new();
     for step in &mut steps {
-        let Some(qdiscs) = (!created.contains(step.link()))
-            .then(|| found.get(step.link()))
-            .flatten()
+        let Some(qdiscs) = step
+            .link()
+            .filter(|link| !created.contains(*link))
+            .and_then(|link| found.get(link))
         else {
             continue;
         };

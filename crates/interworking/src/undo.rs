@@ -68,7 +68,9 @@ fn list(failures: &[UndoFailure]) -> String {
 /// Safe to run twice.
 ///
 /// Changes to a link that the same steps created are not undone one by one: deleting the link
-/// undoes them all.
+/// undoes them all. A step made through sysfs ([`Step::BindVfio`]) is not netlink's: it is
+/// skipped, neither undone nor reported (the endpoint gives the PCI function back itself, also
+/// when the namespace is gone).
 pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
     undo_with(kernel, steps, ApplyOptions::default()).await
 }
@@ -109,6 +111,9 @@ pub async fn undo_with(
         .rev()
         .filter(|(_, s)| !is_creation(s));
     for (index, step) in creations.chain(others) {
+        if step.is_sysfs() {
+            continue;
+        }
         if let Some(link) = touched_link(step)
             && created.contains(link)
         {
@@ -157,7 +162,7 @@ fn touched_link(step: &Step) -> Option<&IfName> {
         | Step::CreateMacvtap { .. }
         | Step::CreateIfb { .. }
         | Step::ClearAddresses { .. } => None,
-        _ => Some(step.link()),
+        _ => step.link(),
     }
 }
 
@@ -181,7 +186,10 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
 
 async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
     let rtnl = kernel.rtnl;
-    let name = step.link();
+    // Not a link's: skipped by `undo_with`.
+    let Some(name) = step.link() else {
+        return Ok(());
+    };
     // A link that no longer exists has nothing left to undo.
     let link = match kernel.link(name.as_str()).await {
         Ok(link) => link,
@@ -264,6 +272,8 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
                 return Err(e.into());
             }
         }
+        // Not a link's: skipped by `undo_with`.
+        Step::BindVfio { .. } => {}
     }
     Ok(())
 }
