@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rand::RngExt;
 use sandbox_net_endpoints::{
-    AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, RecordError, ReopenOptions,
+    AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, Plug, RecordError, ReopenOptions,
 };
 use sandbox_net_interworking::{Drift, Kernel, check};
 use sandbox_net_netns::{NetlinkError, Netns, NetnsError, NetnsId};
@@ -449,10 +449,10 @@ impl Sandbox {
         endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<Endpoint, SandboxError> {
         let result = self
-            .attach_uncommitted(endpoint, hypervisor, options, hot)
+            .attach_uncommitted(endpoint, hypervisor, options, plug)
             .await;
         self.committed(result)
     }
@@ -463,7 +463,7 @@ impl Sandbox {
         mut endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<Endpoint, SandboxError> {
         let netns = self.live_netns()?;
         let rtnl = self.take_rtnl(&netns).await?;
@@ -480,7 +480,7 @@ impl Sandbox {
             Ok(())
         };
         let result = endpoint
-            .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
+            .attach_recorded(kernel, hypervisor, &options, plug, &mut record)
             .await;
         self.rtnl = Some(rtnl);
         // Whatever happened, the record now says it: attached, or rolled back, with the steps
@@ -570,7 +570,7 @@ impl Sandbox {
                 continue;
             }
             match endpoint
-                .hand_over(kernel, hypervisor, &options, device, false)
+                .hand_over(kernel, hypervisor, &options, device, Plug::Cold)
                 .await
             {
                 Ok(()) => handed.push(endpoint.id.clone()),
@@ -580,7 +580,9 @@ impl Sandbox {
         if first_error.is_some() {
             for endpoint in endpoints.iter_mut().rev() {
                 if handed.contains(&endpoint.id)
-                    && let Err(e) = endpoint.detach(kernel, hypervisor, &options, false).await
+                    && let Err(e) = endpoint
+                        .detach(kernel, hypervisor, &options, Plug::Cold)
+                        .await
                 {
                     tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
                 }
@@ -673,16 +675,17 @@ impl Sandbox {
         Ok(self.store.save_synced(&self.state)?)
     }
 
-    /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
+    /// Detaches one endpoint (hot-unplugged from a running VM with [`Plug::Hot`]) and drops
+    /// its record. On failure the
     /// record stays, with what is left to undo.
     pub async fn detach<H: Hypervisor>(
         &mut self,
         id: &EndpointId,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), SandboxError> {
-        let result = self.detach_uncommitted(id, hypervisor, options, hot).await;
+        let result = self.detach_uncommitted(id, hypervisor, options, plug).await;
         self.committed(result)
     }
 
@@ -692,7 +695,7 @@ impl Sandbox {
         id: &EndpointId,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), SandboxError> {
         let file = self.store.path().to_path_buf();
         let Some(record) = self.state.endpoint_mut(id) else {
@@ -709,7 +712,7 @@ impl Sandbox {
         let result = match (&self.netns, &rtnl) {
             (Some(netns), Some(rtnl)) => {
                 endpoint
-                    .detach(Kernel { netns, rtnl }, hypervisor, options, hot)
+                    .detach(Kernel { netns, rtnl }, hypervisor, options, plug)
                     .await
             }
             _ => endpoint.teardown(None, options).await,

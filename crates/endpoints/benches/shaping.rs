@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, bail};
 use sandbox_net_endpoints::testing::StandInVmm;
 use sandbox_net_endpoints::{
-    AttachOptions, Backend, ClassifyOptions, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, Backend, ClassifyOptions, Plug, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_guest::{
     Guest, GuestConfig,
@@ -81,7 +81,7 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
         link_group: None,
         ..AttachOptions::default()
     };
-    ep.attach(kernel, &vmm, &options, false).await?;
+    ep.attach(kernel, &vmm, &options, Plug::Cold).await?;
     let device = vmm.take_device(&ep.id).context("no device")?;
     let queues = match device.backend {
         Backend::Tap { queues, .. } | Backend::Macvtap { queues, .. } => queues,
@@ -158,7 +158,7 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
     let tx = mbit(after - before, sent.elapsed);
 
     drop(queues);
-    ep.detach(kernel, &vmm, &options, false).await?;
+    ep.detach(kernel, &vmm, &options, Plug::Cold).await?;
     Ok((tx, rx))
 }
 

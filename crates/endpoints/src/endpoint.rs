@@ -16,7 +16,7 @@ use sandbox_net_persist::{
 
 use crate::{
     give_back::give_back,
-    hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
+    hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice, Plug},
     limiter::{RateLimits, VmLink, limiter_steps},
     physical::{PciAddress, SysfsPci, VfioBinding},
 };
@@ -325,16 +325,16 @@ impl Endpoint {
     }
 
     /// Attaches the endpoint: makes the kernel changes its kind and model need (rolled back if
-    /// anything fails), builds the device and hands it to the hypervisor (`hot`: to a running
-    /// VM). On failure nothing of this attach is left.
+    /// anything fails), builds the device and hands it to the hypervisor, cold- or hot-plugged
+    /// as `plug` says. On failure nothing of this attach is left.
     pub async fn attach<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
-        self.attach_recorded(kernel, hypervisor, options, hot, &mut |_| Ok(()))
+        self.attach_recorded(kernel, hypervisor, options, plug, &mut |_| Ok(()))
             .await
     }
 
@@ -347,11 +347,11 @@ impl Endpoint {
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
         let result = self
-            .attach_span_body(kernel, hypervisor, options, hot, record)
+            .attach_span_body(kernel, hypervisor, options, plug, record)
             .await;
         if let Err(e) = &result {
             // As `instrument(err)` would, with the whole chain: the span's status then names
@@ -366,14 +366,14 @@ impl Endpoint {
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
         let device = match self.build_device(kernel, hypervisor, options, record).await {
             Ok(device) => device,
             Err(e) => return Err(self.error("attach", e, Vec::new())),
         };
-        self.hand_over(kernel, hypervisor, options, device, hot)
+        self.hand_over(kernel, hypervisor, options, device, plug)
             .await
     }
 
@@ -419,19 +419,19 @@ impl Endpoint {
     }
 
     /// The second half of [`Endpoint::attach_recorded`]: hands the prepared `device` to the
-    /// hypervisor (`hot`: to a running VM); if it refuses, the kernel changes are undone.
+    /// hypervisor, cold- or hot-plugged as `plug` says; if it refuses, the kernel changes are
+    /// undone.
     pub async fn hand_over<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
         device: NetDevice,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
-        let handed = if hot {
-            hypervisor.hot_add_device(device).await
-        } else {
-            hypervisor.add_device(device).await
+        let handed = match plug {
+            Plug::Hot => hypervisor.hot_add_device(device).await,
+            Plug::Cold => hypervisor.add_device(device).await,
         };
         if let Err(refused) = handed {
             let more = self.undo_all(kernel, options).await;
@@ -442,8 +442,9 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Detaches the endpoint: takes the device from a running VM (`hot`), undoes the kernel
-    /// changes and gives a PCI function back to its driver. Goes on past failures and
+    /// Detaches the endpoint: hot-unplugs the device from a running VM ([`Plug::Hot`]; nothing
+    /// is asked of the VMM for [`Plug::Cold`]), undoes the kernel changes and gives a PCI
+    /// function back to its driver. Goes on past failures and
     /// reports them all; safe to run twice.
     #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn detach<H: Hypervisor>(
@@ -451,10 +452,10 @@ impl Endpoint {
         kernel: Kernel<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
         let mut failures = Vec::new();
-        if hot
+        if plug == Plug::Hot
             && self.attached
             && let Err(e) = hypervisor.hot_remove_device(&self.id).await
         {

@@ -41,7 +41,7 @@ pub use endpoint::{
 };
 pub use give_back::{GiveBackError, give_back};
 pub use hypervisor::{
-    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
+    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice, Plug,
 };
 pub use limiter::{RateLimits, ifb_name};
 pub use record::RecordError;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use rtnetlink::packet_route::link::NetkitMode;
 use sandbox_net_endpoints::testing::{self, OnDevice, StandInNicDriver, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, EndpointVariant,
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, EndpointVariant, Plug,
     Unsupported, endpoints_from_scan,
 };
 use sandbox_net_interworking::{InterworkingModel, Kernel, Step, TapOptions};
@@ -73,7 +73,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
         let vmm = StandInVmm::new()
             .with_queues(2)
             .on_device(OnDevice::RunGuest);
-        ep.attach(kernel, &vmm, &options(model), false)
+        ep.attach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         let expected_device = match model {
@@ -92,7 +92,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
             );
         }
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &options(model), false)
+        ep.detach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -160,7 +160,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
         .on_device(OnDevice::RunGuest);
     let opts = options(InterworkingModel::TcFilter);
     for ep in eps.iter_mut() {
-        ep.attach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     }
     let devices: Vec<String> = eps.iter().map(|e| vmm.device(&e.id).unwrap()).collect();
     assert_eq!(
@@ -177,7 +177,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
     // Detach all of them, iterating over a snapshot of ids (Kata's remove-while-iterating bug
     // skipped every second endpoint).
     for ep in eps.iter_mut() {
-        ep.detach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     }
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
@@ -285,7 +285,10 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
             vec!["10.200.5.2".parse().unwrap()],
             vec!["fd00:205::2".parse().unwrap()],
         );
-    ipvlan.attach(kernel, &vmm, &opts, false).await.unwrap();
+    ipvlan
+        .attach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap();
     let tap = format!("tap{}_kata", ipvlan.index);
     assert_eq!(vmm.device(&ipvlan.id), Some(format!("tap {tap} x2")));
     // tc shows the redirect of the ipvlan's ingress to the tap.
@@ -299,7 +302,10 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
     let stats = vmm.guest_stats(&ipvlan.id).unwrap();
     assert_eq!((stats.icmp_echo_replies, stats.icmpv6_echo_replies), (2, 2));
     vmm.shutdown();
-    ipvlan.detach(kernel, &vmm, &opts, false).await.unwrap();
+    ipvlan
+        .detach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
@@ -334,11 +340,11 @@ async fn hot_attach_and_hot_detach_of_a_tap_endpoint() {
         1400,
     );
     let opts = options(InterworkingModel::TcFilter);
-    tap.attach(kernel, &vmm, &opts, true).await.unwrap();
+    tap.attach(kernel, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_eq!(vmm.device(&tap.id).as_deref(), Some("tap tap7_kata x4"));
     let link = rtnl.link_by_name("tap7_kata").await.unwrap();
     assert_eq!((link.mtu, link.up), (1400, true));
-    tap.detach(kernel, &vmm, &opts, true).await.unwrap();
+    tap.detach(kernel, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_eq!(
         vmm.hot_ops(),
         [
@@ -375,7 +381,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
             kernel,
             &refusing,
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -400,7 +406,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(300)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -418,7 +424,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -445,7 +451,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -462,7 +468,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -506,7 +512,7 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
         // Asked without the virtio-net header: vhost-net gets a tap with one all the same.
         let mut opts = options(InterworkingModel::TcFilter);
         opts.tap.vnet_hdr = false;
-        ep.attach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
         assert_eq!(vmm.device(&ep.id), Some(format!("tap tap0_kata x{queues}")));
         assert_eq!(
             fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"]["vnet_hdr"],
@@ -522,7 +528,7 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
         // The tap's queues carry traffic while the VMM holds them.
         assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{queues} queues");
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
     }
 }
@@ -549,7 +555,12 @@ async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_no
         .on_device(OnDevice::RunGuest)
         .with_vhost_net_path(missing.clone());
     let err = eps[0]
-        .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+        .attach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::TcFilter),
+            Plug::Cold,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -603,7 +614,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
         let vmm = StandInVmm::new()
             .with_queues(2)
             .on_device(OnDevice::RunGuest);
-        ep.attach(kernel, &vmm, &options(model), false)
+        ep.attach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         let expected_device = match model {
@@ -620,7 +631,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
             "{model}"
         );
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &options(model), false)
+        ep.detach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -779,7 +790,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     let vmm = StandInVmm::new()
         .with_queues(1)
         .on_device(OnDevice::RunGuest);
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     assert_eq!(
         vmm.device(&nic.id).as_deref(),
         Some("vfio 0000:00:03.0 /dev/vfio/7")
@@ -803,7 +814,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     wait_for_driver(&sysfs, "vfio-pci");
     assert_eq!(link_names(&fx.pod), ["lo"]);
 
-    nic.detach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     assert_eq!(read(&override_file), "");
     assert_eq!(read("drivers/vfio-pci/unbind"), bdf);
     assert_eq!(read("drivers/e1000e/bind"), bdf);
@@ -819,7 +830,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
 
     // Again, torn down from the record alone (a restarted shim, the VM gone).
     let mut nic = nic_of(eps[0].interface.clone());
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     wait_for_driver(&sysfs, "vfio-pci");
     assert_eq!(link_names(&fx.pod), ["lo"]);
     vmm.shutdown();
@@ -860,11 +871,14 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
         ..options(InterworkingModel::TcFilter)
     };
     let vmm = StandInVmm::new().with_queues(1);
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     wait_for_driver(&sysfs, "vfio-pci");
     // The driver does not come back (as if its probe failed): nothing registers an interface.
     drop(driver);
-    let err = nic.detach(kernel, &vmm, &opts, false).await.unwrap_err();
+    let err = nic
+        .detach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap_err();
     let chain = sandbox_net_netns::error_chain(&err);
     assert!(
         chain.contains(&format!(

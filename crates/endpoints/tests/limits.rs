@@ -5,7 +5,7 @@
 
 use sandbox_net_endpoints::testing::{self, StandInVmm};
 use sandbox_net_endpoints::{
-    AttachOptions, Endpoint, EndpointVariant, ifb_name, physical::SysfsPci,
+    AttachOptions, Endpoint, EndpointVariant, Plug, ifb_name, physical::SysfsPci,
 };
 use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions, check};
 use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
@@ -76,7 +76,12 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
         let mut eps = endpoints(&fx.pod).await;
         let vmm = no_limiter_vmm(bits, bits);
         eps[0]
-            .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+            .attach(
+                kernel,
+                &vmm,
+                &options(InterworkingModel::TcFilter),
+                Plug::Cold,
+            )
             .await
             .unwrap();
         for dev in ["tap0_kata", "eth0"] {
@@ -92,7 +97,12 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
         assert_eq!(check(kernel, &eps[0].steps).await.unwrap(), []);
         vmm.shutdown();
         eps[0]
-            .detach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+            .detach(
+                kernel,
+                &vmm,
+                &options(InterworkingModel::TcFilter),
+                Plug::Cold,
+            )
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -122,7 +132,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     // The none model shapes tx through an IFB per endpoint (Kata shared one ifb0).
     let vmm = no_limiter_vmm(0, 20_000_000);
     for ep in eps.iter_mut() {
-        ep.attach(kernel, &vmm, &options(InterworkingModel::None), false)
+        ep.attach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
             .await
             .unwrap();
     }
@@ -139,7 +149,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     let first = eps[0].id.clone();
     vmm.release(&first);
     eps[0]
-        .detach(kernel, &vmm, &options(InterworkingModel::None), false)
+        .detach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
         .await
         .unwrap();
     let links = fx.pod.ip_json(&["link", "show"]);
@@ -158,7 +168,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     );
     assert_eq!(check(kernel, &eps[1].steps).await.unwrap(), []);
     eps[1]
-        .detach(kernel, &vmm, &options(InterworkingModel::None), false)
+        .detach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
         .await
         .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -180,7 +190,12 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
     let mut eps = endpoints(&fx.pod).await;
     let vmm = no_limiter_vmm(10_000_000, 100_000_000);
     eps[0]
-        .attach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
+        .attach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::Macvtap),
+            Plug::Cold,
+        )
         .await
         .unwrap();
     let ifb = ifb_name(&eps[0].id).to_string();
@@ -196,7 +211,12 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
     );
     vmm.shutdown();
     eps[0]
-        .detach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
+        .detach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::Macvtap),
+            Plug::Cold,
+        )
         .await
         .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -223,7 +243,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
             kernel,
             &absurd,
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -247,7 +267,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
             kernel,
             &no_limiter_vmm(0, 10_000_000),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();

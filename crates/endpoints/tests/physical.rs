@@ -6,7 +6,7 @@ use std::{fs, path::Path};
 
 use sandbox_net_endpoints::{
     AttachOptions, Capabilities, Endpoint, EndpointVariant, Hypervisor, HypervisorConfig,
-    HypervisorError, NetDevice,
+    HypervisorError, NetDevice, Plug,
     physical::{PciAddress, VfioBinding, VfioError, ethtool_bus_info, pci_address_from_bus_info},
     testing::{self, STAND_IN_BDF as BDF, StandInNicDriver, StandInSysfs, StandInVmm},
 };
@@ -498,7 +498,7 @@ async fn an_attach_refused_after_the_vfio_binding_gives_the_nic_back() {
     let mut nic = nic(&fx).await;
     let mut recorded = Vec::new();
     let err = nic
-        .attach_recorded(kernel, &vmm, &opts, false, &mut |e| {
+        .attach_recorded(kernel, &vmm, &opts, Plug::Cold, &mut |e| {
             // Recorded before sysfs is touched.
             assert_eq!(
                 tree.read("devices/0000:00:03.0/driver_override"),
@@ -566,7 +566,7 @@ async fn a_vfio_binding_in_a_state_file_is_undone_by_teardown() {
     for old_format in [false, true] {
         let vmm = StandInVmm::new().with_queues(1);
         let mut nic = nic(&fx).await;
-        nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+        nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
         wait_for_driver(&tree, "vfio-pci");
         assert_eq!(link_names(&fx.pod), ["lo"], "old format: {old_format}");
         let mut state = SandboxState::new("s", netns.clone(), InterworkingModel::TcFilter);
