@@ -220,7 +220,7 @@ pub struct Endpoint {
     /// Whether it is attached.
     pub attached: bool,
     /// What the current attach gave the VM (queues, guest MAC, model, host-side limits).
-    pub device: DeviceRecord,
+    pub device: AttachedDevice,
     /// The name the VM-side link (tap or macvtap) gets instead of `tap{index}_kata`, when the
     /// caller was asked for one (CNI's `TC_REDIRECT_TAP_NAME`). Set before attaching; the
     /// recorded steps carry the name for everything after.
@@ -229,7 +229,7 @@ pub struct Endpoint {
 
 /// What an attach gave the VM, kept with the endpoint's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceRecord {
+pub struct AttachedDevice {
     /// The model used, when the endpoint has a pair.
     pub model: Option<InterworkingModel>,
     /// Queue pairs.
@@ -251,7 +251,7 @@ impl Endpoint {
             interface,
             steps: Vec::new(),
             attached: false,
-            device: DeviceRecord::default(),
+            device: AttachedDevice::default(),
             vm_link: None,
         }
     }
@@ -351,7 +351,7 @@ impl Endpoint {
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
         let result = self
-            .attach_span_body(kernel, hypervisor, options, plug, record)
+            .build_and_hand_over(kernel, hypervisor, options, plug, record)
             .await;
         if let Err(e) = &result {
             // As `instrument(err)` would, with the whole chain: the span's status then names
@@ -361,7 +361,9 @@ impl Endpoint {
         result
     }
 
-    async fn attach_span_body<H: Hypervisor>(
+    /// The work of [`Endpoint::attach_recorded`], inside its span: builds the device (the
+    /// kernel changes recorded, then applied) and hands it over.
+    async fn build_and_hand_over<H: Hypervisor>(
         &mut self,
         kernel: Kernel<'_>,
         hypervisor: &H,
@@ -650,7 +652,7 @@ impl Endpoint {
             _ => None,
         };
         let limiter = limiter_steps(self.kind(), vm_link, &self.id, limits)?;
-        self.device = DeviceRecord {
+        self.device = AttachedDevice {
             model,
             queues: queues as u32,
             guest_mac: self.interface.link.mac,

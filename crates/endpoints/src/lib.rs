@@ -37,7 +37,7 @@ pub use classify::{
     ClassifyOptions, SkippedInterface, Unsupported, classify, classify_in, endpoints_from_scan,
 };
 pub use endpoint::{
-    AttachOptions, DeviceRecord, Endpoint, EndpointError, EndpointFailure, EndpointVariant,
+    AttachOptions, AttachedDevice, Endpoint, EndpointError, EndpointFailure, EndpointVariant,
 };
 pub use give_back::{GiveBackError, give_back};
 pub use hypervisor::{

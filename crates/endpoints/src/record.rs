@@ -3,7 +3,7 @@
 use sandbox_net_persist::{endpoint::EndpointKind, state::EndpointRecord};
 
 use crate::{
-    endpoint::{DeviceRecord, Endpoint, EndpointVariant},
+    endpoint::{AttachedDevice, Endpoint, EndpointVariant},
     limiter::RateLimits,
     physical::PciAddress,
 };
@@ -82,7 +82,7 @@ impl TryFrom<&EndpointRecord> for Endpoint {
         endpoint.id = r.id.clone();
         endpoint.steps = r.steps.clone();
         endpoint.attached = r.attached;
-        endpoint.device = DeviceRecord {
+        endpoint.device = AttachedDevice {
             model: r.model,
             queues: r.queues,
             guest_mac: r.guest_mac,
