@@ -258,10 +258,10 @@ impl Network {
     }
 
     /// Attaches `endpoints`: cold-plugged, as one batch (see `Sandbox::attach_batch_uncommitted`);
-    /// hot-plugged into a running VM ([`Plug::Hot`]), one after the other. If one fails, those this
-    /// call attached are taken back, last first, before its error is returned; a failure to
-    /// take one back is logged, the attach error is what the caller gets. Returns the ids of
-    /// the attached endpoints.
+    /// hot-plugged into a running VM ([`Plug::Hot`]), one after the other. If one fails, those
+    /// this call attached are taken back, last first, before its error is returned; a failure
+    /// to take one back is logged, the attach error is what the caller gets. Returns the ids
+    /// of the attached endpoints.
     async fn attach_all<H: Hypervisor>(
         &mut self,
         endpoints: Vec<Endpoint>,

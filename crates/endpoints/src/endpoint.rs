@@ -446,8 +446,8 @@ impl Endpoint {
 
     /// Detaches the endpoint: hot-unplugs the device from a running VM ([`Plug::Hot`]; nothing
     /// is asked of the VMM for [`Plug::Cold`]), undoes the kernel changes and gives a PCI
-    /// function back to its driver. Goes on past failures and
-    /// reports them all; safe to run twice.
+    /// function back to its driver. Goes on past failures and reports them all; safe to run
+    /// twice.
     #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn detach<H: Hypervisor>(
         &mut self,

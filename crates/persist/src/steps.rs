@@ -1,9 +1,9 @@
 //! Changes to the kernel described as data, before they are made.
 //!
 //! Every change sandbox-net makes to a namespace, or to a PCI function in sysfs, is first
-//! written down as a [`Step`] carrying the values it will overwrite. The list is persisted before it is applied; undoing it in
-//! reverse order is how a failed attach rolls back, how detach works, and how a restarted
-//! shim cleans up after a crash. Links are named, not numbered: an ifindex is only known once
+//! written down as a [`Step`] carrying the values it will overwrite. The list is persisted
+//! before it is applied; undoing it in reverse order is how a failed attach rolls back, how
+//! detach works, and how a restarted shim cleans up after a crash. Links are named, not numbered: an ifindex is only known once
 //! a device exists, and names are what the pod's configuration and the VMM use.
 
 use std::{fmt, str::FromStr};
