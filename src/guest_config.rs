@@ -398,7 +398,6 @@ mod tests {
             pci: None,
             vhost_user_socket: None,
             steps: vec![],
-            vfio: None,
             attached: true,
         }
     }

@@ -34,13 +34,14 @@ pub use sandbox::{Sandbox, SandboxError};
 
 // The VMM boundary: what a shim implements and what it is handed.
 pub use sandbox_net_endpoints::{
-    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
+    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice, Plug,
     physical::{PciAddress, SysfsPci},
 };
 // Endpoints and their errors.
 pub use sandbox_net_endpoints::{
     AttachOptions, ClassifyOptions, Endpoint, EndpointError, EndpointFailure, EndpointId,
-    EndpointKind, RateLimits, RecordError, ReopenOptions, SkippedInterface, Unsupported,
+    EndpointKind, EndpointVariant, RateLimits, RecordError, ReopenOptions, SkippedInterface,
+    Unsupported,
 };
 // Wiring: the models, their options and what `check` reports.
 pub use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions, UnknownModel};

@@ -11,7 +11,7 @@ use std::{
 };
 
 use sandbox_net_endpoints::{
-    AttachOptions, Backend, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice,
+    AttachOptions, Backend, ClassifyOptions, Endpoint, EndpointId, Hypervisor, NetDevice, Plug,
     ReopenOptions, SkippedInterface, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_interworking::{Drift, InterworkingModel, TapOptions};
@@ -248,7 +248,7 @@ impl Network {
                     file: self.sandbox.state_path().to_path_buf(),
                     source,
                 })?;
-        let added = self.attach_all(endpoints, hypervisor, false).await?;
+        let added = self.attach_all(endpoints, hypervisor, Plug::Cold).await?;
         if added.is_empty() {
             // Nothing was recorded: the document says so (an empty pod is a sandbox too; the
             // operation's commit makes it durable).
@@ -258,18 +258,18 @@ impl Network {
     }
 
     /// Attaches `endpoints`: cold-plugged, as one batch (see `Sandbox::attach_batch_uncommitted`);
-    /// hot-plugged into a running VM (`hot`), one after the other. If one fails, those this
-    /// call attached are taken back, last first, before its error is returned; a failure to
-    /// take one back is logged, the attach error is what the caller gets. Returns the ids of
-    /// the attached endpoints.
+    /// hot-plugged into a running VM ([`Plug::Hot`]), one after the other. If one fails, those
+    /// this call attached are taken back, last first, before its error is returned; a failure
+    /// to take one back is logged, the attach error is what the caller gets. Returns the ids
+    /// of the attached endpoints.
     async fn attach_all<H: Hypervisor>(
         &mut self,
         endpoints: Vec<Endpoint>,
         hypervisor: &H,
-        hot: bool,
+        plug: Plug,
     ) -> Result<Vec<EndpointId>, SandboxError> {
         let options = self.config.attach_options();
-        if !hot {
+        if plug == Plug::Cold {
             return self
                 .sandbox
                 .attach_batch_uncommitted(endpoints, hypervisor, &options)
@@ -279,16 +279,19 @@ impl Network {
         for endpoint in endpoints {
             match self
                 .sandbox
-                .attach_uncommitted(endpoint, hypervisor, &options, hot)
+                .attach_uncommitted(endpoint, hypervisor, &options, plug)
                 .await
             {
                 Ok(endpoint) => added.push(endpoint.id),
                 Err(e) => {
-                    let what = if hot { "hot-add" } else { "add" };
+                    let what = match plug {
+                        Plug::Hot => "hot-add",
+                        Plug::Cold => "add",
+                    };
                     for id in added.iter().rev() {
                         if let Err(undo) = self
                             .sandbox
-                            .detach_uncommitted(id, hypervisor, &options, hot)
+                            .detach_uncommitted(id, hypervisor, &options, plug)
                             .await
                         {
                             tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed {what}");
@@ -336,7 +339,7 @@ impl Network {
         for id in &ids {
             match self
                 .sandbox
-                .detach_uncommitted(id, hypervisor, &options, false)
+                .detach_uncommitted(id, hypervisor, &options, Plug::Cold)
                 .await
             {
                 Ok(()) => {}
@@ -423,7 +426,7 @@ impl Network {
                     file: file.clone(),
                     source,
                 })?;
-        let added = self.attach_all(endpoints, hypervisor, true).await?;
+        let added = self.attach_all(endpoints, hypervisor, Plug::Hot).await?;
         Ok((added, skipped))
     }
 
@@ -443,7 +446,7 @@ impl Network {
         self.sandbox.own()?;
         let result = self
             .sandbox
-            .attach(endpoint, hypervisor, &options, true)
+            .attach(endpoint, hypervisor, &options, Plug::Hot)
             .await
             .map(|endpoint| endpoint.id);
         self.hand_back(result).await
@@ -491,7 +494,7 @@ impl Network {
         self.sandbox.own()?;
         let result = self
             .sandbox
-            .detach_uncommitted(id, hypervisor, &options, true)
+            .detach_uncommitted(id, hypervisor, &options, Plug::Hot)
             .await;
         self.hand_back(result).await
     }

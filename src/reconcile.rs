@@ -142,8 +142,8 @@ pub enum Outcome {
         endpoints: usize,
         /// Whether its namespace was already gone.
         namespace_gone: bool,
-        /// Recorded kernel steps that went with the namespace (not undone: nothing is left
-        /// of them to undo).
+        /// Recorded netlink steps that went with the namespace (not undone: nothing is left
+        /// of them to undo; a VFIO binding, in sysfs, is undone all the same).
         steps_gone_with_namespace: usize,
     },
     /// Would be reaped (dry run).
@@ -689,7 +689,13 @@ async fn reap(sandbox: &mut Sandbox, why: String, options: &ReconcileOptions) ->
     let endpoints = state.endpoints.len();
     let namespace_gone = sandbox.netns().is_none();
     let steps_gone_with_namespace = if namespace_gone {
-        state.endpoints.iter().map(|e| e.steps.len()).sum()
+        // A PCI function's binding is in sysfs, not the namespace: it is still undone.
+        state
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.steps)
+            .filter(|s| !s.is_sysfs())
+            .count()
     } else {
         0
     };

@@ -8,9 +8,9 @@ use std::{
 
 use rand::RngExt;
 use sandbox_net_endpoints::{
-    AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, RecordError, ReopenOptions,
+    AttachOptions, Endpoint, EndpointError, Hypervisor, NetDevice, Plug, RecordError, ReopenOptions,
 };
-use sandbox_net_interworking::{Drift, Kernel, check};
+use sandbox_net_interworking::{Drift, NetnsHandles, check};
 use sandbox_net_netns::{Failures, NetlinkError, Netns, NetnsError, NetnsId};
 use sandbox_net_persist::{
     IfName, Owner, OwnerError,
@@ -463,10 +463,10 @@ impl Sandbox {
         endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<Endpoint, SandboxError> {
         let result = self
-            .attach_uncommitted(endpoint, hypervisor, options, hot)
+            .attach_uncommitted(endpoint, hypervisor, options, plug)
             .await;
         self.committed(result).await
     }
@@ -477,11 +477,11 @@ impl Sandbox {
         mut endpoint: Endpoint,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<Endpoint, SandboxError> {
         let netns = self.live_netns()?;
         let rtnl = self.take_rtnl(&netns).await?;
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: &netns,
             rtnl: &rtnl,
         };
@@ -494,7 +494,7 @@ impl Sandbox {
             Ok(())
         };
         let result = endpoint
-            .attach_recorded(kernel, hypervisor, &options, hot, &mut record)
+            .attach_recorded(kernel, hypervisor, &options, plug, &mut record)
             .await;
         self.rtnl = Some(rtnl);
         // Whatever happened, the record now says it: attached, or rolled back, with the steps
@@ -538,7 +538,7 @@ impl Sandbox {
     ) -> Result<Vec<EndpointId>, SandboxError> {
         let netns = self.live_netns()?;
         let rtnl = self.take_rtnl(&netns).await?;
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: &netns,
             rtnl: &rtnl,
         };
@@ -584,7 +584,7 @@ impl Sandbox {
                 continue;
             }
             match endpoint
-                .hand_over(kernel, hypervisor, &options, device, false)
+                .hand_over(kernel, hypervisor, &options, device, Plug::Cold)
                 .await
             {
                 Ok(()) => handed.push(endpoint.id.clone()),
@@ -594,7 +594,9 @@ impl Sandbox {
         if first_error.is_some() {
             for endpoint in endpoints.iter_mut().rev() {
                 if handed.contains(&endpoint.id)
-                    && let Err(e) = endpoint.detach(kernel, hypervisor, &options, false).await
+                    && let Err(e) = endpoint
+                        .detach(kernel, hypervisor, &options, Plug::Cold)
+                        .await
                 {
                     tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
                 }
@@ -615,7 +617,7 @@ impl Sandbox {
         // left goes. The document is written once (a journal line cannot drop a record).
         for endpoint in &endpoints {
             let record = EndpointRecord::from(endpoint);
-            if record.steps.is_empty() && record.vfio.is_none() {
+            if record.steps.is_empty() {
                 self.state.endpoints.retain(|e| e.id != record.id);
             } else {
                 self.state.upsert_endpoint(record);
@@ -687,16 +689,17 @@ impl Sandbox {
         self.durably(|store, state| store.save_synced(state)).await
     }
 
-    /// Detaches one endpoint (`hot`: from a running VM) and drops its record. On failure the
+    /// Detaches one endpoint (hot-unplugged from a running VM with [`Plug::Hot`]) and drops
+    /// its record. On failure the
     /// record stays, with what is left to undo.
     pub async fn detach<H: Hypervisor>(
         &mut self,
         id: &EndpointId,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), SandboxError> {
-        let result = self.detach_uncommitted(id, hypervisor, options, hot).await;
+        let result = self.detach_uncommitted(id, hypervisor, options, plug).await;
         self.committed(result).await
     }
 
@@ -706,7 +709,7 @@ impl Sandbox {
         id: &EndpointId,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), SandboxError> {
         let file = self.store.path().to_path_buf();
         let Some(record) = self.state.endpoint_mut(id) else {
@@ -723,7 +726,7 @@ impl Sandbox {
         let result = match (&self.netns, &rtnl) {
             (Some(netns), Some(rtnl)) => {
                 endpoint
-                    .detach(Kernel { netns, rtnl }, hypervisor, options, hot)
+                    .detach(NetnsHandles { netns, rtnl }, hypervisor, options, plug)
                     .await
             }
             _ => endpoint.teardown(None, options).await,
@@ -760,7 +763,7 @@ impl Sandbox {
         }
         let netns = self.live_netns()?;
         let rtnl = self.take_rtnl(&netns).await?;
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: &netns,
             rtnl: &rtnl,
         };
@@ -823,7 +826,7 @@ impl Sandbox {
                 .collect());
         };
         let rtnl = netns.rtnl().await?;
-        let kernel = Kernel { netns, rtnl: &rtnl };
+        let kernel = NetnsHandles { netns, rtnl: &rtnl };
         let mut drifts = Vec::new();
         for record in &self.state.endpoints {
             for drift in check(kernel, &record.steps).await? {
@@ -888,7 +891,7 @@ impl Sandbox {
             }
         }
         let kernel = match (&self.netns, &rtnl) {
-            (Some(netns), Some(rtnl)) => Some(Kernel { netns, rtnl }),
+            (Some(netns), Some(rtnl)) => Some(NetnsHandles { netns, rtnl }),
             _ => None,
         };
         // Every endpoint at once: their requests interleave on the one socket. Undoing is
@@ -1044,9 +1047,7 @@ impl Sandbox {
             };
             return Ok(store.remove()?);
         }
-        self.state
-            .endpoints
-            .retain(|e| !e.steps.is_empty() || e.vfio.is_some());
+        self.state.endpoints.retain(|e| !e.steps.is_empty());
         self.save().await?;
         let ids = self
             .state

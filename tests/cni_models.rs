@@ -14,7 +14,7 @@ use common::{
     cni::{Chain, CniNode},
     endpoints, options, our_links,
 };
-use sandbox_net::Sandbox;
+use sandbox_net::{Plug, Sandbox};
 use sandbox_net_endpoints::testing::{OnDevice, StandInVmm, ping_count};
 use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{assert_same_snapshot, snapshot_differences};
@@ -73,7 +73,7 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
     let mut ids = Vec::new();
     for endpoint in endpoints(fx.pod().netns()).await {
         let attached = sandbox
-            .attach(endpoint, &vmm, &opts, false)
+            .attach(endpoint, &vmm, &opts, Plug::Cold)
             .await
             .unwrap_or_else(|e| panic!("{case}: attach: {}", sandbox_net_netns::error_chain(&e)));
         ids.push(attached.id);
@@ -99,7 +99,7 @@ async fn round_trip(chain: Chain, model: InterworkingModel, ending: Ending) {
         Ending::Detach => {
             vmm.shutdown();
             sandbox
-                .detach(&ids[0], &vmm, &opts, true)
+                .detach(&ids[0], &vmm, &opts, Plug::Hot)
                 .await
                 .unwrap_or_else(|e| {
                     panic!("{case}: detach: {}", sandbox_net_netns::error_chain(&e))

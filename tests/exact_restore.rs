@@ -10,7 +10,7 @@
 mod common;
 
 use common::{endpoints, keeping_vmm, options, our_links};
-use sandbox_net::Sandbox;
+use sandbox_net::{Plug, Sandbox};
 use sandbox_net_endpoints::testing::{GUEST_IPV4, OnDevice, StandInVmm, ping_count};
 use sandbox_net_interworking::{InterworkingModel, Step};
 use sandbox_net_netns::{
@@ -36,7 +36,7 @@ async fn attach_all(
     let vmm = keeping_vmm(0, 0);
     for endpoint in endpoints(fx.pod.netns()).await {
         sandbox
-            .attach(endpoint, &vmm, &options(model), false)
+            .attach(endpoint, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
     }
@@ -99,7 +99,7 @@ async fn unusual_pods_are_given_back_exactly_after_a_detach() {
             for endpoint in endpoints(fx.pod.netns()).await {
                 ids.push(
                     sandbox
-                        .attach(endpoint, &vmm, &opts, false)
+                        .attach(endpoint, &vmm, &opts, Plug::Cold)
                         .await
                         .unwrap()
                         .id,
@@ -107,7 +107,7 @@ async fn unusual_pods_are_given_back_exactly_after_a_detach() {
             }
             for id in ids.iter().rev() {
                 sandbox
-                    .detach(id, &vmm, &opts, true)
+                    .detach(id, &vmm, &opts, Plug::Hot)
                     .await
                     .unwrap_or_else(|e| panic!("{pod} {model}: {e}"));
             }
@@ -165,7 +165,7 @@ async fn a_users_ingress_qdisc_is_shared_and_only_our_filter_is_removed() {
     let opts = options(model);
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = sandbox
-        .attach(endpoint, &vmm, &opts, false)
+        .attach(endpoint, &vmm, &opts, Plug::Cold)
         .await
         .unwrap()
         .id;
@@ -215,7 +215,7 @@ async fn a_users_ingress_qdisc_is_shared_and_only_our_filter_is_removed() {
         ]
     );
     vmm.shutdown();
-    sandbox.detach(&id, &vmm, &opts, true).await.unwrap();
+    sandbox.detach(&id, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
 
     // Again, detached whole, with the tap's and eth0's HTB: the user's qdisc and filters
@@ -223,12 +223,12 @@ async fn a_users_ingress_qdisc_is_shared_and_only_our_filter_is_removed() {
     let vmm = keeping_vmm(20_000_000, 30_000_000);
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = sandbox
-        .attach(endpoint, &vmm, &opts, false)
+        .attach(endpoint, &vmm, &opts, Plug::Cold)
         .await
         .unwrap()
         .id;
     assert_eq!(sandbox.check().await.unwrap(), []);
-    sandbox.detach(&id, &vmm, &opts, true).await.unwrap();
+    sandbox.detach(&id, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
@@ -279,7 +279,7 @@ async fn someone_elses_root_qdisc_or_a_full_ingress_is_refused_before_anything_c
         let vmm = keeping_vmm(0, 30_000_000);
         let endpoint = endpoints(fx.pod.netns()).await.remove(0);
         let err = sandbox
-            .attach(endpoint, &vmm, &options(model), false)
+            .attach(endpoint, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap_err();
         let chain = error_chain(&err);

@@ -9,7 +9,7 @@ mod common;
 use std::{fs, os::unix::fs::PermissionsExt};
 
 use common::{add_pod_links, endpoints, keeping_vmm, options, our_links};
-use sandbox_net::{Sandbox, SandboxError};
+use sandbox_net::{Plug, Sandbox, SandboxError};
 use sandbox_net_interworking::InterworkingModel;
 use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot, unique_netns_name};
 
@@ -43,7 +43,7 @@ async fn three_endpoints_restored_and_torn_down_twice() {
         ];
         for (endpoint, model) in endpoints(fx.pod.netns()).await.into_iter().zip(models) {
             sandbox
-                .attach(endpoint, &vmm, &options(model), false)
+                .attach(endpoint, &vmm, &options(model), Plug::Cold)
                 .await
                 .unwrap();
         }
@@ -111,7 +111,12 @@ async fn teardown_with_the_namespace_already_deleted() {
         let vmm = keeping_vmm(0, 0);
         let endpoint = endpoints(&netns).await.remove(0);
         sandbox
-            .attach(endpoint, &vmm, &options(InterworkingModel::TcFilter), false)
+            .attach(
+                endpoint,
+                &vmm,
+                &options(InterworkingModel::TcFilter),
+                Plug::Cold,
+            )
             .await
             .unwrap();
     }
@@ -251,7 +256,12 @@ async fn check_is_clean_after_attach_and_reports_a_deleted_filter() {
     let vmm = keeping_vmm(0, 0);
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     sandbox
-        .attach(endpoint, &vmm, &options(InterworkingModel::TcFilter), false)
+        .attach(
+            endpoint,
+            &vmm,
+            &options(InterworkingModel::TcFilter),
+            Plug::Cold,
+        )
         .await
         .unwrap();
     assert_eq!(sandbox.check().await.unwrap(), []);

@@ -3,7 +3,7 @@
 //! `Send` across an await (a lock guard, an `Rc`, a raw fd wrapper), this file stops compiling.
 
 use sandbox_net::{
-    AttachOptions, Endpoint, EndpointId, IfName, MacAddr, Network, ReopenOptions, Sandbox,
+    AttachOptions, Endpoint, EndpointId, IfName, MacAddr, Network, Plug, ReopenOptions, Sandbox,
     endpoints::testing::StandInVmm,
 };
 
@@ -33,8 +33,8 @@ fn every_public_future_is_send(
     send(network.hot_remove(vmm, id));
     send(network.check());
     send(network.run(|| 1));
-    send(sandbox.attach(endpoint, vmm, options, false));
-    send(sandbox.detach(id, vmm, options, false));
+    send(sandbox.attach(endpoint, vmm, options, Plug::Cold));
+    send(sandbox.detach(id, vmm, options, Plug::Cold));
     send(sandbox.check());
     send(sandbox.teardown(options));
     send(sandbox.set_owner(None));

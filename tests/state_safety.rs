@@ -8,7 +8,7 @@ mod common;
 
 use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
-use sandbox_net::{Sandbox, SandboxError};
+use sandbox_net::{Plug, Sandbox, SandboxError};
 use sandbox_net_persist::store::StoreError;
 
 use sandbox_net_netns::testing::{PodFixture, assert_same_snapshot};
@@ -47,7 +47,7 @@ async fn a_failed_rollback_keeps_what_it_could_not_undo_for_a_later_teardown() {
             ..options(model)
         };
         let err = sandbox
-            .attach(endpoint, &keeping_vmm(0, 0), &failing, false)
+            .attach(endpoint, &keeping_vmm(0, 0), &failing, Plug::Cold)
             .await
             .unwrap_err();
         let chain = sandbox_net_netns::testing::error_chain(&err);

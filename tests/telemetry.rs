@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use common::{endpoints, keeping_vmm, options};
 use opentelemetry::trace::{SpanId, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use sandbox_net::{Sandbox, SandboxError};
+use sandbox_net::{Plug, Sandbox, SandboxError};
 use sandbox_net_endpoints::AttachOptions;
 use sandbox_net_endpoints::EndpointFailure;
 #[cfg(feature = "fault-injection")]
@@ -177,7 +177,7 @@ async fn an_attach_is_one_span_tree() {
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = endpoint.id.to_string();
     sandbox
-        .attach(endpoint, &vmm, &opts, false)
+        .attach(endpoint, &vmm, &opts, Plug::Cold)
         .instrument(tracing::info_span!("test.attach"))
         .await
         .unwrap();
@@ -268,7 +268,7 @@ async fn a_failed_step_is_an_error_status_and_the_rollback_a_child_span() {
     let endpoint = endpoints(fx.pod.netns()).await.remove(0);
     let id = endpoint.id.to_string();
     let err = sandbox
-        .attach(endpoint, &vmm, &failing, false)
+        .attach(endpoint, &vmm, &failing, Plug::Cold)
         .instrument(tracing::info_span!("test.attach"))
         .await
         .unwrap_err();

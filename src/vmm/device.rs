@@ -329,7 +329,6 @@ mod tests {
             pci: None,
             vhost_user_socket: None,
             steps,
-            vfio: None,
             attached: true,
         }
     }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use sandbox_net::{
-    Owner, Sandbox,
+    Owner, Plug, Sandbox,
     reconcile::{Outcome, ReconcileReport},
 };
 use sandbox_net_endpoints::{AttachOptions, testing::StandInVmm};
@@ -52,7 +52,7 @@ pub async fn attach_pod_to(
     let models = [InterworkingModel::TcFilter, InterworkingModel::Macvtap];
     for (endpoint, model) in endpoints(netns).await.into_iter().zip(models) {
         sandbox
-            .attach(endpoint, &vmm, &options(model), false)
+            .attach(endpoint, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
     }

@@ -22,14 +22,14 @@ use std::{
 use anyhow::{Context, bail};
 use sandbox_net_endpoints::testing::StandInVmm;
 use sandbox_net_endpoints::{
-    AttachOptions, Backend, ClassifyOptions, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, Backend, ClassifyOptions, Plug, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_guest::{
     Guest, GuestConfig,
     flood::{flood, udp_frame, unlimit_send_buffer},
     packet::Identity,
 };
-use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
+use sandbox_net_interworking::{InterworkingModel, NetnsHandles, TapOptions};
 use sandbox_net_netns::{ScanOptions, testing::PodFixture};
 use sandbox_net_persist::MacAddr;
 
@@ -58,7 +58,7 @@ fn mbit(bytes: u64, elapsed: Duration) -> f64 {
 async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f64, f64)> {
     let fx = PodFixture::new();
     let rtnl = fx.pod.netns().rtnl().await?;
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -81,7 +81,7 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
         link_group: None,
         ..AttachOptions::default()
     };
-    ep.attach(kernel, &vmm, &options, false).await?;
+    ep.attach(kernel, &vmm, &options, Plug::Cold).await?;
     let device = vmm.take_device(&ep.id).context("no device")?;
     let queues = match device.backend {
         Backend::Tap { queues, .. } | Backend::Macvtap { queues, .. } => queues,
@@ -158,7 +158,7 @@ async fn measure(model: InterworkingModel, limit_bits: u64) -> anyhow::Result<(f
     let tx = mbit(after - before, sent.elapsed);
 
     drop(queues);
-    ep.detach(kernel, &vmm, &options, false).await?;
+    ep.detach(kernel, &vmm, &options, Plug::Cold).await?;
     Ok((tx, rx))
 }
 

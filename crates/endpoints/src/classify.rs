@@ -5,23 +5,14 @@ use std::{net::IpAddr, path::PathBuf};
 use sandbox_net_netns::Netns;
 use sandbox_net_persist::{
     IfName,
-    endpoint::EndpointKind,
     scan::{Interface, NetkitMode, TunTapMode},
 };
 
 use crate::{
+    endpoint::EndpointVariant,
     physical::{PciAddress, ethtool_bus_info, pci_address_from_bus_info},
     vhost_user::find_vhost_user_socket,
 };
-
-/// What classification learns about an interface beyond the scan.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// The PCI function behind the interface, from ethtool's bus info.
-    pub pci: Option<PciAddress>,
-    /// A vhost-user socket found for one of its addresses.
-    pub vhost_user_socket: Option<PathBuf>,
-}
 
 /// Why an interface cannot become an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,55 +68,66 @@ impl Default for ClassifyOptions {
     }
 }
 
-/// Looks for the facts of `iface`: ethtool's bus info (inside the namespace; any failure
-/// means "not physical") and a vhost-user socket for one of its addresses.
-pub async fn gather_facts(netns: &Netns, iface: &Interface, options: &ClassifyOptions) -> Facts {
+/// What `iface` becomes, looked up in the namespace: ethtool's bus info of the interface
+/// (asked inside the namespace; any failure means "not physical") and a vhost-user socket for
+/// one of its addresses, then [`classify`].
+pub async fn classify_in(
+    netns: &Netns,
+    iface: &Interface,
+    options: &ClassifyOptions,
+) -> Result<EndpointVariant, Unsupported> {
     let info = ethtool_bus_info(netns, &iface.link.name).await;
-    facts_from(iface, info, options)
+    classify_with(iface, info, options)
 }
 
-/// The facts of `iface` from its ethtool answer and the vhost-user socket directory.
-fn facts_from(
+/// [`classify`] with the interface's ethtool answer and the vhost-user socket directory.
+fn classify_with(
     iface: &Interface,
     info: Option<crate::physical::DriverInfo>,
     options: &ClassifyOptions,
-) -> Facts {
+) -> Result<EndpointVariant, Unsupported> {
     let addresses: Vec<IpAddr> = iface.addresses.iter().map(|a| a.prefix.addr()).collect();
-    Facts {
-        pci: info.and_then(|i| pci_address_from_bus_info(&i.bus_info)),
-        vhost_user_socket: find_vhost_user_socket(&options.vhost_user_dir, &addresses),
-    }
+    classify(
+        iface,
+        info.and_then(|i| pci_address_from_bus_info(&i.bus_info)),
+        find_vhost_user_socket(&options.vhost_user_dir, &addresses),
+    )
 }
 
-/// The kind `iface` becomes, in Kata's order: physical, vhost-user, then by link kind
-/// (macvlan, macvtap, tap-mode tun, veth or a device without kind, ipvlan), and L2-mode
-/// netkit, which Kata refuses.
-pub fn classify(iface: &Interface, facts: &Facts) -> Result<EndpointKind, Unsupported> {
-    if facts.pci.is_some() {
-        return Ok(EndpointKind::Physical);
+/// What `iface` becomes, in Kata's order: physical when it is a PCI function (`pci`, from
+/// ethtool's bus info), vhost-user when a socket was found for one of its addresses
+/// (`vhost_user_socket`), then by link kind (macvlan, macvtap, tap-mode tun, veth or a device
+/// without kind, ipvlan), and L2-mode netkit, which Kata refuses.
+pub fn classify(
+    iface: &Interface,
+    pci: Option<PciAddress>,
+    vhost_user_socket: Option<PathBuf>,
+) -> Result<EndpointVariant, Unsupported> {
+    if let Some(pci) = pci {
+        return Ok(EndpointVariant::Physical { pci });
     }
-    if facts.vhost_user_socket.is_some() {
-        return Ok(EndpointKind::VhostUser);
+    if let Some(socket) = vhost_user_socket {
+        return Ok(EndpointVariant::VhostUser { socket });
     }
     let link = &iface.link;
     match link.kind.as_deref() {
-        Some("macvlan") => Ok(EndpointKind::Macvlan),
-        Some("macvtap") => Ok(EndpointKind::Macvtap),
+        Some("macvlan") => Ok(EndpointVariant::Macvlan),
+        Some("macvtap") => Ok(EndpointVariant::Macvtap),
         Some("tun") => match link.tuntap.as_ref().map(|t| t.mode) {
             Some(TunTapMode::Tun) => Err(Unsupported::TunMode {
                 link: link.name.clone(),
             }),
-            _ => Ok(EndpointKind::Tuntap),
+            _ => Ok(EndpointVariant::Tuntap),
         },
         // A device without a kind (a NIC that is not PCI, an SF) is driven like a veth.
-        Some("veth") | None => Ok(EndpointKind::Veth),
-        Some("ipvlan") => Ok(EndpointKind::Ipvlan),
+        Some("veth") | None => Ok(EndpointVariant::Veth),
+        Some("ipvlan") => Ok(EndpointVariant::Ipvlan),
         // An L2 netkit moves Ethernet frames like a veth; the mode decides (a netkit without
         // its mode in the scan is not trusted to be L2). An L3 netkit reports an all-zero
         // address (6.12), which is no MAC either.
         Some("netkit") => match link.netkit.as_ref().map(|n| n.mode) {
             Some(NetkitMode::L2) if link.mac.is_some_and(|m| m.octets() != [0; 6]) => {
-                Ok(EndpointKind::Netkit)
+                Ok(EndpointVariant::Netkit)
             }
             mode => {
                 let (mode, why) = match mode {
@@ -156,6 +158,11 @@ mod tests {
     };
 
     use super::*;
+
+    /// Classified without a PCI address or vhost-user socket.
+    fn plain(iface: &Interface) -> Result<EndpointVariant, Unsupported> {
+        classify(iface, None, None)
+    }
 
     fn iface(kind: Option<&str>) -> Interface {
         Interface {
@@ -198,28 +205,12 @@ mod tests {
 
     #[test]
     fn each_link_kind_gets_its_endpoint_kind() {
-        let none = Facts::default();
-        assert_eq!(
-            classify(&iface(Some("veth")), &none),
-            Ok(EndpointKind::Veth)
-        );
-        assert_eq!(classify(&iface(None), &none), Ok(EndpointKind::Veth));
-        assert_eq!(
-            classify(&iface(Some("macvlan")), &none),
-            Ok(EndpointKind::Macvlan)
-        );
-        assert_eq!(
-            classify(&iface(Some("macvtap")), &none),
-            Ok(EndpointKind::Macvtap)
-        );
-        assert_eq!(
-            classify(&iface(Some("ipvlan")), &none),
-            Ok(EndpointKind::Ipvlan)
-        );
-        assert_eq!(
-            classify(&tun(TunTapMode::Tap), &none),
-            Ok(EndpointKind::Tuntap)
-        );
+        assert_eq!(plain(&iface(Some("veth"))), Ok(EndpointVariant::Veth));
+        assert_eq!(plain(&iface(None)), Ok(EndpointVariant::Veth));
+        assert_eq!(plain(&iface(Some("macvlan"))), Ok(EndpointVariant::Macvlan));
+        assert_eq!(plain(&iface(Some("macvtap"))), Ok(EndpointVariant::Macvtap));
+        assert_eq!(plain(&iface(Some("ipvlan"))), Ok(EndpointVariant::Ipvlan));
+        assert_eq!(plain(&tun(TunTapMode::Tap)), Ok(EndpointVariant::Tuntap));
     }
 
     fn netkit(mode: Option<NetkitMode>, mac: bool) -> Interface {
@@ -236,12 +227,11 @@ mod tests {
 
     #[test]
     fn an_l2_netkit_is_an_endpoint_and_an_l3_netkit_is_refused_with_the_reason() {
-        let none = Facts::default();
         assert_eq!(
-            classify(&netkit(Some(NetkitMode::L2), true), &none),
-            Ok(EndpointKind::Netkit)
+            plain(&netkit(Some(NetkitMode::L2), true)),
+            Ok(EndpointVariant::Netkit)
         );
-        let refused = |i: Interface| classify(&i, &none).unwrap_err().to_string();
+        let refused = |i: Interface| plain(&i).unwrap_err().to_string();
         assert_eq!(
             refused(netkit(Some(NetkitMode::L3), false)),
             "link eth0 is a netkit device in l3 mode (no Ethernet header, no MAC); only \
@@ -266,21 +256,19 @@ mod tests {
 
     #[test]
     fn physical_and_vhost_user_come_first() {
-        let pci = Facts {
-            pci: Some("0000:00:03.0".parse().unwrap()),
-            vhost_user_socket: Some("/tmp/x".into()),
-        };
+        let pci: PciAddress = "0000:00:03.0".parse().unwrap();
         assert_eq!(
-            classify(&iface(Some("veth")), &pci),
-            Ok(EndpointKind::Physical)
+            classify(
+                &iface(Some("veth")),
+                Some(pci.clone()),
+                Some("/tmp/x".into())
+            ),
+            Ok(EndpointVariant::Physical { pci })
         );
-        let vhu = Facts {
-            pci: None,
-            vhost_user_socket: Some("/tmp/vhostuser_10.0.0.2/vhu.sock".into()),
-        };
+        let socket = PathBuf::from("/tmp/vhostuser_10.0.0.2/vhu.sock");
         assert_eq!(
-            classify(&iface(Some("veth")), &vhu),
-            Ok(EndpointKind::VhostUser)
+            classify(&iface(Some("veth")), None, Some(socket.clone())),
+            Ok(EndpointVariant::VhostUser { socket })
         );
     }
 
@@ -297,15 +285,11 @@ mod tests {
     #[test]
     fn tun_mode_and_unknown_kinds_are_refused_with_the_reason() {
         assert_eq!(
-            classify(&tun(TunTapMode::Tun), &Facts::default())
-                .unwrap_err()
-                .to_string(),
+            plain(&tun(TunTapMode::Tun)).unwrap_err().to_string(),
             "link eth0 is a tun device in tun mode (no Ethernet header); only tap mode can be attached"
         );
         assert_eq!(
-            classify(&iface(Some("bridge")), &Facts::default())
-                .unwrap_err()
-                .to_string(),
+            plain(&iface(Some("bridge"))).unwrap_err().to_string(),
             "link eth0 of kind bridge cannot be attached to a VM"
         );
     }
@@ -359,11 +343,10 @@ pub async fn endpoints_from_scan(
         } else {
             None
         };
-        let facts = facts_from(iface, info, options);
-        match classify(iface, &facts) {
-            Ok(kind) => {
+        match classify_with(iface, info, options) {
+            Ok(variant) => {
                 let index = first_index + endpoints.len() as u32;
-                endpoints.push(crate::Endpoint::new(index, kind, iface.clone(), facts));
+                endpoints.push(crate::Endpoint::new(index, variant, iface.clone()));
             }
             Err(reason) if options.strict => return Err(reason),
             Err(reason) => {

@@ -1,11 +1,12 @@
 //! An endpoint: one pod interface, its identity, and its attach and detach.
 
-use std::{error::Error as StdError, os::fd::OwnedFd};
+use std::{error::Error as StdError, os::fd::OwnedFd, path::PathBuf};
 
 use rand::RngExt;
 use sandbox_net_interworking::{
-    ApplyOptions, AttachError, FitError, InterworkingModel, Kernel, NetworkPair, PairError, Step,
-    TapOptions, UndoError, apply_with, fit_to_kernel, random_local_mac, undo_with, vm_link_name,
+    ApplyOptions, AttachError, FitError, InterworkingModel, NetnsHandles, NetworkPair, PairError,
+    Step, TapOptions, UndoError, apply_with, fit_to_kernel, random_local_mac, undo_with,
+    vm_link_name,
 };
 use sandbox_net_netns::{Failures, MacvtapError, NetlinkError, VhostError, open_vhost_net};
 use sandbox_net_persist::{
@@ -15,11 +16,10 @@ use sandbox_net_persist::{
 };
 
 use crate::{
-    classify::Facts,
     give_back::give_back,
-    hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice},
+    hypervisor::{Backend, Hypervisor, HypervisorError, NetDevice, Plug},
     limiter::{RateLimits, VmLink, limiter_steps},
-    physical::{SysfsPci, VfioBinding},
+    physical::{PciAddress, SysfsPci, VfioBinding},
 };
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -104,7 +104,7 @@ pub enum EndpointFailure {
     /// could not be read to know); nothing was changed.
     #[error(transparent)]
     Fit(#[from] FitError),
-    /// A physical endpoint without a PCI address, or a vhost-user one without a socket.
+    /// Something the device needs is missing (a MAC address, a device for this kind).
     #[error("{0}")]
     Incomplete(&'static str),
     /// The VMM refused the device.
@@ -146,6 +146,69 @@ impl EndpointError {
     }
 }
 
+/// What an endpoint is, with what its kind needs to reach the VM: a physical endpoint always
+/// has its PCI function, a vhost-user one its socket, and no other kind has either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointVariant {
+    /// A veth (or a device without a kind), paired by the configured model.
+    Veth,
+    /// A macvlan, paired by the configured model.
+    Macvlan,
+    /// An ipvlan, always paired by tcfilter.
+    Ipvlan,
+    /// An L2-mode netkit, paired by the configured model.
+    Netkit,
+    /// A macvtap that exists already: its own queues go to the VM.
+    Macvtap,
+    /// A tap of the hot-plug API: a fresh `tap{index}_kata` is made for it.
+    Tap,
+    /// A tap-mode tun device of the pod, paired by the configured model.
+    Tuntap,
+    /// A PCI network function, handed to the VM through vfio-pci.
+    Physical {
+        /// The function (ethtool's bus info of the pod interface).
+        pci: PciAddress,
+    },
+    /// An interface served by a vhost-user backend through a socket.
+    VhostUser {
+        /// The backend's socket.
+        socket: PathBuf,
+    },
+}
+
+impl EndpointVariant {
+    /// The plain kind, as persisted and shown.
+    pub fn kind(&self) -> EndpointKind {
+        match self {
+            Self::Veth => EndpointKind::Veth,
+            Self::Macvlan => EndpointKind::Macvlan,
+            Self::Ipvlan => EndpointKind::Ipvlan,
+            Self::Netkit => EndpointKind::Netkit,
+            Self::Macvtap => EndpointKind::Macvtap,
+            Self::Tap => EndpointKind::Tap,
+            Self::Tuntap => EndpointKind::Tuntap,
+            Self::Physical { .. } => EndpointKind::Physical,
+            Self::VhostUser { .. } => EndpointKind::VhostUser,
+        }
+    }
+
+    /// The PCI function of a physical endpoint.
+    pub fn pci(&self) -> Option<&PciAddress> {
+        match self {
+            Self::Physical { pci } => Some(pci),
+            _ => None,
+        }
+    }
+
+    /// The socket of a vhost-user endpoint.
+    pub fn vhost_user_socket(&self) -> Option<&PathBuf> {
+        match self {
+            Self::VhostUser { socket } => Some(socket),
+            _ => None,
+        }
+    }
+}
+
 /// A pod interface as the VM gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -153,20 +216,18 @@ pub struct Endpoint {
     pub id: EndpointId,
     /// Its index among the sandbox's endpoints (names `tap{index}_kata`).
     pub index: u32,
-    /// What it is.
-    pub kind: EndpointKind,
+    /// What it is, with the PCI function or socket its kind reaches the VM through.
+    pub variant: EndpointVariant,
     /// The pod interface as scanned.
     pub interface: Interface,
-    /// What classification found beyond the scan.
-    pub facts: Facts,
-    /// The kernel changes of the current attach, recorded before they are applied.
+    /// The changes of the current attach, recorded before they are applied: netlink steps in
+    /// the pod's namespace, and for a physical endpoint the binding of its PCI function to
+    /// vfio-pci ([`Step::BindVfio`], in sysfs).
     pub steps: Vec<Step>,
-    /// The VFIO binding of a physical endpoint, with the original driver and override.
-    pub vfio: Option<VfioBinding>,
     /// Whether it is attached.
     pub attached: bool,
     /// What the current attach gave the VM (queues, guest MAC, model, host-side limits).
-    pub device: DeviceRecord,
+    pub device: AttachedDevice,
     /// The name the VM-side link (tap or macvtap) gets instead of `tap{index}_kata`, when the
     /// caller was asked for one (CNI's `TC_REDIRECT_TAP_NAME`). Set before attaching; the
     /// recorded steps carry the name for everything after.
@@ -175,7 +236,7 @@ pub struct Endpoint {
 
 /// What an attach gave the VM, kept with the endpoint's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceRecord {
+pub struct AttachedDevice {
     /// The model used, when the endpoint has a pair.
     pub model: Option<InterworkingModel>,
     /// Queue pairs.
@@ -187,19 +248,17 @@ pub struct DeviceRecord {
 }
 
 impl Endpoint {
-    /// An endpoint of `kind` for the scanned `interface`, with a fresh random id.
-    pub fn new(index: u32, kind: EndpointKind, interface: Interface, facts: Facts) -> Self {
+    /// An endpoint of `variant` for the scanned `interface`, with a fresh random id.
+    pub fn new(index: u32, variant: EndpointVariant, interface: Interface) -> Self {
         let id = EndpointId::from_bytes(rand::rng().random());
         Self {
             id,
             index,
-            kind,
+            variant,
             interface,
-            facts,
             steps: Vec::new(),
-            vfio: None,
             attached: false,
-            device: DeviceRecord::default(),
+            device: AttachedDevice::default(),
             vm_link: None,
         }
     }
@@ -229,7 +288,12 @@ impl Endpoint {
             neighbours: vec![],
             all_routes: vec![],
         };
-        Self::new(index, EndpointKind::Tap, interface, Facts::default())
+        Self::new(index, EndpointVariant::Tap, interface)
+    }
+
+    /// What kind of endpoint it is.
+    pub fn kind(&self) -> EndpointKind {
+        self.variant.kind()
     }
 
     /// The pod link's name.
@@ -240,7 +304,7 @@ impl Endpoint {
     /// The model this endpoint's kind uses with `configured`: ipvlan is always tcfilter, a
     /// hot-plugged tap is a bare tap, and kinds without a pair have none.
     pub fn model(&self, configured: InterworkingModel) -> Option<InterworkingModel> {
-        match self.kind {
+        match self.kind() {
             EndpointKind::Veth
             | EndpointKind::Macvlan
             | EndpointKind::Tuntap
@@ -255,7 +319,7 @@ impl Endpoint {
         EndpointError {
             op,
             id: self.id.clone(),
-            kind: self.kind,
+            kind: self.kind(),
             link: self.link_name().clone(),
             failures,
         }
@@ -274,33 +338,33 @@ impl Endpoint {
     }
 
     /// Attaches the endpoint: makes the kernel changes its kind and model need (rolled back if
-    /// anything fails), builds the device and hands it to the hypervisor (`hot`: to a running
-    /// VM). On failure nothing of this attach is left.
+    /// anything fails), builds the device and hands it to the hypervisor, cold- or hot-plugged
+    /// as `plug` says. On failure nothing of this attach is left.
     pub async fn attach<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
-        self.attach_recorded(kernel, hypervisor, options, hot, &mut |_| Ok(()))
+        self.attach_recorded(kernel, hypervisor, options, plug, &mut |_| Ok(()))
             .await
     }
 
     /// Like [`Endpoint::attach`], calling `record` with the endpoint once its plan (the
     /// kernel steps, the VFIO binding it will make) is known and before anything changes, so
     /// that the plan is persisted before it is applied. If `record` fails, nothing is changed.
-    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind(), model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn attach_recorded<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
         let result = self
-            .attach_span_body(kernel, hypervisor, options, hot, record)
+            .build_and_hand_over(kernel, hypervisor, options, plug, record)
             .await;
         if let Err(e) = &result {
             // As `instrument(err)` would, with the whole chain: the span's status then names
@@ -310,19 +374,21 @@ impl Endpoint {
         result
     }
 
-    async fn attach_span_body<H: Hypervisor>(
+    /// The work of [`Endpoint::attach_recorded`], inside its span: builds the device (the
+    /// kernel changes recorded, then applied) and hands it over.
+    async fn build_and_hand_over<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
     ) -> Result<(), EndpointError> {
         let device = match self.build_device(kernel, hypervisor, options, record).await {
             Ok(device) => device,
             Err(e) => return Err(self.error("attach", Failures::new(e, []))),
         };
-        self.hand_over(kernel, hypervisor, options, device, hot)
+        self.hand_over(kernel, hypervisor, options, device, plug)
             .await
     }
 
@@ -333,10 +399,10 @@ impl Endpoint {
     /// the order of their indices. A prepared endpoint whose device is not handed over is
     /// taken back with [`Endpoint::abandon`].
     /// Its span is the endpoint's `endpoint.attach`, as for a whole attach.
-    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind, model = ?options.model, netns = %kernel.netns.path().display()))]
+    #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind(), model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn prepare_recorded<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
@@ -355,32 +421,32 @@ impl Endpoint {
     /// are undone. Returns what could not be undone (it stays recorded).
     pub async fn abandon(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         options: &AttachOptions,
         device: NetDevice,
     ) -> Result<(), EndpointError> {
         drop(device);
-        let failures = self.unwind(kernel, options).await;
+        let failures = self.undo_all(kernel, options).await;
         self.outcome("take back", failures)
     }
 
     /// The second half of [`Endpoint::attach_recorded`]: hands the prepared `device` to the
-    /// hypervisor (`hot`: to a running VM); if it refuses, the kernel changes are undone.
+    /// hypervisor, cold- or hot-plugged as `plug` says; if it refuses, the kernel changes are
+    /// undone.
     pub async fn hand_over<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
         device: NetDevice,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
-        let handed = if hot {
-            hypervisor.hot_add_device(device).await
-        } else {
-            hypervisor.add_device(device).await
+        let handed = match plug {
+            Plug::Hot => hypervisor.hot_add_device(device).await,
+            Plug::Cold => hypervisor.add_device(device).await,
         };
         if let Err(refused) = handed {
-            let more = self.unwind(kernel, options).await;
+            let more = self.undo_all(kernel, options).await;
             return Err(self.error("attach", Failures::new(refused.into(), more)));
         }
         self.attached = true;
@@ -388,25 +454,26 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Detaches the endpoint: takes the device from a running VM (`hot`), undoes the kernel
-    /// changes and gives a PCI function back to its driver. Goes on past failures and
-    /// reports them all; safe to run twice.
-    #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    /// Detaches the endpoint: hot-unplugs the device from a running VM ([`Plug::Hot`]; nothing
+    /// is asked of the VMM for [`Plug::Cold`]), undoes the kernel changes and gives a PCI
+    /// function back to its driver. Goes on past failures and reports them all; safe to run
+    /// twice.
+    #[tracing::instrument(name = "endpoint.detach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn detach<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
-        hot: bool,
+        plug: Plug,
     ) -> Result<(), EndpointError> {
         let mut failures = Vec::new();
-        if hot
+        if plug == Plug::Hot
             && self.attached
             && let Err(e) = hypervisor.hot_remove_device(&self.id).await
         {
             failures.push(e.into());
         }
-        failures.extend(self.unwind(kernel, options).await);
+        failures.extend(self.undo_all(kernel, options).await);
         self.attached = false;
         self.outcome("detach", failures)?;
         tracing::info!("endpoint detached");
@@ -417,33 +484,34 @@ impl Endpoint {
     /// or once the VM is gone): undoes the kernel steps in the namespace (`None` when the
     /// namespace no longer exists) and gives a PCI function back to its driver. Goes on past
     /// failures and reports them all; safe to run twice.
-    #[tracing::instrument(name = "endpoint.teardown", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind), err)]
+    #[tracing::instrument(name = "endpoint.teardown", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind()), err)]
     pub async fn teardown(
         &mut self,
-        kernel: Option<Kernel<'_>>,
+        kernel: Option<NetnsHandles<'_>>,
         options: &AttachOptions,
     ) -> Result<(), EndpointError> {
-        let failures = self.unwind_in(kernel, options).await;
+        let failures = self.undo_all_in(kernel, options).await;
         self.attached = false;
         self.outcome("tear down", failures)
     }
 
-    /// Undoes the kernel steps and the VFIO binding; returns what failed.
-    async fn unwind(
+    /// Undoes every recorded step; returns what failed.
+    async fn undo_all(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         options: &AttachOptions,
     ) -> Vec<EndpointFailure> {
-        self.unwind_in(Some(kernel), options).await
+        self.undo_all_in(Some(kernel), options).await
     }
 
-    /// Undoes the kernel steps (when the namespace still exists: `kernel` is `None` when it is
-    /// gone, and everything in it with it) and the VFIO binding (host sysfs, always). The
-    /// steps left are those that could not be undone, for a later detach to take back: none
-    /// after a clean undo, so that a second detach has nothing left to do.
-    async fn unwind_in(
+    /// Undoes every recorded step, in reverse: the netlink steps in the pod's namespace (when
+    /// it still exists: `kernel` is `None` when it is gone, and everything in it with it),
+    /// then the VFIO binding (host sysfs, always), which was made first. The steps left are
+    /// those that could not be undone, for a later detach to take back: none after a clean
+    /// undo, so that a second detach has nothing left to do.
+    async fn undo_all_in(
         &mut self,
-        kernel: Option<Kernel<'_>>,
+        kernel: Option<NetnsHandles<'_>>,
         options: &AttachOptions,
     ) -> Vec<EndpointFailure> {
         let mut failures = Vec::new();
@@ -453,10 +521,56 @@ impl Endpoint {
                     failures.push(e.into());
                 }
             }
-            None => self.steps.clear(),
+            // Gone with the namespace; what lives in sysfs stays to be undone.
+            None => self.steps.retain(Step::is_sysfs),
         }
-        if let Some(binding) = self.vfio.take() {
-            let given_back = match (options.sysfs.restore(&binding), kernel) {
+        failures.extend(self.undo_vfio_bindings(kernel, options).await);
+        failures
+    }
+
+    /// Undoes the recorded netlink steps; those that could not be undone stay recorded, and
+    /// so do the steps in sysfs (see [`Endpoint::undo_vfio_bindings`]).
+    async fn undo_steps(
+        &mut self,
+        kernel: NetnsHandles<'_>,
+        options: ApplyOptions,
+    ) -> Result<(), UndoError> {
+        let (sysfs, netlink): (Vec<Step>, Vec<Step>) = std::mem::take(&mut self.steps)
+            .into_iter()
+            .partition(Step::is_sysfs);
+        let result = undo_with(kernel, &netlink, options).await;
+        self.steps = sysfs;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.steps.extend(e.residue(&netlink));
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes the recorded VFIO bindings, last first: the PCI function leaves vfio-pci for
+    /// its original driver ([`SysfsPci::unbind_vfio`]), and the network interface that driver
+    /// registers in the host's namespace becomes the pod's again, as it was ([`give_back`]),
+    /// unless the pod's namespace is gone. A binding that could not be undone stays recorded,
+    /// so that a later detach tries again.
+    async fn undo_vfio_bindings(
+        &mut self,
+        kernel: Option<NetnsHandles<'_>>,
+        options: &AttachOptions,
+    ) -> Vec<EndpointFailure> {
+        let mut failures = Vec::new();
+        let mut kept = Vec::new();
+        for step in std::mem::take(&mut self.steps).into_iter().rev() {
+            let Some(binding) = VfioBinding::of_step(&step) else {
+                kept.push(step);
+                continue;
+            };
+            let unbound = {
+                let (sysfs, binding) = (options.sysfs.clone(), binding.clone());
+                on_blocking_thread(move || sysfs.unbind_vfio(&binding)).await
+            };
+            let given_back = match (unbound, kernel) {
                 (Err(e), _) => Err(EndpointFailure::Vfio(Box::new(e))),
                 // The NIC's driver registered a new interface in the host's namespace: the
                 // pod gets it back as it had it.
@@ -472,36 +586,19 @@ impl Endpoint {
             };
             if let Err(e) = given_back {
                 failures.push(e);
-                // Kept, so that a later detach tries again.
-                self.vfio = Some(binding);
+                kept.push(step);
             }
         }
+        kept.reverse();
+        self.steps = kept;
         failures
-    }
-
-    /// Undoes the recorded kernel steps; those that could not be undone stay recorded.
-    async fn undo_steps(
-        &mut self,
-        kernel: Kernel<'_>,
-        options: ApplyOptions,
-    ) -> Result<(), UndoError> {
-        match undo_with(kernel, &self.steps, options).await {
-            Ok(()) => {
-                self.steps.clear();
-                Ok(())
-            }
-            Err(e) => {
-                self.steps = e.residue(&self.steps);
-                Err(e)
-            }
-        }
     }
 
     /// Applies the recorded kernel steps; on failure the record keeps what the rollback could
     /// not undo.
     async fn apply_steps(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         options: &AttachOptions,
     ) -> Result<sandbox_net_interworking::AppliedPair, EndpointFailure> {
         match apply_with(kernel, &self.steps, options.apply_options()).await {
@@ -516,7 +613,7 @@ impl Endpoint {
     /// Makes the kernel changes and builds the device for the VMM.
     async fn build_device<H: Hypervisor>(
         &mut self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         hypervisor: &H,
         options: &AttachOptions,
         record: &mut (dyn FnMut(&Endpoint) -> Result<(), BoxError> + Send),
@@ -545,7 +642,7 @@ impl Endpoint {
             (Some(_), None) => Some(vm_link_name(self.index)?),
             (None, _) => None,
         };
-        let vm_link = match (self.kind, model, vm_name.as_ref()) {
+        let vm_link = match (self.kind(), model, vm_name.as_ref()) {
             (_, Some(InterworkingModel::Macvtap), Some(macvtap)) => {
                 Some(VmLink::Macvtap { macvtap })
             }
@@ -559,14 +656,15 @@ impl Endpoint {
             }),
             _ => None,
         };
-        let limiter = limiter_steps(self.kind, vm_link, &self.id, limits)?;
-        self.device = DeviceRecord {
+        let limiter = limiter_steps(self.kind(), vm_link, &self.id, limits)?;
+        self.device = AttachedDevice {
             model,
             queues: queues as u32,
             guest_mac: self.interface.link.mac,
             limits,
         };
-        let (mac, mtu, backend) = match (self.kind, model) {
+        // A copy: the arms record into `self` while they use what the variant carries.
+        let (mac, mtu, backend) = match (self.variant.clone(), model) {
             (_, Some(model)) => {
                 let tap = TapOptions {
                     queues,
@@ -600,7 +698,7 @@ impl Endpoint {
                 };
                 (pair.guest_mac, pair.pod.link.mtu, backend)
             }
-            (EndpointKind::Macvtap, None) => {
+            (EndpointVariant::Macvtap, None) => {
                 self.steps = fit_to_kernel(kernel, limiter).await?;
                 record(self).map_err(EndpointFailure::Record)?;
                 self.apply_steps(kernel, options).await?;
@@ -626,38 +724,34 @@ impl Endpoint {
                     }
                 }
             }
-            (EndpointKind::Physical, None) => {
+            (EndpointVariant::Physical { pci: bdf }, None) => {
                 let vfio = |e: crate::physical::VfioError| EndpointFailure::Vfio(Box::new(e));
-                let bdf = self
-                    .facts
-                    .pci
-                    .clone()
-                    .ok_or(EndpointFailure::Incomplete("no PCI address was found"))?;
-                let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
-                // What will be given back is recorded before the device is touched.
-                self.vfio = Some(VfioBinding {
-                    bdf: bdf.clone(),
-                    original_driver: options.sysfs.driver(&bdf).map_err(vfio)?,
-                    original_override: options.sysfs.driver_override(&bdf).map_err(vfio)?,
-                });
-                record(self).map_err(EndpointFailure::Record)?;
-                let binding = options.sysfs.bind_vfio(&bdf).map_err(vfio)?;
-                self.vfio = Some(binding);
                 let mac = self
                     .interface
                     .link
                     .mac
                     .ok_or(EndpointFailure::Incomplete("the NIC has no MAC address"))?;
+                let device = options.sysfs.vfio_device_path(&bdf).map_err(vfio)?;
+                // What will be given back is recorded before the device is touched, as the
+                // step that binds it.
+                let binding = options.sysfs.vfio_binding(&bdf).map_err(vfio)?;
+                self.steps = vec![Step::from(binding.clone())];
+                record(self).map_err(EndpointFailure::Record)?;
+                let bound = {
+                    let sysfs = options.sysfs.clone();
+                    on_blocking_thread(move || sysfs.apply_vfio_binding(&binding)).await
+                };
+                if let Err(e) = bound {
+                    // The binding put the device back itself; only when that failed too is
+                    // there something left for a later detach.
+                    if !matches!(e, crate::physical::VfioError::BindRollback { .. }) {
+                        self.steps.clear();
+                    }
+                    return Err(vfio(e));
+                }
                 (mac, self.interface.link.mtu, Backend::Vfio { bdf, device })
             }
-            (EndpointKind::VhostUser, None) => {
-                let socket =
-                    self.facts
-                        .vhost_user_socket
-                        .clone()
-                        .ok_or(EndpointFailure::Incomplete(
-                            "no vhost-user socket was found",
-                        ))?;
+            (EndpointVariant::VhostUser { socket }, None) => {
                 let mac = self
                     .interface
                     .link
@@ -684,7 +778,7 @@ impl Endpoint {
     /// now) and vhost-net.
     async fn finish_pair(
         &self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         pair: &NetworkPair,
         tap: Option<sandbox_net_netns::Tap>,
         queues: usize,
@@ -706,5 +800,18 @@ impl Endpoint {
                 })
             }
         }
+    }
+}
+
+/// Runs sysfs writes on tokio's blocking threads: the kernel answers a write to a driver's
+/// `bind`, `unbind` or `drivers_probe` only once the driver has probed or released the
+/// device, which can take long (a NIC's reset), and an async worker that waits stalls every
+/// task queued on it. A panic of `work` is resumed in the caller.
+async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        // Only a panic: a blocking task is not cancelled while its runtime lives, and the
+        // runtime outlives every task that awaits on it.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! While the function is bound to vfio-pci its network interface does not exist: unbinding
 //! the NIC's driver unregistered it, and its addresses and routes went with it. When the
-//! function goes back to its driver ([`SysfsPci::restore`]), the driver registers a new
+//! function goes back to its driver ([`SysfsPci::unbind_vfio`]), the driver registers a new
 //! interface, and the kernel puts the interfaces of the devices it probes in the host's
 //! initial namespace, with the driver's name (which udev may change), the NIC's factory MAC,
 //! the default MTU, down, without an address. [`give_back`] makes it the pod's again:
@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use sandbox_net_interworking::{Kernel, Step, UndoError, undo};
+use sandbox_net_interworking::{NetnsHandles, Step, UndoError, undo};
 use sandbox_net_netns::{LinkChange, NetlinkError, Netns, NetnsError};
 use sandbox_net_persist::{IfName, scan::Interface};
 
@@ -77,7 +77,7 @@ pub enum GiveBackError {
 /// permanent neighbours, up or down. See the module's documentation.
 #[tracing::instrument(name = "endpoints.give_back_nic", skip_all, fields(bdf = %bdf, link = %interface.link.name))]
 pub async fn give_back(
-    pod: Kernel<'_>,
+    pod: NetnsHandles<'_>,
     sysfs: &SysfsPci,
     bdf: &PciAddress,
     interface: &Interface,

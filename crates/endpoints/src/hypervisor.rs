@@ -105,6 +105,17 @@ pub struct HypervisorError {
     pub reason: String,
 }
 
+/// How a device reaches the VM, and leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plug {
+    /// The VM is not running yet: the device is part of its configuration
+    /// ([`Hypervisor::add_device`]); nothing is asked of the VMM on detach.
+    Cold,
+    /// The VM is running: the device is hot-plugged ([`Hypervisor::hot_add_device`]), and
+    /// hot-unplugged on detach ([`Hypervisor::hot_remove_device`]).
+    Hot,
+}
+
 /// The VMM as endpoints see it.
 pub trait Hypervisor: Sync {
     /// What it can do.

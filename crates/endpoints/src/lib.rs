@@ -1,10 +1,11 @@
 //! Endpoints: what each interface of a pod becomes, and how it is attached to the VM.
 //!
 //! ## Behavior
-//! - [`classify()`] decides, in Kata's order, which [`EndpointKind`] a scanned interface is:
+//! - [`classify()`] decides, in Kata's order, which [`EndpointVariant`] a scanned interface is:
 //!   physical (a PCI function, through ethtool's bus info), vhost-user (a socket exists for one
 //!   of its addresses), macvlan, macvtap, tuntap (tap mode only), veth, ipvlan. Anything else is
-//!   skipped with a warning, or refused in strict mode.
+//!   skipped with a warning, or refused in strict mode. A physical endpoint carries its PCI
+//!   function and a vhost-user one its socket; [`EndpointKind`] is the plain tag.
 //! - An [`Endpoint`] has its own stable id, never its MAC or its position.
 //! - Attaching builds what a VMM needs ([`NetDevice`]: queue descriptors, guest MAC, MTU, or a
 //!   vhost-user socket / VFIO device) and hands it to the [`Hypervisor`].
@@ -33,13 +34,14 @@ pub mod testing;
 pub mod vhost_user;
 
 pub use classify::{
-    ClassifyOptions, Facts, SkippedInterface, Unsupported, classify, endpoints_from_scan,
-    gather_facts,
+    ClassifyOptions, SkippedInterface, Unsupported, classify, classify_in, endpoints_from_scan,
 };
-pub use endpoint::{AttachOptions, DeviceRecord, Endpoint, EndpointError, EndpointFailure};
+pub use endpoint::{
+    AttachOptions, AttachedDevice, Endpoint, EndpointError, EndpointFailure, EndpointVariant,
+};
 pub use give_back::{GiveBackError, give_back};
 pub use hypervisor::{
-    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice,
+    Backend, Capabilities, Hypervisor, HypervisorConfig, HypervisorError, NetDevice, Plug,
 };
 pub use limiter::{RateLimits, ifb_name};
 pub use record::RecordError;

@@ -10,11 +10,13 @@
 //!   vfio-pci and the VMM opens `/dev/vfio/<iommu group>`. A device without an IOMMU group is
 //!   refused before anything is written; when a step after the unbind fails, the original
 //!   driver and `driver_override` are put back before the error is returned (kata-containers
-//!   PR #13790).
-//! - Restoring, [`SysfsPci::restore`]: the original `driver_override` is written back, the
-//!   device leaves vfio-pci and returns to its original driver. It continues past failures
-//!   and returns all of them. The driver then registers a new network interface in the
-//!   host's namespace, which [`crate::give_back::give_back`] makes the pod's again, as it was.
+//!   PR #13790). An endpoint first reads what it will overwrite ([`SysfsPci::vfio_binding`]),
+//!   records it as a [`Step::BindVfio`], then binds ([`SysfsPci::apply_vfio_binding`]).
+//! - Unbinding, [`SysfsPci::unbind_vfio`]: the original `driver_override` is written back,
+//!   the device leaves vfio-pci and returns to its original driver. It continues past
+//!   failures and returns all of them. The driver then registers a new network interface in
+//!   the host's namespace, which [`crate::give_back::give_back`] makes the pod's again, as it
+//!   was.
 //! - The sysfs root is a parameter ([`SysfsPci::new`]) so that tests run against a directory
 //!   tree standing in for a PCI device.
 //!
@@ -27,17 +29,16 @@
 //! - No VF admin MAC through the PF, no `modprobe`.
 
 use std::{
-    fmt,
     fs::{self, OpenOptions},
     io::{self, Write as _},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType};
 use sandbox_net_netns::{Failures, Netns, errno_in_chain, error_chain};
-use sandbox_net_persist::IfName;
+pub use sandbox_net_persist::pci::{PciAddress, PciAddressError};
+use sandbox_net_persist::{IfName, steps::Step};
 use serde::{Deserialize, Serialize};
 
 /// The driver that hands PCI functions to user space (the VMM).
@@ -49,86 +50,6 @@ pub const VFIO_DEV_DIR: &str = "/dev/vfio";
 /// What is written to `driver_override` to clear it (an empty line; `write(2)` of zero bytes
 /// would not reach the kernel).
 const CLEAR_OVERRIDE: &str = "\n";
-
-/// A PCI function's address, `domain:bus:device.function` in hex (e.g. `0000:00:03.0`), as the
-/// kernel names it under `/sys/bus/pci/devices` and in ethtool's `bus_info`.
-///
-/// The domain has 4 to 8 hex digits (the kernel prints at least 4; VMD domains start at
-/// `10000`), bus and device 2, the function 1; device at most `1f`, function at most 7.
-/// Upper-case hex digits are accepted and stored in lower case, as sysfs spells them.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PciAddress(String);
-
-/// A string that is not a PCI address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid PCI address {0:?}: expected domain:bus:device.function in hex, e.g. 0000:00:03.0")]
-pub struct PciAddressError(pub String);
-
-impl PciAddress {
-    /// The address as sysfs spells it.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for PciAddress {
-    type Err = PciAddressError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if is_bdf(text) {
-            Ok(Self(text.to_ascii_lowercase()))
-        } else {
-            Err(PciAddressError(text.to_owned()))
-        }
-    }
-}
-
-/// Checks the `dddd:bb:dd.f` shape and the device and function ranges.
-fn is_bdf(text: &str) -> bool {
-    let hex = |part: &str, min: usize, max: usize| {
-        (min..=max).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit())
-    };
-    let Some((domain, rest)) = text.split_once(':') else {
-        return false;
-    };
-    let Some((bus, rest)) = rest.split_once(':') else {
-        return false;
-    };
-    let Some((device, function)) = rest.split_once('.') else {
-        return false;
-    };
-    hex(domain, 4, 8)
-        && hex(bus, 2, 2)
-        && hex(device, 2, 2)
-        && u8::from_str_radix(device, 16).is_ok_and(|d| d <= 0x1f)
-        && matches!(function.as_bytes(), [b'0'..=b'7'])
-}
-
-impl TryFrom<String> for PciAddress {
-    type Error = PciAddressError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        value.parse()
-    }
-}
-
-impl From<PciAddress> for String {
-    fn from(value: PciAddress) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for PciAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for PciAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PciAddress({})", self.0)
-    }
-}
 
 /// The PCI function behind ethtool's `bus_info`, if it names one.
 ///
@@ -344,7 +265,7 @@ pub enum VfioError {
         /// The device.
         bdf: PciAddress,
         /// What failed during the rollback.
-        rollback: RestoreError,
+        rollback: UnbindVfioError,
         /// The step of the binding that failed.
         #[source]
         source: Box<VfioError>,
@@ -373,7 +294,7 @@ impl VfioError {
 /// Every step that failed while putting a PCI function back to its original driver.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to give PCI device {bdf} back to its original driver")]
-pub struct RestoreError {
+pub struct UnbindVfioError {
     /// The device.
     pub bdf: PciAddress,
     /// The failed steps, in order.
@@ -381,15 +302,15 @@ pub struct RestoreError {
     pub errors: Failures<VfioError>,
 }
 
-impl RestoreError {
+impl UnbindVfioError {
     /// The first errno among the failed steps.
     pub fn errno(&self) -> Option<i32> {
         self.errors.iter().find_map(VfioError::errno)
     }
 }
 
-/// What [`SysfsPci::bind_vfio`] changed, so that [`SysfsPci::restore`] can put it back, also
-/// from persisted state after a restart.
+/// What [`SysfsPci::bind_vfio`] changed, so that [`SysfsPci::unbind_vfio`] can put it back,
+/// also from persisted state after a restart (recorded as a [`Step::BindVfio`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfioBinding {
     /// The device.
@@ -398,6 +319,35 @@ pub struct VfioBinding {
     pub original_driver: Option<String>,
     /// Its `driver_override` before (`None`: not set).
     pub original_override: Option<String>,
+}
+
+impl VfioBinding {
+    /// The binding a recorded step makes, if it is a [`Step::BindVfio`].
+    pub fn of_step(step: &Step) -> Option<Self> {
+        match step {
+            Step::BindVfio {
+                bdf,
+                original_driver,
+                original_override,
+            } => Some(Self {
+                bdf: bdf.clone(),
+                original_driver: original_driver.clone(),
+                original_override: original_override.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl From<VfioBinding> for Step {
+    /// The binding as the step that records it.
+    fn from(binding: VfioBinding) -> Self {
+        Step::BindVfio {
+            bdf: binding.bdf,
+            original_driver: binding.original_driver,
+            original_override: binding.original_override,
+        }
+    }
 }
 
 /// PCI devices and drivers under a sysfs root (`/sys` on a host).
@@ -556,51 +506,70 @@ impl SysfsPci {
     }
 
     /// Hands the device to vfio-pci (`driverctl set-override <bdf> vfio-pci`):
-    /// 1. checks it has an IOMMU group, and records its driver and `driver_override`;
-    /// 2. writes `vfio-pci` to `devices/<bdf>/driver_override`;
-    /// 3. writes the address to `devices/<bdf>/driver/unbind`, if it has a driver;
-    /// 4. writes the address to `bus/pci/drivers_probe`: the kernel binds vfio-pci.
-    ///
-    /// Nothing is written for a device without an IOMMU group. If step 3 or 4 fails, the
-    /// original `driver_override` and driver are put back before the error is returned.
-    #[tracing::instrument(name = "endpoints.bind_vfio", skip_all, fields(bdf = %bdf))]
+    /// [`SysfsPci::vfio_binding`], then [`SysfsPci::apply_vfio_binding`]. Returns what it
+    /// overwrote.
     pub fn bind_vfio(&self, bdf: &PciAddress) -> Result<VfioBinding, VfioError> {
-        let dir = self.device_dir(bdf)?;
+        let binding = self.vfio_binding(bdf)?;
+        self.apply_vfio_binding(&binding)?;
+        Ok(binding)
+    }
+
+    /// What binding the device to vfio-pci will overwrite, read without writing anything:
+    /// checks the device exists and has an IOMMU group (the VMM cannot open it without), and
+    /// reads its driver and `driver_override`.
+    pub fn vfio_binding(&self, bdf: &PciAddress) -> Result<VfioBinding, VfioError> {
+        self.device_dir(bdf)?;
         self.iommu_group(bdf)?;
-        let binding = VfioBinding {
+        Ok(VfioBinding {
             bdf: bdf.clone(),
             original_driver: self.driver(bdf)?,
             original_override: self.driver_override(bdf)?,
-        };
+        })
+    }
+
+    /// Hands the device of `binding` (from [`SysfsPci::vfio_binding`]) to vfio-pci:
+    /// 1. writes `vfio-pci` to `devices/<bdf>/driver_override`;
+    /// 2. writes the address to `devices/<bdf>/driver/unbind`, if it had a driver: the
+    ///    driver unregisters the function's network interface;
+    /// 3. writes the address to `bus/pci/drivers_probe`: the kernel binds vfio-pci.
+    ///
+    /// If step 2 or 3 fails, the original `driver_override` and driver are put back before
+    /// the error is returned ([`VfioError::BindRollback`] when that fails too).
+    #[tracing::instrument(name = "endpoints.bind_vfio", skip_all, fields(bdf = %binding.bdf))]
+    pub fn apply_vfio_binding(&self, binding: &VfioBinding) -> Result<(), VfioError> {
+        let bdf = &binding.bdf;
+        let dir = self.device_dir(bdf)?;
         write(&dir.join("driver_override"), VFIO_PCI_DRIVER)?;
         if binding.original_driver.is_some()
             && let Err(error) = write(&dir.join("driver/unbind"), bdf.as_str())
         {
-            return Err(self.roll_back(&binding, false, error));
+            return Err(self.roll_back(binding, false, error));
         }
         if let Err(error) = write(&self.bus().join("drivers_probe"), bdf.as_str()) {
-            return Err(self.roll_back(&binding, true, error));
+            return Err(self.roll_back(binding, true, error));
         }
         tracing::info!(original_driver = ?binding.original_driver, "handed to vfio-pci");
-        Ok(binding)
+        Ok(())
     }
 
-    /// Puts the device back as `binding` recorded it:
+    /// Takes the device from vfio-pci and gives it back to its original driver, as `binding`
+    /// recorded them:
     /// 1. writes the original `driver_override` back (or `"\n"`, which clears it);
     /// 2. unless it is on its original driver already: writes the address to
     ///    `devices/<bdf>/driver/unbind` if it has a driver, then to
-    ///    `drivers/<original>/bind` if it had one.
+    ///    `drivers/<original>/bind` if it had one; that driver then registers a network
+    ///    interface for it in the host's namespace.
     ///
     /// Continues past failures and returns all of them. Running it again after success
     /// changes nothing but step 1.
-    #[tracing::instrument(name = "endpoints.restore_pci_driver", skip_all, fields(bdf = %binding.bdf))]
-    pub fn restore(&self, binding: &VfioBinding) -> Result<(), RestoreError> {
+    #[tracing::instrument(name = "endpoints.unbind_vfio", skip_all, fields(bdf = %binding.bdf))]
+    pub fn unbind_vfio(&self, binding: &VfioBinding) -> Result<(), UnbindVfioError> {
         match Failures::from_vec(self.put_back(binding, false)) {
             None => {
                 tracing::info!(driver = ?binding.original_driver, "original driver restored");
                 Ok(())
             }
-            Some(errors) => Err(RestoreError {
+            Some(errors) => Err(UnbindVfioError {
                 bdf: binding.bdf.clone(),
                 errors,
             }),
@@ -614,7 +583,7 @@ impl SysfsPci {
         };
         VfioError::BindRollback {
             bdf: binding.bdf.clone(),
-            rollback: RestoreError {
+            rollback: UnbindVfioError {
                 bdf: binding.bdf.clone(),
                 errors,
             },

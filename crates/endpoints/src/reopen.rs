@@ -8,12 +8,11 @@
 
 use std::os::fd::OwnedFd;
 
-use sandbox_net_interworking::{Kernel, Step};
+use sandbox_net_interworking::{NetnsHandles, Step};
 use sandbox_net_netns::open_vhost_net;
-use sandbox_net_persist::endpoint::EndpointKind;
 
 use crate::{
-    endpoint::{Endpoint, EndpointError, EndpointFailure},
+    endpoint::{Endpoint, EndpointError, EndpointFailure, EndpointVariant},
     hypervisor::{Backend, HypervisorConfig, NetDevice},
     physical::SysfsPci,
 };
@@ -33,7 +32,7 @@ impl Endpoint {
     /// the namespace.
     pub async fn reopen_device(
         &self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         options: &ReopenOptions,
     ) -> Result<NetDevice, EndpointError> {
         self.reopen(kernel, options)
@@ -41,7 +40,7 @@ impl Endpoint {
             .map_err(|source| EndpointError {
                 op: "reopen",
                 id: self.id.clone(),
-                kind: self.kind,
+                kind: self.kind(),
                 link: self.link_name().clone(),
                 failures: sandbox_net_netns::Failures::new(source, []),
             })
@@ -49,7 +48,7 @@ impl Endpoint {
 
     async fn reopen(
         &self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         options: &ReopenOptions,
     ) -> Result<NetDevice, EndpointFailure> {
         if !self.attached {
@@ -76,48 +75,43 @@ impl Endpoint {
             Step::CreateMacvtap { name, .. } => Some(name),
             _ => None,
         });
-        let backend =
-            match (created_tap, created_macvtap, self.kind) {
-                (Some((name, vnet_hdr)), _, _) => {
-                    let tap = kernel
-                        .netns
-                        .open_tap_queues(name, queues, vnet_hdr)
-                        .await
-                        .map_err(EndpointFailure::Tap)?;
-                    Backend::Tap {
-                        name: tap.name,
-                        queues: tap.queues,
-                        vhost: vhost(queues)?,
-                    }
+        let backend = match (created_tap, created_macvtap, &self.variant) {
+            (Some((name, vnet_hdr)), _, _) => {
+                let tap = kernel
+                    .netns
+                    .open_tap_queues(name, queues, vnet_hdr)
+                    .await
+                    .map_err(EndpointFailure::Tap)?;
+                Backend::Tap {
+                    name: tap.name,
+                    queues: tap.queues,
+                    vhost: vhost(queues)?,
                 }
-                (None, Some(name), _) => self.macvtap(kernel, name, queues, vhost).await?,
-                (None, None, EndpointKind::Macvtap) => {
-                    self.macvtap(kernel, self.link_name(), queues, vhost)
-                        .await?
+            }
+            (None, Some(name), _) => self.macvtap(kernel, name, queues, vhost).await?,
+            (None, None, EndpointVariant::Macvtap) => {
+                self.macvtap(kernel, self.link_name(), queues, vhost)
+                    .await?
+            }
+            (None, None, EndpointVariant::Physical { pci }) => {
+                let device = options
+                    .sysfs
+                    .vfio_device_path(pci)
+                    .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
+                Backend::Vfio {
+                    bdf: pci.clone(),
+                    device,
                 }
-                (None, None, EndpointKind::Physical) => {
-                    let bdf = self
-                        .facts
-                        .pci
-                        .clone()
-                        .ok_or(EndpointFailure::Incomplete("no PCI address was recorded"))?;
-                    let device = options
-                        .sysfs
-                        .vfio_device_path(&bdf)
-                        .map_err(|e| EndpointFailure::Vfio(Box::new(e)))?;
-                    Backend::Vfio { bdf, device }
-                }
-                (None, None, EndpointKind::VhostUser) => Backend::VhostUser {
-                    socket: self.facts.vhost_user_socket.clone().ok_or(
-                        EndpointFailure::Incomplete("no vhost-user socket was recorded"),
-                    )?,
-                },
-                (None, None, _) => {
-                    return Err(EndpointFailure::Incomplete(
-                        "the record has no VM-side device to open",
-                    ));
-                }
-            };
+            }
+            (None, None, EndpointVariant::VhostUser { socket }) => Backend::VhostUser {
+                socket: socket.clone(),
+            },
+            (None, None, _) => {
+                return Err(EndpointFailure::Incomplete(
+                    "the record has no VM-side device to open",
+                ));
+            }
+        };
         Ok(NetDevice {
             endpoint: self.id.clone(),
             guest_name: self.link_name().clone(),
@@ -129,7 +123,7 @@ impl Endpoint {
 
     async fn macvtap(
         &self,
-        kernel: Kernel<'_>,
+        kernel: NetnsHandles<'_>,
         name: &sandbox_net_persist::IfName,
         queues: usize,
         vhost: impl Fn(usize) -> Result<Vec<OwnedFd>, EndpointFailure>,

@@ -9,10 +9,10 @@ use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST}
 use rtnetlink::packet_route::link::NetkitMode;
 use sandbox_net_endpoints::testing::{self, OnDevice, StandInNicDriver, StandInSysfs, StandInVmm};
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, Facts, Unsupported,
-    endpoints_from_scan,
+    AttachOptions, ClassifyOptions, Endpoint, EndpointId, EndpointKind, EndpointVariant, Plug,
+    Unsupported, endpoints_from_scan,
 };
-use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions};
+use sandbox_net_interworking::{InterworkingModel, NetnsHandles, Step, TapOptions};
 use sandbox_net_netns::{
     ScanOptions, VHOST_NET_F_VIRTIO_NET_HDR, VHOST_NET_PATH, open_vhost_net, skip_if_unsupported,
     testing::{PodFixture, TestNetns, assert_same_snapshot},
@@ -61,7 +61,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
         let fx = PodFixture::new();
         let before = fx.pod.snapshot();
         let rtnl = fx.pod.netns().rtnl().await.unwrap();
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: fx.pod.netns(),
             rtnl: &rtnl,
         };
@@ -70,11 +70,11 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
             .unwrap();
         assert_eq!(eps.len(), 1);
         let ep = &mut eps[0];
-        assert_eq!(ep.kind, EndpointKind::Veth);
+        assert_eq!(ep.kind(), EndpointKind::Veth);
         let vmm = StandInVmm::new()
             .with_queues(2)
             .on_device(OnDevice::RunGuest);
-        ep.attach(kernel, &vmm, &options(model), false)
+        ep.attach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         let expected_device = match model {
@@ -93,7 +93,7 @@ async fn veth_attaches_with_each_model_carries_traffic_and_detaches_to_the_snaps
             );
         }
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &options(model), false)
+        ep.detach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -136,7 +136,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
         .unwrap();
     let kinds: Vec<(String, EndpointKind)> = eps
         .iter()
-        .map(|e| (e.link_name().to_string(), e.kind))
+        .map(|e| (e.link_name().to_string(), e.kind()))
         .collect();
     assert_eq!(
         kinds,
@@ -152,7 +152,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
     assert_eq!(ids.len(), eps.len(), "every endpoint has its own id");
 
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -161,7 +161,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
         .on_device(OnDevice::RunGuest);
     let opts = options(InterworkingModel::TcFilter);
     for ep in eps.iter_mut() {
-        ep.attach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     }
     let devices: Vec<String> = eps.iter().map(|e| vmm.device(&e.id).unwrap()).collect();
     assert_eq!(
@@ -178,7 +178,7 @@ async fn every_kind_found_in_a_pod_is_classified_and_round_trips() {
     // Detach all of them, iterating over a snapshot of ids (Kata's remove-while-iterating bug
     // skipped every second endpoint).
     for ep in eps.iter_mut() {
-        ep.detach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     }
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
@@ -263,7 +263,7 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
         h = PodFixture::HOST_IF
     ));
     let before = fx.pod.snapshot();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -274,7 +274,7 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
         .iter_mut()
         .find(|e| e.link_name().as_str() == "ipv0")
         .unwrap();
-    assert_eq!(ipvlan.kind, EndpointKind::Ipvlan);
+    assert_eq!(ipvlan.kind(), EndpointKind::Ipvlan);
     // Asked for macvtap, an ipvlan gets tcfilter: a macvtap cannot sit on an ipvlan.
     let opts = options(InterworkingModel::Macvtap);
     assert_eq!(ipvlan.model(opts.model), Some(InterworkingModel::TcFilter));
@@ -285,7 +285,10 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
             vec!["10.200.5.2".parse().unwrap()],
             vec!["fd00:205::2".parse().unwrap()],
         );
-    ipvlan.attach(kernel, &vmm, &opts, false).await.unwrap();
+    ipvlan
+        .attach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap();
     let tap = format!("tap{}_kata", ipvlan.index);
     assert_eq!(vmm.device(&ipvlan.id), Some(format!("tap {tap} x2")));
     // tc shows the redirect of the ipvlan's ingress to the tap.
@@ -299,7 +302,10 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
     let stats = vmm.guest_stats(&ipvlan.id).unwrap();
     assert_eq!((stats.icmp_echo_replies, stats.icmpv6_echo_replies), (2, 2));
     vmm.shutdown();
-    ipvlan.detach(kernel, &vmm, &opts, false).await.unwrap();
+    ipvlan
+        .detach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
@@ -313,7 +319,7 @@ async fn hot_attach_and_hot_detach_of_a_tap_endpoint() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -327,11 +333,11 @@ async fn hot_attach_and_hot_detach_of_a_tap_endpoint() {
         1400,
     );
     let opts = options(InterworkingModel::TcFilter);
-    tap.attach(kernel, &vmm, &opts, true).await.unwrap();
+    tap.attach(kernel, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_eq!(vmm.device(&tap.id).as_deref(), Some("tap tap7_kata x4"));
     let link = rtnl.link_by_name("tap7_kata").await.unwrap();
     assert_eq!((link.mtu, link.up), (1400, true));
-    tap.detach(kernel, &vmm, &opts, true).await.unwrap();
+    tap.detach(kernel, &vmm, &opts, Plug::Hot).await.unwrap();
     assert_eq!(
         vmm.hot_ops(),
         [
@@ -351,7 +357,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -368,7 +374,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
             kernel,
             &refusing,
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -393,7 +399,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(300)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -411,7 +417,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -438,7 +444,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -458,7 +464,7 @@ async fn a_refusing_vmm_and_bad_input_leave_nothing_behind() {
                 .with_queues(1)
                 .on_device(OnDevice::RunGuest),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -487,7 +493,7 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
         let fx = PodFixture::new();
         let before = fx.pod.snapshot();
         let rtnl = fx.pod.netns().rtnl().await.unwrap();
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: fx.pod.netns(),
             rtnl: &rtnl,
         };
@@ -502,7 +508,7 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
         // Asked without the virtio-net header: vhost-net gets a tap with one all the same.
         let mut opts = options(InterworkingModel::TcFilter);
         opts.tap.vnet_hdr = false;
-        ep.attach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
         assert_eq!(vmm.device(&ep.id), Some(format!("tap tap0_kata x{queues}")));
         assert_eq!(
             fx.pod.ip_json(&["-d", "link", "show", "tap0_kata"])[0]["linkinfo"]["info_data"]["vnet_hdr"],
@@ -518,7 +524,7 @@ async fn vhost_net_descriptors_for_1_and_4_queues_are_handed_to_the_vmm() {
         // The tap's queues carry traffic while the VMM holds them.
         assert_eq!(ping_count(&fx, "10.200.0.2").await, 2, "{queues} queues");
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &opts, false).await.unwrap();
+        ep.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
     }
 }
@@ -532,7 +538,7 @@ async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_no
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -545,7 +551,12 @@ async fn a_vhost_net_device_that_cannot_be_opened_fails_the_attach_and_leaves_no
         .on_device(OnDevice::RunGuest)
         .with_vhost_net_path(missing.clone());
     let err = eps[0]
-        .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+        .attach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::TcFilter),
+            Plug::Cold,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -577,7 +588,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
         .unwrap();
         let before = fx.pod.snapshot();
         let rtnl = fx.pod.netns().rtnl().await.unwrap();
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: fx.pod.netns(),
             rtnl: &rtnl,
         };
@@ -594,12 +605,12 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
             .unwrap();
         assert_eq!(eps.len(), 1);
         let ep = &mut eps[0];
-        assert_eq!(ep.kind, EndpointKind::Netkit);
+        assert_eq!(ep.kind(), EndpointKind::Netkit);
         assert_eq!(ep.model(model), Some(model));
         let vmm = StandInVmm::new()
             .with_queues(2)
             .on_device(OnDevice::RunGuest);
-        ep.attach(kernel, &vmm, &options(model), false)
+        ep.attach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         let expected_device = match model {
@@ -616,7 +627,7 @@ async fn an_l2_netkit_is_wired_like_a_veth_carries_traffic_and_detaches_to_the_s
             "{model}"
         );
         vmm.shutdown();
-        ep.detach(kernel, &vmm, &options(model), false)
+        ep.detach(kernel, &vmm, &options(model), Plug::Cold)
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -670,11 +681,8 @@ async fn an_l3_netkit_is_refused_before_anything_changes() {
 
 #[test]
 fn physical_endpoint_classification_needs_a_pci_address() {
-    // Pure: the facts stand in for ethtool on a PCI NIC, which this machine does not have.
-    let facts = Facts {
-        pci: Some("0000:00:03.0".parse().unwrap()),
-        vhost_user_socket: None,
-    };
+    // Pure: the address stands in for ethtool on a PCI NIC, which this machine does not have.
+    let pci: sandbox_net_endpoints::physical::PciAddress = "0000:00:03.0".parse().unwrap();
     let iface = sandbox_net_persist::scan::Interface {
         link: sandbox_net_persist::scan::Link {
             name: IfName::new("ens3").unwrap(),
@@ -697,12 +705,12 @@ fn physical_endpoint_classification_needs_a_pci_address() {
         neighbours: vec![],
     };
     assert_eq!(
-        sandbox_net_endpoints::classify(&iface, &facts),
-        Ok(EndpointKind::Physical)
+        sandbox_net_endpoints::classify(&iface, Some(pci.clone()), None),
+        Ok(EndpointVariant::Physical { pci })
     );
     assert_eq!(
-        sandbox_net_endpoints::classify(&iface, &Facts::default()),
-        Ok(EndpointKind::Veth)
+        sandbox_net_endpoints::classify(&iface, None, None),
+        Ok(EndpointVariant::Veth)
     );
 }
 
@@ -753,23 +761,21 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     let _driver = StandInNicDriver::start(&sysfs, &fx, &host_initial);
     let bdf = testing::STAND_IN_BDF;
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
     let eps = endpoints(&fx.pod, std::env::temp_dir(), true)
         .await
         .unwrap();
-    // Facts as ethtool would give them for a PCI NIC.
+    // The PCI function as ethtool would give it for a PCI NIC.
     let nic_of = |interface| {
         Endpoint::new(
             0,
-            EndpointKind::Physical,
-            interface,
-            Facts {
-                pci: Some(bdf.parse().unwrap()),
-                vhost_user_socket: None,
+            EndpointVariant::Physical {
+                pci: bdf.parse().unwrap(),
             },
+            interface,
         )
     };
     let mut nic = nic_of(eps[0].interface.clone());
@@ -780,32 +786,35 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     let vmm = StandInVmm::new()
         .with_queues(1)
         .on_device(OnDevice::RunGuest);
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     assert_eq!(
         vmm.device(&nic.id).as_deref(),
         Some("vfio 0000:00:03.0 /dev/vfio/7")
     );
-    let binding = nic.vfio.clone().unwrap();
-    assert_eq!(binding.original_driver.as_deref(), Some("e1000e"));
+    // The binding is the endpoint's one recorded step, with what it overwrote.
+    assert_eq!(
+        nic.steps,
+        [Step::BindVfio {
+            bdf: bdf.parse().unwrap(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        }]
+    );
     let read = |relative: &str| sysfs.read(relative).trim().to_owned();
     let override_file = format!("devices/{bdf}/driver_override");
     assert_eq!(read(&override_file), "vfio-pci");
     assert_eq!(read("drivers/e1000e/unbind"), bdf);
     assert_eq!(read("drivers_probe"), bdf);
-    assert!(
-        nic.steps.is_empty(),
-        "no netlink change for a physical endpoint"
-    );
     // The function is on vfio-pci; its interface was unregistered with its driver: the pod
     // has no eth0 while the VM has the NIC.
     wait_for_driver(&sysfs, "vfio-pci");
     assert_eq!(link_names(&fx.pod), ["lo"]);
 
-    nic.detach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     assert_eq!(read(&override_file), "");
     assert_eq!(read("drivers/vfio-pci/unbind"), bdf);
     assert_eq!(read("drivers/e1000e/bind"), bdf);
-    assert!(nic.vfio.is_none());
+    assert_eq!(nic.steps, [], "undone");
     // Back in the pod, not in the host's namespace, with its name, MAC, MTU, addresses,
     // routes and neighbours; and it carries the pod's traffic.
     assert_eq!(link_names(&host_initial), ["lo"]);
@@ -817,12 +826,12 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
 
     // Again, torn down from the record alone (a restarted shim, the VM gone).
     let mut nic = nic_of(eps[0].interface.clone());
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     wait_for_driver(&sysfs, "vfio-pci");
     assert_eq!(link_names(&fx.pod), ["lo"]);
     vmm.shutdown();
     nic.teardown(Some(kernel), &opts).await.unwrap();
-    assert!(nic.vfio.is_none());
+    assert_eq!(nic.steps, [], "undone");
     assert_eq!(link_names(&host_initial), ["lo"]);
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
@@ -839,7 +848,7 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
     let driver = StandInNicDriver::start(&sysfs, &fx, &host_initial);
     let bdf = testing::STAND_IN_BDF;
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -848,23 +857,24 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
         .unwrap();
     let mut nic = Endpoint::new(
         0,
-        EndpointKind::Physical,
-        eps[0].interface.clone(),
-        Facts {
-            pci: Some(bdf.parse().unwrap()),
-            vhost_user_socket: None,
+        EndpointVariant::Physical {
+            pci: bdf.parse().unwrap(),
         },
+        eps[0].interface.clone(),
     );
     let opts = AttachOptions {
         sysfs: sysfs.sysfs().with_driver_netns(host_initial.netns().path()),
         ..options(InterworkingModel::TcFilter)
     };
     let vmm = StandInVmm::new().with_queues(1);
-    nic.attach(kernel, &vmm, &opts, false).await.unwrap();
+    nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     wait_for_driver(&sysfs, "vfio-pci");
     // The driver does not come back (as if its probe failed): nothing registers an interface.
     drop(driver);
-    let err = nic.detach(kernel, &vmm, &opts, false).await.unwrap_err();
+    let err = nic
+        .detach(kernel, &vmm, &opts, Plug::Cold)
+        .await
+        .unwrap_err();
     let chain = sandbox_net_netns::error_chain(&err);
     assert!(
         chain.contains(&format!(
@@ -873,5 +883,9 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
         "{chain}"
     );
     // Kept: a later detach tries again.
-    assert!(nic.vfio.is_some());
+    assert!(
+        matches!(&nic.steps[..], [Step::BindVfio { bdf: b, .. }] if b.as_str() == bdf),
+        "{:?}",
+        nic.steps
+    );
 }

@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use sandbox_net_endpoints::testing::{self, StandInVmm};
-use sandbox_net_endpoints::{AttachOptions, Endpoint, Facts, ifb_name, physical::SysfsPci};
-use sandbox_net_interworking::{InterworkingModel, Kernel, TapOptions, check};
+use sandbox_net_endpoints::{
+    AttachOptions, Endpoint, EndpointVariant, Plug, ifb_name, physical::SysfsPci,
+};
+use sandbox_net_interworking::{InterworkingModel, NetnsHandles, TapOptions, check};
 use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
-use sandbox_net_persist::endpoint::EndpointKind;
 use serde_json::Value;
 
 /// A VMM without a limiter of its own, one queue pair, configured with these rates.
@@ -68,14 +69,19 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
         let fx = PodFixture::new();
         let before = fx.pod.snapshot();
         let rtnl = fx.pod.netns().rtnl().await.unwrap();
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: fx.pod.netns(),
             rtnl: &rtnl,
         };
         let mut eps = endpoints(&fx.pod).await;
         let vmm = no_limiter_vmm(bits, bits);
         eps[0]
-            .attach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+            .attach(
+                kernel,
+                &vmm,
+                &options(InterworkingModel::TcFilter),
+                Plug::Cold,
+            )
             .await
             .unwrap();
         for dev in ["tap0_kata", "eth0"] {
@@ -91,7 +97,12 @@ async fn tcfilter_limits_sit_on_the_tap_and_the_pod_link_at_every_scale() {
         assert_eq!(check(kernel, &eps[0].steps).await.unwrap(), []);
         vmm.shutdown();
         eps[0]
-            .detach(kernel, &vmm, &options(InterworkingModel::TcFilter), false)
+            .detach(
+                kernel,
+                &vmm,
+                &options(InterworkingModel::TcFilter),
+                Plug::Cold,
+            )
             .await
             .unwrap();
         assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -112,7 +123,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     fx.pod.ip(&["link", "set", "eth1", "up"]);
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -121,7 +132,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     // The none model shapes tx through an IFB per endpoint (Kata shared one ifb0).
     let vmm = no_limiter_vmm(0, 20_000_000);
     for ep in eps.iter_mut() {
-        ep.attach(kernel, &vmm, &options(InterworkingModel::None), false)
+        ep.attach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
             .await
             .unwrap();
     }
@@ -138,7 +149,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     let first = eps[0].id.clone();
     vmm.release(&first);
     eps[0]
-        .detach(kernel, &vmm, &options(InterworkingModel::None), false)
+        .detach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
         .await
         .unwrap();
     let links = fx.pod.ip_json(&["link", "show"]);
@@ -157,7 +168,7 @@ async fn two_endpoints_each_get_their_own_ifb_and_removing_one_keeps_the_other()
     );
     assert_eq!(check(kernel, &eps[1].steps).await.unwrap(), []);
     eps[1]
-        .detach(kernel, &vmm, &options(InterworkingModel::None), false)
+        .detach(kernel, &vmm, &options(InterworkingModel::None), Plug::Cold)
         .await
         .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -172,14 +183,19 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
     let mut eps = endpoints(&fx.pod).await;
     let vmm = no_limiter_vmm(10_000_000, 100_000_000);
     eps[0]
-        .attach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
+        .attach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::Macvtap),
+            Plug::Cold,
+        )
         .await
         .unwrap();
     let ifb = ifb_name(&eps[0].id).to_string();
@@ -195,7 +211,12 @@ async fn macvtap_limits_use_its_egress_and_an_ifb_and_leave_nothing() {
     );
     vmm.shutdown();
     eps[0]
-        .detach(kernel, &vmm, &options(InterworkingModel::Macvtap), false)
+        .detach(
+            kernel,
+            &vmm,
+            &options(InterworkingModel::Macvtap),
+            Plug::Cold,
+        )
         .await
         .unwrap();
     assert_same_snapshot(&before, &fx.pod.snapshot());
@@ -210,7 +231,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -222,7 +243,7 @@ async fn bad_limits_are_refused_before_anything_changes() {
             kernel,
             &absurd,
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();
@@ -236,19 +257,17 @@ async fn bad_limits_are_refused_before_anything_changes() {
     // A vhost-user endpoint's frames never cross the host's stack.
     let mut vhost_user = Endpoint::new(
         5,
-        EndpointKind::VhostUser,
-        eps[0].interface.clone(),
-        Facts {
-            pci: None,
-            vhost_user_socket: Some("/tmp/vhostuser_10.200.0.2/vhu.sock".into()),
+        EndpointVariant::VhostUser {
+            socket: "/tmp/vhostuser_10.200.0.2/vhu.sock".into(),
         },
+        eps[0].interface.clone(),
     );
     let err = vhost_user
         .attach(
             kernel,
             &no_limiter_vmm(0, 10_000_000),
             &options(InterworkingModel::TcFilter),
-            false,
+            Plug::Cold,
         )
         .await
         .unwrap_err();

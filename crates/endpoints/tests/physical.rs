@@ -5,11 +5,18 @@
 use std::{fs, path::Path};
 
 use sandbox_net_endpoints::{
+    AttachOptions, Capabilities, Endpoint, EndpointVariant, Hypervisor, HypervisorConfig,
+    HypervisorError, NetDevice, Plug,
     physical::{PciAddress, VfioBinding, VfioError, ethtool_bus_info, pci_address_from_bus_info},
-    testing::{STAND_IN_BDF as BDF, StandInSysfs},
+    testing::{self, STAND_IN_BDF as BDF, StandInNicDriver, StandInSysfs, StandInVmm},
 };
-use sandbox_net_netns::testing::PodFixture;
-use sandbox_net_persist::IfName;
+use sandbox_net_interworking::{InterworkingModel, NetnsHandles, Step, TapOptions};
+use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
+use sandbox_net_persist::{
+    IfName, NetnsId,
+    state::{EndpointRecord, NetnsRecord, SandboxState},
+    store::StateStore,
+};
 
 fn bdf() -> PciAddress {
     BDF.parse().unwrap()
@@ -249,13 +256,13 @@ fn a_failed_rollback_is_reported_with_the_failed_step() {
 }
 
 #[test]
-fn restore_leaves_vfio_pci_and_binds_the_original_driver() {
+fn unbind_leaves_vfio_pci_and_binds_the_original_driver() {
     let tree = stand_in_pci_tree(true);
     let sysfs = tree.sysfs();
     let binding = sysfs.bind_vfio(&bdf()).unwrap();
     // What the kernel does after drivers_probe.
     tree.set_driver(Some("vfio-pci"));
-    sysfs.restore(&binding).unwrap();
+    sysfs.unbind_vfio(&binding).unwrap();
     assert_eq!(
         tree.read("devices/0000:00:03.0/driver_override"),
         "\n",
@@ -266,7 +273,7 @@ fn restore_leaves_vfio_pci_and_binds_the_original_driver() {
 }
 
 #[test]
-fn restore_writes_back_a_previous_override() {
+fn unbind_writes_back_a_previous_override() {
     let tree = stand_in_pci_tree(true);
     tree.set_driver(Some("vfio-pci"));
     let binding = VfioBinding {
@@ -274,29 +281,29 @@ fn restore_writes_back_a_previous_override() {
         original_driver: Some("e1000e".into()),
         original_override: Some("e1000e".into()),
     };
-    tree.sysfs().restore(&binding).unwrap();
+    tree.sysfs().unbind_vfio(&binding).unwrap();
     assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "e1000e");
     assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
     assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
 }
 
 #[test]
-fn restore_on_the_original_driver_unbinds_nothing() {
-    // A second restore (after a restart, say): the device is on e1000e already.
+fn unbind_on_the_original_driver_unbinds_nothing() {
+    // A second unbind (after a restart, say): the device is on e1000e already.
     let tree = stand_in_pci_tree(true);
     let binding = VfioBinding {
         bdf: bdf(),
         original_driver: Some("e1000e".into()),
         original_override: None,
     };
-    tree.sysfs().restore(&binding).unwrap();
+    tree.sysfs().unbind_vfio(&binding).unwrap();
     assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
     assert_eq!(tree.read("drivers/e1000e/unbind"), "");
     assert_eq!(tree.read("drivers/e1000e/bind"), "");
 }
 
 #[test]
-fn restore_continues_past_failures_and_returns_them_all() {
+fn unbind_continues_past_failures_and_returns_them_all() {
     let tree = stand_in_pci_tree(true);
     tree.set_driver(Some("vfio-pci"));
     for path in [
@@ -312,7 +319,7 @@ fn restore_continues_past_failures_and_returns_them_all() {
         original_driver: Some("e1000e".into()),
         original_override: None,
     };
-    let err = tree.sysfs().restore(&binding).unwrap_err();
+    let err = tree.sysfs().unbind_vfio(&binding).unwrap_err();
     assert_eq!(err.bdf, bdf());
     assert_eq!(err.errors.len(), 2, "{err:?}");
     assert!(
@@ -337,7 +344,7 @@ fn restore_continues_past_failures_and_returns_them_all() {
 }
 
 #[test]
-fn restore_refuses_a_driver_name_that_is_a_path() {
+fn unbind_refuses_a_driver_name_that_is_a_path() {
     let tree = stand_in_pci_tree(true);
     tree.set_driver(None);
     let binding = VfioBinding {
@@ -345,7 +352,7 @@ fn restore_refuses_a_driver_name_that_is_a_path() {
         original_driver: Some("../../../etc".into()),
         original_override: None,
     };
-    let err = tree.sysfs().restore(&binding).unwrap_err();
+    let err = tree.sysfs().unbind_vfio(&binding).unwrap_err();
     assert!(
         matches!(&err.errors[..], [VfioError::InvalidDriverName { name, .. }] if name == "../../../etc"),
         "{err:?}"
@@ -389,4 +396,210 @@ async fn ethtool_errors_mean_not_physical() {
         ethtool_bus_info(netns, &IfName::new("lo").unwrap()).await,
         None
     );
+}
+
+/// Waits (up to 5 s) until the stand-in function is on `driver`, as the stand-in kernel
+/// driver puts it after a write.
+fn wait_for_driver(sysfs: &StandInSysfs, driver: &str) {
+    let link = sysfs.device().join("driver");
+    for _ in 0..500 {
+        if fs::read_link(&link).is_ok_and(|t| t.ends_with(driver)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the stand-in function is not on {driver}");
+}
+
+/// The step that binds the stand-in function, as recorded before anything is written.
+fn bind_step() -> Step {
+    Step::BindVfio {
+        bdf: bdf(),
+        original_driver: Some("e1000e".into()),
+        original_override: None,
+    }
+}
+
+/// A VMM that refuses every device once the stand-in function is on vfio-pci: the attach
+/// fails after the binding was made.
+struct RefusingOnceBound<'a> {
+    vmm: StandInVmm,
+    sysfs: &'a StandInSysfs,
+}
+
+impl Hypervisor for RefusingOnceBound<'_> {
+    fn capabilities(&self) -> Capabilities {
+        self.vmm.capabilities()
+    }
+
+    fn config(&self) -> HypervisorConfig {
+        self.vmm.config()
+    }
+
+    async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        wait_for_driver(self.sysfs, "vfio-pci");
+        self.vmm.add_device(device).await
+    }
+
+    async fn hot_add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
+        self.add_device(device).await
+    }
+
+    async fn hot_remove_device(
+        &self,
+        endpoint: &sandbox_net_endpoints::EndpointId,
+    ) -> Result<(), HypervisorError> {
+        self.vmm.hot_remove_device(endpoint).await
+    }
+}
+
+/// The pod's eth0 as a physical endpoint of the stand-in function.
+async fn nic(fx: &PodFixture) -> Endpoint {
+    let eps = testing::endpoints(fx.pod.netns()).await;
+    Endpoint::new(
+        0,
+        EndpointVariant::Physical { pci: bdf() },
+        eps[0].interface.clone(),
+    )
+}
+
+fn link_names(ns: &TestNetns) -> Vec<String> {
+    ns.ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn an_attach_refused_after_the_vfio_binding_gives_the_nic_back() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let host_initial = TestNetns::new();
+    let tree = stand_in_pci_tree(true);
+    let _driver = StandInNicDriver::start(&tree, &fx, &host_initial);
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = NetnsHandles {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let opts = AttachOptions {
+        sysfs: tree.sysfs().with_driver_netns(host_initial.netns().path()),
+        ..testing::options(InterworkingModel::TcFilter, TapOptions::default())
+    };
+    let vmm = RefusingOnceBound {
+        vmm: StandInVmm::new().with_queues(1).refusing("no slot left"),
+        sysfs: &tree,
+    };
+    let mut nic = nic(&fx).await;
+    let mut recorded = Vec::new();
+    let err = nic
+        .attach_recorded(kernel, &vmm, &opts, Plug::Cold, &mut |e| {
+            // Recorded before sysfs is touched.
+            assert_eq!(
+                tree.read("devices/0000:00:03.0/driver_override"),
+                "(null)\n"
+            );
+            recorded.push(e.steps.clone());
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(recorded, [vec![bind_step()]]);
+    let chain = sandbox_net_netns::error_chain(&err);
+    assert!(
+        chain.contains(&format!("failed to attach endpoint {}", nic.id))
+            && chain.contains("no slot left"),
+        "{chain}"
+    );
+    assert_eq!(
+        err.failures.len(),
+        1,
+        "only the refusal: the binding was undone: {:?}",
+        err.failures
+    );
+    // Bound (the probe was written), then given back: override cleared, vfio-pci left,
+    // e1000e bound again, and the NIC back in the pod as it was.
+    assert_eq!(tree.read("drivers_probe"), BDF);
+    assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
+    assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
+    assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
+    wait_for_driver(&tree, "e1000e");
+    assert_eq!(nic.steps, [], "nothing left to undo");
+    assert!(!nic.attached);
+    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_vfio_binding_in_a_state_file_is_undone_by_teardown() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let host_initial = TestNetns::new();
+    let tree = stand_in_pci_tree(true);
+    let _driver = StandInNicDriver::start(&tree, &fx, &host_initial);
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = NetnsHandles {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let opts = AttachOptions {
+        sysfs: tree.sysfs().with_driver_netns(host_initial.netns().path()),
+        ..testing::options(InterworkingModel::TcFilter, TapOptions::default())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path().join("state.json")).unwrap();
+    let netns = NetnsRecord {
+        path: fx.pod.netns().path().to_path_buf(),
+        id: NetnsId { dev: 0, ino: 0 },
+        created_by_us: false,
+    };
+    // As this version records the binding (a step), and as earlier ones did (a `vfio` field
+    // beside the steps).
+    for old_format in [false, true] {
+        let vmm = StandInVmm::new().with_queues(1);
+        let mut nic = nic(&fx).await;
+        nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
+        wait_for_driver(&tree, "vfio-pci");
+        assert_eq!(link_names(&fx.pod), ["lo"], "old format: {old_format}");
+        let mut state = SandboxState::new("s", netns.clone(), InterworkingModel::TcFilter);
+        state.endpoints.push(EndpointRecord::from(&nic));
+        store.save(&state).unwrap();
+        if old_format {
+            let path = dir.path().join("state.json");
+            let mut doc: serde_json::Value =
+                serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            let endpoint = &mut doc["endpoints"][0];
+            assert_eq!(endpoint["steps"][0]["op"], "bind_vfio");
+            endpoint["steps"] = serde_json::json!([]);
+            endpoint["vfio"] = serde_json::json!({"bdf": BDF, "original_driver": "e1000e", "original_override": null});
+            fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        }
+        // A later process: the VM is gone, the endpoint is what the file says.
+        drop(nic);
+        vmm.shutdown();
+        let loaded = store.load().unwrap().state;
+        let mut nic = Endpoint::try_from(&loaded.endpoints[0]).unwrap();
+        assert_eq!(nic.steps, [bind_step()], "old format: {old_format}");
+        nic.teardown(Some(kernel), &opts).await.unwrap();
+        assert_eq!(nic.steps, [], "old format: {old_format}");
+        assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
+        assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
+        assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
+        assert_eq!(link_names(&host_initial), ["lo"]);
+        assert_same_snapshot(&before, &fx.pod.snapshot());
+        // The stand-in files keep the last write: cleared for the next round.
+        for file in ["drivers/vfio-pci/unbind", "drivers/e1000e/bind"] {
+            fs::write(tree.root().join("bus/pci").join(file), "").unwrap();
+        }
+    }
 }

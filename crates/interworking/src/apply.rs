@@ -10,17 +10,18 @@ use sandbox_net_ratelimit::{HtbRate, LimitError, PschedClock, RateError};
 
 use crate::undo::{UndoFailure, undo_with};
 
-/// The namespace a plan acts on: its handle (for work that must run inside it, such as
-/// opening `/dev/net/tun`) and a netlink connection bound to it.
+/// The handles of the namespace a plan acts on: the namespace itself (for work that must run
+/// inside it, such as opening `/dev/net/tun`) and a netlink connection bound to it. Every
+/// request of the plan goes to that namespace's kernel state, and nowhere else.
 #[derive(Debug, Clone, Copy)]
-pub struct Kernel<'a> {
+pub struct NetnsHandles<'a> {
     /// The namespace.
     pub netns: &'a Netns,
     /// A netlink handle inside it.
     pub rtnl: &'a Rtnl,
 }
 
-impl Kernel<'_> {
+impl NetnsHandles<'_> {
     /// The link called `name`, as it is now.
     pub(crate) async fn link(&self, name: &str) -> Result<Link, NetlinkError> {
         self.rtnl.link_by_name(name).await
@@ -144,7 +145,9 @@ pub struct ApplyOptions {
 
 /// Applies `steps` in order. On the first failure the steps already applied are undone in
 /// reverse, and the error says which step failed and what the rollback could not undo.
-pub async fn apply(kernel: Kernel<'_>, steps: &[Step]) -> Result<AppliedPair, AttachError> {
+/// A step made through sysfs ([`Step::BindVfio`]) is not netlink's: it is skipped (the
+/// endpoint binds the PCI function itself).
+pub async fn apply(kernel: NetnsHandles<'_>, steps: &[Step]) -> Result<AppliedPair, AttachError> {
     apply_with(kernel, steps, ApplyOptions::default()).await
 }
 
@@ -159,14 +162,14 @@ pub async fn apply(kernel: Kernel<'_>, steps: &[Step]) -> Result<AppliedPair, At
 /// partial change is harmless, since undoing the creation deletes the link.
 #[tracing::instrument(name = "interworking.apply", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
 pub async fn apply_with(
-    kernel: Kernel<'_>,
+    kernel: NetnsHandles<'_>,
     steps: &[Step],
     options: ApplyOptions,
 ) -> Result<AppliedPair, AttachError> {
     #[cfg(feature = "fault-injection")]
     let hooks = options.hooks;
     let mut applied = AppliedPair::default();
-    let mut links = Links {
+    let mut links = LinkTracker {
         kernel,
         known: HashMap::new(),
         group: options.link_group,
@@ -262,8 +265,8 @@ impl Failure {
 /// The links the steps name, each looked up once per apply (an index does not change while
 /// its link exists), the device group for created links, and the attribute changes of a link
 /// just created that wait to go out as one request.
-struct Links<'a> {
-    kernel: Kernel<'a>,
+struct LinkTracker<'a> {
+    kernel: NetnsHandles<'a>,
     known: HashMap<IfName, Link>,
     group: Option<u32>,
     pending: Option<PendingChange>,
@@ -282,7 +285,7 @@ struct PendingChange {
     folded: Option<(usize, usize)>,
 }
 
-impl Links<'_> {
+impl LinkTracker<'_> {
     async fn get(&mut self, name: &IfName) -> Result<Link, NetlinkError> {
         if let Some(link) = self.known.get(name) {
             return Ok(link.clone());
@@ -315,7 +318,7 @@ impl Links<'_> {
         let Some(pending) = &mut self.pending else {
             return false;
         };
-        if step.link() != &pending.link.name {
+        if step.link() != Some(&pending.link.name) {
             return false;
         }
         let change = &mut pending.change;
@@ -371,7 +374,7 @@ impl Links<'_> {
 }
 
 async fn apply_one(
-    links: &mut Links<'_>,
+    links: &mut LinkTracker<'_>,
     position: usize,
     step: &Step,
     applied: &mut AppliedPair,
@@ -452,6 +455,8 @@ async fn apply_one(
                 }
             }
         }
+        // Sysfs, not netlink: the endpoint binds the PCI function (see `apply`).
+        Step::BindVfio { .. } => {}
     }
     Ok(())
 }

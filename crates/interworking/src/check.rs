@@ -5,7 +5,7 @@ use std::fmt;
 use sandbox_net_netns::NetlinkError;
 use sandbox_net_persist::steps::Step;
 
-use crate::apply::Kernel;
+use crate::apply::NetnsHandles;
 
 /// One difference between what a step made and what the kernel has now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ impl fmt::Display for Drift {
 /// Checks every applied step against the kernel and returns every difference (empty when the
 /// wiring is intact). Only errors other than a missing link stop the check.
 #[tracing::instrument(name = "interworking.check", skip_all, fields(netns = %kernel.netns.path().display()), err)]
-pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, NetlinkError> {
+pub async fn check(kernel: NetnsHandles<'_>, steps: &[Step]) -> Result<Vec<Drift>, NetlinkError> {
     let rtnl = kernel.rtnl;
     let mut drifts = Vec::new();
     for step in steps {
@@ -42,7 +42,10 @@ pub async fn check(kernel: Kernel<'_>, steps: &[Step]) -> Result<Vec<Drift>, Net
                 found,
             })
         };
-        let link_name = step.link();
+        // A PCI function's binding is in sysfs, not in the namespace: not compared here.
+        let Some(link_name) = step.link() else {
+            continue;
+        };
         let link = match rtnl.link_by_name(link_name.as_str()).await {
             Ok(link) => link,
             Err(NetlinkError::LinkNotFound { .. }) => {

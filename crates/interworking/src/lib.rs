@@ -34,7 +34,9 @@ mod undo;
 
 #[cfg(feature = "fault-injection")]
 pub use apply::ApplyHooks;
-pub use apply::{AppliedPair, ApplyOptions, AttachError, Kernel, StepError, apply, apply_with};
+pub use apply::{
+    AppliedPair, ApplyOptions, AttachError, NetnsHandles, StepError, apply, apply_with,
+};
 pub use check::{Drift, check};
 pub use ownership::{FitError, OwnershipError, fit, fit_to_kernel, survey};
 pub use pair::{NetworkPair, PairError, TapOptions, random_local_mac, vm_link_name};

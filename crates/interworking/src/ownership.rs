@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use sandbox_net_netns::{LinkQdiscs, NetlinkError, Qdisc, REDIRECT_PRIORITY};
 use sandbox_net_persist::{IfName, steps::Step};
 
-use crate::apply::Kernel;
+use crate::apply::NetnsHandles;
 
 /// Why a plan cannot be applied to the links as they are; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +104,7 @@ fn created_links(steps: &[Step]) -> HashSet<&IfName> {
 /// [`Rtnl::link_qdiscs`](sandbox_net_netns::Rtnl::link_qdiscs)). A link that does not exist is
 /// left out: applying the plan names it.
 pub async fn survey(
-    kernel: Kernel<'_>,
+    kernel: NetnsHandles<'_>,
     steps: &[Step],
 ) -> Result<HashMap<IfName, LinkQdiscs>, NetlinkError> {
     let mut found = HashMap::new();
@@ -131,9 +131,10 @@ pub fn fit(
     // Priorities taken on each link, ours included as they are handed out.
     let mut taken: HashMap<IfName, Vec<u16>> = HashMap::new();
     for step in &mut steps {
-        let Some(qdiscs) = (!created.contains(step.link()))
-            .then(|| found.get(step.link()))
-            .flatten()
+        let Some(qdiscs) = step
+            .link()
+            .filter(|link| !created.contains(*link))
+            .and_then(|link| found.get(link))
         else {
             continue;
         };
@@ -181,7 +182,10 @@ pub fn fit(
 }
 
 /// [`survey`] then [`fit`]: the plan as it may be recorded and applied.
-pub async fn fit_to_kernel(kernel: Kernel<'_>, steps: Vec<Step>) -> Result<Vec<Step>, FitError> {
+pub async fn fit_to_kernel(
+    kernel: NetnsHandles<'_>,
+    steps: Vec<Step>,
+) -> Result<Vec<Step>, FitError> {
     let found = survey(kernel, &steps).await?;
     Ok(fit(steps, &found)?)
 }

@@ -10,7 +10,7 @@ use sandbox_net_persist::{
 };
 use sandbox_net_ratelimit::del_htb_tree;
 
-use crate::apply::{ApplyOptions, Kernel, StepError};
+use crate::apply::{ApplyOptions, NetnsHandles, StepError};
 
 /// The handle of the HTB root qdisc the limiter adds, `1:`.
 const HTB_ROOT: u32 = 0x0001_0000;
@@ -61,8 +61,10 @@ pub(crate) fn residue(failures: &[UndoFailure], steps: &[Step]) -> Vec<Step> {
 /// Safe to run twice.
 ///
 /// Changes to a link that the same steps created are not undone one by one: deleting the link
-/// undoes them all.
-pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
+/// undoes them all. A step made through sysfs ([`Step::BindVfio`]) is not netlink's: it is
+/// skipped, neither undone nor reported (the endpoint gives the PCI function back itself, also
+/// when the namespace is gone).
+pub async fn undo(kernel: NetnsHandles<'_>, steps: &[Step]) -> Result<(), UndoError> {
     undo_with(kernel, steps, ApplyOptions::default()).await
 }
 
@@ -72,7 +74,7 @@ pub async fn undo(kernel: Kernel<'_>, steps: &[Step]) -> Result<(), UndoError> {
 /// nothing is created.
 #[tracing::instrument(name = "interworking.undo", skip_all, fields(netns = %kernel.netns.path().display(), steps = steps.len()), err)]
 pub async fn undo_with(
-    kernel: Kernel<'_>,
+    kernel: NetnsHandles<'_>,
     steps: &[Step],
     #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] options: ApplyOptions,
 ) -> Result<(), UndoError> {
@@ -102,6 +104,9 @@ pub async fn undo_with(
         .rev()
         .filter(|(_, s)| !is_creation(s));
     for (index, step) in creations.chain(others) {
+        if step.is_sysfs() {
+            continue;
+        }
         if let Some(link) = touched_link(step)
             && created.contains(link)
         {
@@ -149,7 +154,7 @@ fn touched_link(step: &Step) -> Option<&IfName> {
         | Step::CreateMacvtap { .. }
         | Step::CreateIfb { .. }
         | Step::ClearAddresses { .. } => None,
-        _ => Some(step.link()),
+        _ => step.link(),
     }
 }
 
@@ -171,9 +176,12 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
     }
 }
 
-async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
+async fn undo_one(kernel: NetnsHandles<'_>, step: &Step) -> Result<(), StepError> {
     let rtnl = kernel.rtnl;
-    let name = step.link();
+    // Not a link's: skipped by `undo_with`.
+    let Some(name) = step.link() else {
+        return Ok(());
+    };
     // A link that no longer exists has nothing left to undo.
     let link = match kernel.link(name.as_str()).await {
         Ok(link) => link,
@@ -240,11 +248,11 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
             // have flushed them with the addresses or a MAC change. What survived is EEXIST.
             let mut first_error = None;
             for address in addresses {
-                if let Err(e) = tolerate(rtnl.restore_address(&link, address).await) {
+                if let Err(e) = tolerate(rtnl.add_recorded_address(&link, address).await) {
                     first_error.get_or_insert(e);
                 }
             }
-            if let Err(e) = restore_routes(rtnl, &link, routes, *all_routes).await {
+            if let Err(e) = add_recorded_routes(rtnl, &link, routes, *all_routes).await {
                 first_error.get_or_insert(e);
             }
             for neighbour in neighbours {
@@ -256,6 +264,8 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
                 return Err(e.into());
             }
         }
+        // Not a link's: skipped by `undo_with`.
+        Step::BindVfio { .. } => {}
     }
     Ok(())
 }
@@ -274,7 +284,7 @@ async fn undo_one(kernel: Kernel<'_>, step: &Step) -> Result<(), StepError> {
 /// gateway is not reachable yet is tried again after the others, as long as some succeed. A
 /// recorded route whose place is held by a changed one (an IPv6 route the kernel kept
 /// without its preferred source) replaces it.
-async fn restore_routes(
+async fn add_recorded_routes(
     rtnl: &Rtnl,
     link: &Link,
     recorded: &[Route],

@@ -10,8 +10,8 @@ use sandbox_net_guest::{Guest, GuestConfig, packet::Identity, ping::ping};
 #[cfg(feature = "fault-injection")]
 use sandbox_net_interworking::ApplyHooks;
 use sandbox_net_interworking::{
-    ApplyOptions, InterworkingModel, Kernel, NetworkPair, Step, TapOptions, apply, apply_with,
-    check, random_local_mac, undo,
+    ApplyOptions, InterworkingModel, NetnsHandles, NetworkPair, Step, TapOptions, apply,
+    apply_with, check, random_local_mac, undo,
 };
 use sandbox_net_netns::{
     ScanOptions,
@@ -74,7 +74,7 @@ async fn every_model_carries_traffic_and_detaches_to_the_exact_snapshot() {
             let fx = PodFixture::new();
             let before = fx.pod.snapshot();
             let rtnl = fx.pod.netns().rtnl().await.unwrap();
-            let kernel = Kernel {
+            let kernel = NetnsHandles {
                 netns: fx.pod.netns(),
                 rtnl: &rtnl,
             };
@@ -164,7 +164,7 @@ async fn a_failure_at_any_step_rolls_back_to_the_snapshot() {
         let fx = PodFixture::new();
         let before = fx.pod.snapshot();
         let rtnl = fx.pod.netns().rtnl().await.unwrap();
-        let kernel = Kernel {
+        let kernel = NetnsHandles {
             netns: fx.pod.netns(),
             rtnl: &rtnl,
         };
@@ -221,7 +221,7 @@ async fn a_real_kernel_refusal_rolls_back_too() {
     ]);
     let squatted = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -252,7 +252,7 @@ async fn a_created_link_gets_its_attributes_and_the_sandbox_group() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -293,7 +293,7 @@ async fn a_refused_combined_change_takes_the_created_link_back() {
     let fx = PodFixture::new();
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -336,7 +336,7 @@ async fn a_refused_combined_change_takes_the_created_link_back() {
 async fn check_reports_a_filter_deleted_behind_our_back() {
     let fx = PodFixture::new();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };
@@ -397,7 +397,7 @@ async fn three_endpoints_attach_and_all_detach() {
     }
     let before = fx.pod.snapshot();
     let rtnl = fx.pod.netns().rtnl().await.unwrap();
-    let kernel = Kernel {
+    let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
     };

@@ -48,7 +48,7 @@ impl Rtnl {
     /// N] [proto P] [valid_lft V preferred_lft P] [FLAGS]`); the kernel recomputes the other
     /// flags. Like `ip addr add`, the kernel then makes the address's prefix route unless
     /// `noprefixroute` is among the flags.
-    pub async fn restore_address(
+    pub async fn add_recorded_address(
         &self,
         link: &Link,
         address: &Address,

@@ -80,7 +80,7 @@ async fn scanned_eth0(rtnl: &Rtnl) -> Interface {
 }
 
 /// Adds each recorded route the namespace lacks now; returns those it added.
-async fn restore_missing_routes(rtnl: &Rtnl, recorded: &[Route]) -> Vec<Route> {
+async fn add_missing_routes(rtnl: &Rtnl, recorded: &[Route]) -> Vec<Route> {
     let present = rtnl.routes().await.unwrap();
     let mut added = Vec::new();
     for route in recorded.iter().filter(|r| !present.contains(r)) {
@@ -91,7 +91,7 @@ async fn restore_missing_routes(rtnl: &Rtnl, recorded: &[Route]) -> Vec<Route> {
 }
 
 /// Adds each recorded neighbour entry the namespace lacks now; returns those it added.
-async fn restore_missing_neighbours(rtnl: &Rtnl, recorded: &[Neighbour]) -> Vec<Neighbour> {
+async fn add_missing_neighbours(rtnl: &Rtnl, recorded: &[Neighbour]) -> Vec<Neighbour> {
     let present = rtnl.neighbours().await.unwrap();
     let mut added = Vec::new();
     for neighbour in recorded.iter().filter(|n| !present.contains(n)) {
@@ -177,8 +177,8 @@ async fn routes_and_neighbours_restored_after_the_addresses_came_back() {
             .await
             .unwrap();
     }
-    let routes_added = restore_missing_routes(&rtnl, &eth0.routes).await;
-    let neighbours_added = restore_missing_neighbours(&rtnl, &eth0.neighbours).await;
+    let routes_added = add_missing_routes(&rtnl, &eth0.routes).await;
+    let neighbours_added = add_missing_neighbours(&rtnl, &eth0.neighbours).await;
     assert!(
         routes_added.iter().any(|r| r.destination.addr().is_ipv4()),
         "the IPv4 default route had to be restored: {routes_added:?}"
@@ -221,7 +221,7 @@ async fn permanent_neighbours_flushed_by_a_mac_change_are_restored() {
     rtnl.set_link_mac(&eth0.link, eth0.link.mac.unwrap())
         .await
         .unwrap();
-    let restored = restore_missing_neighbours(&rtnl, &eth0.neighbours).await;
+    let restored = add_missing_neighbours(&rtnl, &eth0.neighbours).await;
     assert_eq!(restored, eth0.neighbours);
     assert_eq!(oracle(&fx.pod), before);
 }

@@ -22,6 +22,7 @@ mod mac;
 mod named;
 mod netns_id;
 pub mod owner;
+pub mod pci;
 pub mod scan;
 mod secure;
 pub mod state;

@@ -17,6 +17,7 @@ use crate::{
     MacAddr, NetnsId,
     endpoint::{EndpointId, EndpointKind},
     owner::Owner,
+    pci::PciAddress,
     scan::Interface,
     steps::{InterworkingModel, Step},
 };
@@ -35,19 +36,13 @@ pub struct NetnsRecord {
     pub created_by_us: bool,
 }
 
-/// A PCI function bound to vfio-pci, with what to give back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VfioRecord {
-    /// The PCI address.
-    pub bdf: String,
-    /// The driver it had.
-    pub original_driver: Option<String>,
-    /// The `driver_override` it had.
-    pub original_override: Option<String>,
-}
-
 /// Everything recorded of one endpoint.
+///
+/// Records written before the VFIO binding became a step ([`Step::BindVfio`]) carry it in a
+/// field of its own, `vfio`; it is read as that step, first among the steps (the binding was
+/// made before anything else), so that teardown gives the function back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredEndpointRecord")]
 pub struct EndpointRecord {
     /// Its own id.
     pub id: EndpointId,
@@ -79,16 +74,90 @@ pub struct EndpointRecord {
     /// The vhost-user socket of a vhost-user endpoint.
     #[serde(default)]
     pub vhost_user_socket: Option<PathBuf>,
-    /// Every kernel change of the attach, recorded before it was applied, with the values it
-    /// overwrites. Undoing them in reverse is the teardown.
+    /// Every kernel change of the attach (netlink in the pod's namespace, or a PCI function's
+    /// binding in sysfs), recorded before it was applied, with the values it overwrites.
+    /// Undoing them in reverse is the teardown.
     #[serde(default)]
     pub steps: Vec<Step>,
-    /// The VFIO binding to give back.
-    #[serde(default)]
-    pub vfio: Option<VfioRecord>,
     /// Whether the attach completed (false: it was under way, or failed, when recorded).
     #[serde(default)]
     pub attached: bool,
+}
+
+/// An [`EndpointRecord`] as documents and journal lines hold it, in this version's format or
+/// an earlier one's.
+#[derive(Deserialize)]
+struct StoredEndpointRecord {
+    id: EndpointId,
+    index: u32,
+    kind: EndpointKind,
+    #[serde(default)]
+    model: Option<InterworkingModel>,
+    interface: Interface,
+    #[serde(default)]
+    guest_mac: Option<MacAddr>,
+    #[serde(default)]
+    queues: u32,
+    #[serde(default)]
+    rx_rate_bits: u64,
+    #[serde(default)]
+    tx_rate_bits: u64,
+    #[serde(default)]
+    pci: Option<String>,
+    #[serde(default)]
+    vhost_user_socket: Option<PathBuf>,
+    #[serde(default)]
+    steps: Vec<Step>,
+    /// The VFIO binding, as earlier versions recorded it.
+    #[serde(default)]
+    vfio: Option<StoredVfioBinding>,
+    #[serde(default)]
+    attached: bool,
+}
+
+/// A PCI function bound to vfio-pci, as earlier versions recorded it (`vfio`).
+#[derive(Deserialize)]
+struct StoredVfioBinding {
+    bdf: String,
+    original_driver: Option<String>,
+    original_override: Option<String>,
+}
+
+impl TryFrom<StoredEndpointRecord> for EndpointRecord {
+    type Error = String;
+
+    fn try_from(r: StoredEndpointRecord) -> Result<Self, Self::Error> {
+        let mut steps = r.steps;
+        if let Some(vfio) = r.vfio {
+            let bdf = vfio
+                .bdf
+                .parse::<PciAddress>()
+                .map_err(|e| format!("endpoint {}: recorded vfio.bdf: {e}", r.id))?;
+            let step = Step::BindVfio {
+                bdf,
+                original_driver: vfio.original_driver,
+                original_override: vfio.original_override,
+            };
+            if !steps.contains(&step) {
+                steps.insert(0, step);
+            }
+        }
+        Ok(Self {
+            id: r.id,
+            index: r.index,
+            kind: r.kind,
+            model: r.model,
+            interface: r.interface,
+            guest_mac: r.guest_mac,
+            queues: r.queues,
+            rx_rate_bits: r.rx_rate_bits,
+            tx_rate_bits: r.tx_rate_bits,
+            pci: r.pci,
+            vhost_user_socket: r.vhost_user_socket,
+            steps,
+            attached: r.attached,
+        })
+    }
 }
 
 /// A CNI network run into the sandbox's namespace by sandbox-net (the runtime side): what

@@ -1,9 +1,9 @@
 //! Changes to the kernel described as data, before they are made.
 //!
-//! Every change sandbox-net makes to a namespace is first written down as a [`Step`] carrying
-//! the values it will overwrite. The list is persisted before it is applied; undoing it in
-//! reverse order is how a failed attach rolls back, how detach works, and how a restarted
-//! shim cleans up after a crash. Links are named, not numbered: an ifindex is only known once
+//! Every change sandbox-net makes to a namespace, or to a PCI function in sysfs, is first
+//! written down as a [`Step`] carrying the values it will overwrite. The list is persisted
+//! before it is applied; undoing it in reverse order is how a failed attach rolls back, how
+//! detach works, and how a restarted shim cleans up after a crash. Links are named, not numbered: an ifindex is only known once
 //! a device exists, and names are what the pod's configuration and the VMM use.
 
 use std::{fmt, str::FromStr};
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     IfName, MacAddr,
+    pci::PciAddress,
     scan::{Address, Neighbour, Route},
 };
 
@@ -152,15 +153,31 @@ pub enum Step {
         #[serde(default)]
         all_routes: bool,
     },
+    /// Hand the PCI function `bdf` (a physical endpoint's NIC) to vfio-pci through sysfs:
+    /// `vfio-pci` written to its `driver_override`, the function unbound from its driver, its
+    /// address written to `drivers_probe`. Its network interface leaves the pod's namespace
+    /// with the driver. Not a netlink change: the endpoint applies and undoes it (interworking
+    /// skips it). Undone by writing `original_override` back (clearing it when `None`),
+    /// unbinding the function from vfio-pci and binding `original_driver`, then making the
+    /// interface the driver registers in the host's namespace the pod's again.
+    BindVfio {
+        /// The function.
+        bdf: PciAddress,
+        /// The driver it was bound to before (`None`: no driver).
+        original_driver: Option<String>,
+        /// Its `driver_override` before (`None`: not set).
+        original_override: Option<String>,
+    },
 }
 
 impl Step {
-    /// The link the step creates or acts on (for a redirect, the one frames arrive at).
-    pub fn link(&self) -> &IfName {
+    /// The link the step creates or acts on (for a redirect, the one frames arrive at); `None`
+    /// for a step on a PCI function ([`Step::BindVfio`]).
+    pub fn link(&self) -> Option<&IfName> {
         match self {
             Self::CreateTap { name, .. }
             | Self::CreateMacvtap { name, .. }
-            | Self::CreateIfb { name } => name,
+            | Self::CreateIfb { name } => Some(name),
             Self::SetMtu { link, .. }
             | Self::SetMac { link, .. }
             | Self::SetUp { link, .. }
@@ -169,9 +186,16 @@ impl Step {
             | Self::UseIngressQdisc { link, .. }
             | Self::RestoreTxQueueLen { link, .. }
             | Self::AddHtb { link, .. }
-            | Self::ClearAddresses { link, .. } => link,
-            Self::AddRedirect { from, .. } => from,
+            | Self::ClearAddresses { link, .. } => Some(link),
+            Self::AddRedirect { from, .. } => Some(from),
+            Self::BindVfio { .. } => None,
         }
+    }
+
+    /// Whether the step is made through sysfs ([`Step::BindVfio`]) rather than netlink in the
+    /// pod's namespace: such a step outlives the namespace, and only the endpoint undoes it.
+    pub fn is_sysfs(&self) -> bool {
+        matches!(self, Self::BindVfio { .. })
     }
 
     /// A short human description, as `ip`/`tc` would phrase the change.
@@ -217,6 +241,7 @@ impl Step {
             } => {
                 format!("remove {} addresses from {link}", addresses.len())
             }
+            Self::BindVfio { bdf, .. } => format!("bind PCI device {bdf} to vfio-pci"),
         }
     }
 }
@@ -336,5 +361,33 @@ mod tests {
             priority: 9,
         };
         assert_eq!(at.describe(), "redirect eth0 -> tap0_kata at priority 9");
+    }
+
+    #[test]
+    fn a_vfio_binding_is_a_sysfs_step_without_a_link() {
+        let step = Step::BindVfio {
+            bdf: "0000:00:03.0".parse().unwrap(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        };
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "bind_vfio", "bdf": "0000:00:03.0", "original_driver": "e1000e", "original_override": null})
+        );
+        assert_eq!(serde_json::from_value::<Step>(json).unwrap(), step);
+        assert_eq!(step.describe(), "bind PCI device 0000:00:03.0 to vfio-pci");
+        assert_eq!((step.link(), step.is_sysfs()), (None, true));
+        let bad = serde_json::json!({"op": "bind_vfio", "bdf": "../../etc", "original_driver": null, "original_override": null});
+        let err = serde_json::from_value::<Step>(bad).unwrap_err().to_string();
+        assert!(err.contains("invalid PCI address \"../../etc\""), "{err}");
+        let tap = Step::SetUp {
+            link: IfName::new("tap0_kata").unwrap(),
+            original_up: false,
+        };
+        assert_eq!(
+            (tap.link().map(IfName::as_str), tap.is_sysfs()),
+            (Some("tap0_kata"), false)
+        );
     }
 }

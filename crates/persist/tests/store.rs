@@ -10,9 +10,7 @@ use sandbox_net_persist::{
     AddressScope, IfName, NeighbourState, NetnsId, Owner, RouteProtocol, RouteType,
     endpoint::{EndpointId, EndpointKind},
     scan::{Address, Interface, Link, Neighbour, Route},
-    state::{
-        EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, VfioRecord, parse_document,
-    },
+    state::{EndpointRecord, NetnsRecord, SCHEMA_VERSION, SandboxState, parse_document},
     steps::{InterworkingModel, Step},
     store::{StateStore, StoreError, StoreFile},
 };
@@ -143,6 +141,11 @@ fn all_steps() -> Vec<Step> {
             neighbours: iface.neighbours,
             all_routes: false,
         },
+        Step::BindVfio {
+            bdf: "0000:00:03.0".parse().unwrap(),
+            original_driver: Some("e1000e".into()),
+            original_override: None,
+        },
     ]
 }
 
@@ -168,11 +171,6 @@ fn record(
         vhost_user_socket: (kind == EndpointKind::VhostUser)
             .then(|| "/tmp/vhostuser_10.200.0.2/vhu.sock".into()),
         steps,
-        vfio: (kind == EndpointKind::Physical).then(|| VfioRecord {
-            bdf: "0000:00:03.0".into(),
-            original_driver: Some("e1000e".into()),
-            original_override: None,
-        }),
         attached,
     }
 }
@@ -194,7 +192,7 @@ fn state(endpoints: Vec<EndpointRecord>) -> SandboxState {
 proptest! {
     #[test]
     fn every_kind_and_model_round_trips(
-        picks in proptest::collection::vec((0usize..8, 0usize..4, any::<[u8; 8]>(), proptest::sample::subsequence(all_steps(), 0..=11), any::<(u64, u64)>(), any::<bool>()), 0..6),
+        picks in proptest::collection::vec((0usize..8, 0usize..4, any::<[u8; 8]>(), proptest::sample::subsequence(all_steps(), 0..=12), any::<(u64, u64)>(), any::<bool>()), 0..6),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path().join("state.json")).unwrap();
@@ -382,6 +380,53 @@ fn fields_added_after_version_one_may_be_absent() {
     let loaded = parse_document(&serde_json::to_vec(&doc).unwrap()).unwrap();
     let e = &loaded.state.endpoints[0];
     assert!(e.steps.is_empty() && !e.attached && e.model.is_none() && e.rx_rate_bits == 0);
+}
+
+#[test]
+fn a_vfio_binding_recorded_by_an_earlier_version_loads_as_the_first_step() {
+    let bind = Step::BindVfio {
+        bdf: "0000:00:03.0".parse().unwrap(),
+        original_driver: Some("e1000e".into()),
+        original_override: Some("ixgbe".into()),
+    };
+    let document = |vfio: serde_json::Value, steps: Vec<Step>| {
+        let doc = serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "sandbox_id": "s",
+            "netns": { "path": "/run/netns/x", "id": { "dev": 4, "ino": 5 }, "created_by_us": false },
+            "model": "tcfilter",
+            "endpoints": [{
+                "id": "0102030405060708", "index": 0, "kind": "physical",
+                "interface": serde_json::to_value(interface()).unwrap(),
+                "pci": "0000:00:03.0", "steps": steps, "vfio": vfio, "attached": true,
+            }]
+        });
+        parse_document(&serde_json::to_vec(&doc).unwrap())
+    };
+    // What versions before the step wrote: the binding in `vfio`, no steps.
+    let old = serde_json::json!({"bdf": "0000:00:03.0", "original_driver": "e1000e", "original_override": "ixgbe"});
+    let loaded = document(old.clone(), vec![]).unwrap();
+    let e = &loaded.state.endpoints[0];
+    assert_eq!(e.steps, std::slice::from_ref(&bind));
+    // Written back as the step alone, and read again the same.
+    let text =
+        String::from_utf8(sandbox_net_persist::state::render_document(&loaded.state)).unwrap();
+    assert!(!text.contains("\"vfio\""), "{text}");
+    assert_eq!(parse_document(text.as_bytes()).unwrap().state, loaded.state);
+    // Before the other steps (it was made first), and not twice.
+    let redirect = all_steps()[7].clone();
+    let loaded = document(old.clone(), vec![redirect.clone()]).unwrap();
+    assert_eq!(loaded.state.endpoints[0].steps, [bind.clone(), redirect]);
+    let loaded = document(old, vec![bind.clone()]).unwrap();
+    assert_eq!(loaded.state.endpoints[0].steps, [bind]);
+    // A binding of an address that is none: the document is refused, naming the endpoint.
+    let bad =
+        serde_json::json!({"bdf": "eth0", "original_driver": null, "original_override": null});
+    let err = document(bad, vec![]).unwrap_err().to_string();
+    assert!(
+        err.contains("endpoint 0102030405060708: recorded vfio.bdf: invalid PCI address \"eth0\""),
+        "{err}"
+    );
 }
 
 /// A veth endpoint's record as planned: every step recorded, not attached yet.

@@ -437,7 +437,7 @@ async fn build_pod(scene: &Scene, pod: &Rtnl) -> anyhow::Result<()> {
         valid_lifetime: None,
         preferred_lifetime: None,
     };
-    pod.restore_address(&eth0, &address).await?;
+    pod.add_recorded_address(&eth0, &address).await?;
     pod.set_link_up(&eth0).await?;
     let lo = pod.link_by_name("lo").await?;
     pod.set_link_up(&lo).await?;

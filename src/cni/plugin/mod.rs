@@ -45,7 +45,7 @@ use std::{
 };
 
 use sandbox_net_endpoints::{
-    AttachOptions, ClassifyOptions, endpoints_from_scan, physical::SysfsPci,
+    AttachOptions, ClassifyOptions, Plug, endpoints_from_scan, physical::SysfsPci,
 };
 use sandbox_net_interworking::TapOptions;
 use sandbox_net_netns::{Netns, ScanOptions};
@@ -495,7 +495,10 @@ async fn wire(
             .map(|a| a.prefix.addr())
             .collect();
         let mtu = endpoint.interface.link.mtu;
-        match sandbox.attach(endpoint, &vmm, &attach_options, false).await {
+        match sandbox
+            .attach(endpoint, &vmm, &attach_options, Plug::Cold)
+            .await
+        {
             Ok(endpoint) => {
                 let Some(tap) = vm_link_of(&endpoint.steps).cloned() else {
                     failure = Some(CniError::new(
