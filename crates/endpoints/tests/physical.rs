@@ -11,7 +11,10 @@ use sandbox_net_endpoints::{
     testing::{self, STAND_IN_BDF as BDF, StandInNicDriver, StandInSysfs, StandInVmm},
 };
 use sandbox_net_interworking::{InterworkingModel, NetnsHandles, Step, TapOptions};
-use sandbox_net_netns::testing::{PodFixture, TestNetns, assert_same_snapshot};
+use sandbox_net_netns::{
+    Rtnl,
+    testing::{PodFixture, TestNetns, assert_same_snapshot},
+};
 use sandbox_net_persist::{
     IfName, NetnsId,
     state::{EndpointRecord, NetnsRecord, SandboxState},
@@ -463,6 +466,43 @@ async fn nic(fx: &PodFixture) -> Endpoint {
     )
 }
 
+/// A pod whose eth0 stands for the NIC of the stand-in PCI tree (on e1000e), the host
+/// namespace its stand-in driver registers the interface in once the NIC is back on it, and
+/// attach options that bind through that tree.
+struct VfioScene {
+    fx: PodFixture,
+    before: serde_json::Value,
+    host_initial: TestNetns,
+    tree: StandInSysfs,
+    _driver: StandInNicDriver,
+    rtnl: Rtnl,
+    opts: AttachOptions,
+}
+
+impl VfioScene {
+    async fn new() -> Self {
+        let fx = PodFixture::new();
+        let before = fx.pod.snapshot();
+        let host_initial = TestNetns::new();
+        let tree = stand_in_pci_tree(true);
+        let driver = StandInNicDriver::start(&tree, &fx, &host_initial);
+        let rtnl = fx.pod.netns().rtnl().await.unwrap();
+        let opts = AttachOptions {
+            sysfs: tree.sysfs().with_driver_netns(host_initial.netns().path()),
+            ..testing::options(InterworkingModel::TcFilter, TapOptions::default())
+        };
+        Self {
+            fx,
+            before,
+            host_initial,
+            tree,
+            _driver: driver,
+            rtnl,
+            opts,
+        }
+    }
+}
+
 fn link_names(ns: &TestNetns) -> Vec<String> {
     ns.ip_json(&["link", "show"])
         .as_array()
@@ -478,19 +518,18 @@ fn link_names(ns: &TestNetns) -> Vec<String> {
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn an_attach_refused_after_the_vfio_binding_gives_the_nic_back() {
-    let fx = PodFixture::new();
-    let before = fx.pod.snapshot();
-    let host_initial = TestNetns::new();
-    let tree = stand_in_pci_tree(true);
-    let _driver = StandInNicDriver::start(&tree, &fx, &host_initial);
-    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let VfioScene {
+        fx,
+        before,
+        host_initial,
+        tree,
+        _driver,
+        rtnl,
+        opts,
+    } = VfioScene::new().await;
     let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
-    };
-    let opts = AttachOptions {
-        sysfs: tree.sysfs().with_driver_netns(host_initial.netns().path()),
-        ..testing::options(InterworkingModel::TcFilter, TapOptions::default())
     };
     let vmm = RefusingOnceBound {
         vmm: StandInVmm::new().with_queues(1).refusing("no slot left"),
@@ -542,19 +581,18 @@ async fn an_attach_refused_after_the_vfio_binding_gives_the_nic_back() {
     ignore = "needs root and a real kernel: run with --features root-tests"
 )]
 async fn a_vfio_binding_in_a_state_file_is_undone_by_teardown() {
-    let fx = PodFixture::new();
-    let before = fx.pod.snapshot();
-    let host_initial = TestNetns::new();
-    let tree = stand_in_pci_tree(true);
-    let _driver = StandInNicDriver::start(&tree, &fx, &host_initial);
-    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let VfioScene {
+        fx,
+        before,
+        host_initial,
+        tree,
+        _driver,
+        rtnl,
+        opts,
+    } = VfioScene::new().await;
     let kernel = NetnsHandles {
         netns: fx.pod.netns(),
         rtnl: &rtnl,
-    };
-    let opts = AttachOptions {
-        sysfs: tree.sysfs().with_driver_netns(host_initial.netns().path()),
-        ..testing::options(InterworkingModel::TcFilter, TapOptions::default())
     };
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path().join("state.json")).unwrap();
