@@ -294,7 +294,7 @@ impl Network {
                             .detach_uncommitted(id, hypervisor, &options, plug)
                             .await
                         {
-                            tracing::warn!(endpoint = %id, error = %undo, "could not take back an endpoint of a failed {what}");
+                            tracing::warn!(endpoint = %id, error = %undo, "could not undo an endpoint of a failed {what}");
                         }
                     }
                     return Err(e);

@@ -578,8 +578,8 @@ impl Sandbox {
                 }
             };
             if refused || first_error.is_some() {
-                if let Err(e) = endpoint.abandon(kernel, &options, device).await {
-                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
+                if let Err(e) = endpoint.undo_prepared(kernel, &options, device).await {
+                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not undo an endpoint of a failed attach");
                 }
                 continue;
             }
@@ -598,7 +598,7 @@ impl Sandbox {
                         .detach(kernel, hypervisor, &options, Plug::Cold)
                         .await
                 {
-                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not take back an endpoint of a failed attach");
+                    tracing::warn!(endpoint = %endpoint.id, error = %sandbox_net_netns::error_chain(&e), "could not undo an endpoint of a failed attach");
                 }
             }
         }

@@ -397,7 +397,7 @@ impl Endpoint {
     /// endpoints of one sandbox can be prepared at once (their requests share one netlink
     /// socket), then handed over one by one in order, so that the guest sees its devices in
     /// the order of their indices. A prepared endpoint whose device is not handed over is
-    /// taken back with [`Endpoint::abandon`].
+    /// undone with [`Endpoint::undo_prepared`].
     /// Its span is the endpoint's `endpoint.attach`, as for a whole attach.
     #[tracing::instrument(name = "endpoint.attach", skip_all, fields(endpoint = %self.id, link = %self.interface.link.name, kind = %self.kind(), model = ?options.model, netns = %kernel.netns.path().display()))]
     pub async fn prepare_recorded<H: Hypervisor>(
@@ -416,10 +416,10 @@ impl Endpoint {
         }
     }
 
-    /// Takes back a prepared endpoint whose device is not handed over (another endpoint of
+    /// Undoes a prepared endpoint whose device is not handed over (another endpoint of
     /// the same attach failed): its descriptors close with `device`, then its kernel changes
     /// are undone. Returns what could not be undone (it stays recorded).
-    pub async fn abandon(
+    pub async fn undo_prepared(
         &mut self,
         kernel: NetnsHandles<'_>,
         options: &AttachOptions,
@@ -427,7 +427,7 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         drop(device);
         let failures = self.undo_all(kernel, options).await;
-        self.outcome("take back", failures)
+        self.outcome("undo the prepared attach of", failures)
     }
 
     /// The second half of [`Endpoint::attach_recorded`]: hands the prepared `device` to the
