@@ -304,9 +304,12 @@ impl Network {
         Ok(added)
     }
 
-    /// Detaches endpoints: all (`None`, last attached first) or those with the given ids.
-    /// Works on a copy of the id list, so every one asked for is detached (Kata's
-    /// remove-while-iterating skipped some); goes on past failures and reports them all.
+    /// Detaches endpoints of a stopped VM: all (`None`) or those with the given ids (an
+    /// unknown id changes nothing). Works on a copy of the id list, so every one asked for is
+    /// detached (Kata's remove-while-iterating skipped some); goes on past failures and
+    /// reports them all. All at once: with every endpoint asked for, their links go first as
+    /// the sandbox's device group (one request); the undo of each endpoint's steps runs
+    /// concurrently over one netlink socket, and the state is written once, then committed.
     #[tracing::instrument(name = "network.remove_endpoints", skip_all, fields(netns = %self.netns_label()), err)]
     pub async fn remove_endpoints<H: Hypervisor>(
         &mut self,
@@ -335,18 +338,10 @@ impl Network {
                 .collect(),
         };
         let options = self.config.attach_options();
-        let mut failures = Vec::new();
-        for id in &ids {
-            match self
-                .sandbox
-                .detach_uncommitted(id, hypervisor, &options, Plug::Cold)
-                .await
-            {
-                Ok(()) => {}
-                Err(SandboxError::Endpoint(e)) => failures.push(*e),
-                Err(other) => return Err(other),
-            }
-        }
+        let failures = self
+            .sandbox
+            .detach_cold_uncommitted(&ids, hypervisor, &options)
+            .await?;
         match Failures::from_vec(failures) {
             None => Ok(()),
             Some(failures) => Err(SandboxError::Teardown {

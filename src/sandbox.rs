@@ -740,6 +740,68 @@ impl Sandbox {
         Ok(result?)
     }
 
+    /// Detaches the endpoints `ids` of a VM that is gone or stopped (no hot-unplug), all at
+    /// once: when they are all of the sandbox's endpoints, their links go first as the
+    /// sandbox's device group; then every endpoint's steps are undone concurrently over the
+    /// one netlink socket, and the state is written once at the end (not once per endpoint).
+    /// A crash part way leaves every record as it was: undoing is idempotent, and the next
+    /// detach or teardown does what is left. Returns the endpoints that failed (their records
+    /// keep what could not be undone); an unknown id changes nothing.
+    pub(crate) async fn detach_cold_uncommitted<H: Hypervisor>(
+        &mut self,
+        ids: &[EndpointId],
+        hypervisor: &H,
+        options: &AttachOptions,
+    ) -> Result<Vec<EndpointError>, SandboxError> {
+        let file = self.store.path().to_path_buf();
+        let mut endpoints = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(record) = self.state.endpoints.iter().find(|e| &e.id == id) else {
+                return Err(SandboxError::UnknownEndpoint {
+                    file,
+                    id: id.clone(),
+                });
+            };
+            endpoints.push(Endpoint::try_from(record)?);
+        }
+        let rtnl = match self.netns.clone() {
+            Some(netns) => Some(self.take_rtnl(&netns).await?),
+            None => None,
+        };
+        let all = self.state.endpoints.iter().all(|e| ids.contains(&e.id));
+        if all && let Some(rtnl) = &rtnl {
+            self.delete_link_group(rtnl, options).await;
+        }
+        let kernel = match (&self.netns, &rtnl) {
+            (Some(netns), Some(rtnl)) => Some(NetnsHandles { netns, rtnl }),
+            _ => None,
+        };
+        let results = futures::future::join_all(endpoints.iter_mut().map(|endpoint| async {
+            match kernel {
+                Some(kernel) => {
+                    endpoint
+                        .detach(kernel, hypervisor, options, Plug::Cold)
+                        .await
+                }
+                None => endpoint.teardown(None, options).await,
+            }
+        }))
+        .await;
+        self.rtnl = rtnl;
+        let mut failures = Vec::new();
+        for (endpoint, result) in endpoints.iter().zip(results) {
+            match result {
+                Ok(()) => self.state.endpoints.retain(|e| e.id != endpoint.id),
+                Err(e) => {
+                    self.state.upsert_endpoint(EndpointRecord::from(endpoint));
+                    failures.push(e);
+                }
+            }
+        }
+        self.store.save(&self.state)?;
+        Ok(failures)
+    }
+
     /// Opens again the device of every endpoint; see `Network::reopen_devices`.
     pub async fn reopen_devices(
         &mut self,
@@ -852,6 +914,28 @@ impl Sandbox {
         }
     }
 
+    /// Deletes every link the sandbox's endpoints created at once, as their device group:
+    /// one request and one RCU grace period for the sandbox instead of one per link. The
+    /// per-endpoint undo that follows finds them gone and does the rest; if the group cannot
+    /// be deleted, that undo deletes the links one by one.
+    async fn delete_link_group(&self, rtnl: &sandbox_net_netns::Rtnl, options: &AttachOptions) {
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = options;
+        if self.state.link_group == 0 || self.state.endpoints.iter().all(|e| e.steps.is_empty()) {
+            return;
+        }
+        #[cfg(feature = "fault-injection")]
+        options.hooks.kill_point(&format_args!(
+            "delete the links of device group {}",
+            self.state.link_group
+        ));
+        if let Err(e) = rtnl.delete_link_group(self.state.link_group).await
+            && !matches!(e.errno(), Some(libc::ENODEV | libc::ENOENT))
+        {
+            tracing::warn!(group = self.state.link_group, error = %e, "links not deleted as a group; deleting them one by one");
+        }
+    }
+
     async fn teardown_uncommitted(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
         // A teardown that dies half way leaves a sandbox whose owner is gone: reaped next.
         self.own()?;
@@ -859,22 +943,8 @@ impl Sandbox {
             Some(netns) => Some(self.take_rtnl(&netns).await?),
             None => None,
         };
-        // All created links at once first: one RCU grace period for the sandbox instead of one
-        // per link. The per-endpoint undo below then finds them gone, and does the rest.
-        if let Some(rtnl) = &rtnl
-            && self.state.link_group != 0
-            && self.state.endpoints.iter().any(|e| !e.steps.is_empty())
-            && let Err(e) = {
-                #[cfg(feature = "fault-injection")]
-                options.hooks.kill_point(&format_args!(
-                    "delete the links of device group {}",
-                    self.state.link_group
-                ));
-                rtnl.delete_link_group(self.state.link_group).await
-            }
-            && !matches!(e.errno(), Some(libc::ENODEV | libc::ENOENT))
-        {
-            tracing::warn!(group = self.state.link_group, error = %e, "links not deleted as a group; deleting them one by one");
+        if let Some(rtnl) = &rtnl {
+            self.delete_link_group(rtnl, options).await;
         }
         let mut failures = Vec::new();
         let ids: Vec<EndpointId> = self

@@ -67,6 +67,21 @@ async fn removing_three_of_five_endpoints_by_id_removes_exactly_those() {
     assert_eq!(taps, ["tap1_kata", "tap3_kata"]);
     assert_eq!(network.check().await.unwrap(), []);
 
+    // An id the sandbox does not know, beside one it knows: refused, nothing detached.
+    let unknown = sandbox_net::EndpointId::from_bytes([7; 8]);
+    let err = network
+        .remove_endpoints(&vmm, Some(&[ids[1].clone(), unknown.clone()]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, sandbox_net::SandboxError::UnknownEndpoint { id, .. } if *id == unknown),
+        "{err}"
+    );
+    assert_eq!(network.sandbox().state().endpoints.len(), 2);
+    let mut taps = our_links(&fx.pod);
+    taps.sort();
+    assert_eq!(taps, ["tap1_kata", "tap3_kata"]);
+
     network.remove_endpoints(&vmm, None).await.unwrap();
     assert!(network.sandbox().state().endpoints.is_empty());
     network.teardown().await.unwrap();
