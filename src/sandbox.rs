@@ -899,9 +899,11 @@ impl Sandbox {
     }
 
     /// Tears down every endpoint from the record alone: the sandbox's links deleted as one
-    /// device group, then every endpoint's other steps undone, all endpoints at once, one
-    /// journal line each; goes on past failures and reports them all. What is already gone (objects, or
-    /// the whole namespace) counts as done. Safe to run twice. Then the CNI networks the
+    /// device group, then every endpoint's other steps undone, all endpoints at once; goes
+    /// on past failures and reports them all. The state file is written only when something
+    /// could not be undone (once, with what is left); a complete teardown leaves it as it
+    /// was, for `forget` to remove. What is already gone (objects, or the whole namespace)
+    /// counts as done. Safe to run twice: a teardown cut short is run again. Then the CNI networks the
     /// sandbox ran into its namespace get their DEL, last first. When everything is undone and
     /// this module created the namespace, the namespace is deleted too.
     pub async fn teardown(&mut self, options: &AttachOptions) -> Result<(), SandboxError> {
@@ -976,12 +978,13 @@ impl Sandbox {
             if let Err(e) = result {
                 failures.push(e);
             }
-            // One journal line per endpoint (the document is not rewritten per endpoint).
-            let record = EndpointRecord::from(endpoint);
-            self.state.upsert_endpoint(record.clone());
-            self.store.save_endpoint(&self.state, &record)?;
+            self.state.upsert_endpoint(EndpointRecord::from(&*endpoint));
         }
         if let Some(failures) = Failures::from_vec(failures) {
+            // What could not be undone is written, in one save, for the next try. A
+            // complete teardown writes nothing: `forget` removes the files, and a process
+            // that dies before that leaves records whose undo is simply run again.
+            self.store.save(&self.state)?;
             self.rtnl = rtnl;
             return Err(SandboxError::Teardown {
                 file: self.store.path().to_path_buf(),

@@ -1,6 +1,6 @@
 //! Undoing steps in reverse: rollback, detach and cleanup after a crash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sandbox_net_netns::{Failures, NetlinkError, Rtnl};
 use sandbox_net_persist::{
@@ -88,6 +88,7 @@ pub async fn undo_with(
         })
         .collect();
     let mut failures = Vec::new();
+    let mut links = KnownLinks::default();
     // The links the steps created go first, then the other steps are undone, each pass in
     // reverse. A created link may hold what giving a found link its state back needs: a
     // macvtap on a macvlan holds the pod link's MAC on their shared lower device (the kernel
@@ -120,10 +121,10 @@ pub async fn undo_with(
         let result = if options.hooks.fail_undo_of == Some(index) {
             Err(StepError::Injected)
         } else {
-            undo_one(kernel, step).await
+            undo_one(kernel, &mut links, step).await
         };
         #[cfg(not(feature = "fault-injection"))]
-        let result = undo_one(kernel, step).await;
+        let result = undo_one(kernel, &mut links, step).await;
         if let Err(source) = result {
             tracing::warn!(step = %step.describe(), error = %source, "undo failed");
             failures.push(UndoFailure {
@@ -176,20 +177,50 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
     }
 }
 
-async fn undo_one(kernel: NetnsHandles<'_>, step: &Step) -> Result<(), StepError> {
+/// The links an undo has looked up, each once: an undo changes their attributes and their
+/// traffic control, never their index (which is all the requests need) nor their queue
+/// length (the one attribute an undo step reads), and deletes only those its steps created.
+#[derive(Default)]
+struct KnownLinks(HashMap<IfName, Option<Link>>);
+
+impl KnownLinks {
+    /// The link called `name`, or `None` when it no longer exists.
+    async fn get(
+        &mut self,
+        kernel: NetnsHandles<'_>,
+        name: &IfName,
+    ) -> Result<Option<Link>, NetlinkError> {
+        if let Some(known) = self.0.get(name) {
+            return Ok(known.clone());
+        }
+        let link = match kernel.link(name.as_str()).await {
+            Ok(link) => Some(link),
+            Err(e) if gone(&e) => None,
+            Err(e) => return Err(e),
+        };
+        self.0.insert(name.clone(), link.clone());
+        Ok(link)
+    }
+}
+
+async fn undo_one(
+    kernel: NetnsHandles<'_>,
+    links: &mut KnownLinks,
+    step: &Step,
+) -> Result<(), StepError> {
     let rtnl = kernel.rtnl;
     // Not a link's: skipped by `undo_with`.
     let Some(name) = step.link() else {
         return Ok(());
     };
     // A link that no longer exists has nothing left to undo.
-    let link = match kernel.link(name.as_str()).await {
-        Ok(link) => link,
-        Err(e) => return Ok(tolerate::<()>(Err(e))?),
+    let Some(link) = links.get(kernel, name).await? else {
+        return Ok(());
     };
     match step {
         Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::CreateIfb { .. } => {
-            tolerate(rtnl.delete_link(&link).await)?
+            tolerate(rtnl.delete_link(&link).await)?;
+            links.0.insert(name.clone(), None);
         }
         Step::SetMtu { original, .. } => tolerate(rtnl.set_link_mtu(&link, *original).await)?,
         Step::SetMac { original, .. } => tolerate(rtnl.set_link_mac(&link, *original).await)?,
@@ -201,12 +232,12 @@ async fn undo_one(kernel: NetnsHandles<'_>, step: &Step) -> Result<(), StepError
         } => {}
         Step::SetAllmulticast { .. } => tolerate(rtnl.set_link_allmulticast(&link, false).await)?,
         // Ours is an `ingress`; a clsact there now is someone's, who replaced ours.
-        Step::AddIngressQdisc { .. } => match rtnl.link_qdiscs(&link).await?.ingress {
-            Some(ingress) if ingress.qdisc.kind == "ingress" => {
+        Step::AddIngressQdisc { .. } => match rtnl.ingress_qdisc(&link).await? {
+            Some(ingress) if ingress.kind == "ingress" => {
                 tolerate(rtnl.del_ingress_qdisc(&link).await)?
             }
             Some(other) => {
-                tracing::warn!(link = %link.name, qdisc = %other.qdisc, "the ingress qdisc is not the one sandbox-net added: left alone")
+                tracing::warn!(link = %link.name, qdisc = %other, "the ingress qdisc is not the one sandbox-net added: left alone")
             }
             None => {}
         },
@@ -225,7 +256,7 @@ async fn undo_one(kernel: NetnsHandles<'_>, step: &Step) -> Result<(), StepError
             }
         }
         // Only an HTB root `1:`: a root qdisc of another kind there now is someone's.
-        Step::AddHtb { .. } => match rtnl.link_qdiscs(&link).await?.root {
+        Step::AddHtb { .. } => match rtnl.root_qdisc(&link).await? {
             Some(root) if root.kind == "htb" && root.handle == HTB_ROOT => {
                 match del_htb_tree(rtnl, &link).await {
                     Err(e) if e.errno() == Some(libc::ENOENT) => {}

@@ -162,6 +162,18 @@ impl Rtnl {
         Ok((ingress?, root?))
     }
 
+    /// The link's ingress qdisc (`ingress` or `clsact`), if it has one: one get, without the
+    /// filter dump of [`Rtnl::link_qdiscs`].
+    pub async fn ingress_qdisc(&self, link: &Link) -> Result<Option<Qdisc>, NetlinkError> {
+        self.qdisc_kind_at(link, TcHandle::INGRESS).await
+    }
+
+    /// The link's root qdisc unless it is the kernel's default (see [`LinkQdiscs::root`]):
+    /// one get.
+    pub async fn root_qdisc(&self, link: &Link) -> Result<Option<Qdisc>, NetlinkError> {
+        self.qdisc_kind_at(link, TcHandle::from(TC_H_ROOT)).await
+    }
+
     /// The kind and handle of [`Rtnl::qdisc_at`]'s answer.
     async fn qdisc_kind_at(
         &self,
