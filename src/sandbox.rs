@@ -978,7 +978,7 @@ impl Sandbox {
             if let Err(e) = result {
                 failures.push(e);
             }
-            self.state.upsert_endpoint(EndpointRecord::from(&*endpoint));
+            self.state.upsert_endpoint(EndpointRecord::from(endpoint));
         }
         if let Some(failures) = Failures::from_vec(failures) {
             // What could not be undone is written, in one save, for the next try. A
