@@ -104,6 +104,17 @@ pub async fn undo_with(
         .enumerate()
         .rev()
         .filter(|(_, s)| !is_creation(s));
+    // A redirect under an ingress qdisc these steps added goes with that qdisc: its own
+    // delete (and the filter dump that checks it first) waits for the qdisc's undo, and is
+    // only sent if the qdisc stays (someone replaced it) or could not be deleted.
+    let ours_at_ingress: HashSet<&IfName> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::AddIngressQdisc { link } => Some(link),
+            _ => None,
+        })
+        .collect();
+    let mut waiting: HashMap<&IfName, Vec<(usize, &Step)>> = HashMap::new();
     for (index, step) in creations.chain(others) {
         if step.is_sysfs() {
             continue;
@@ -113,30 +124,60 @@ pub async fn undo_with(
         {
             continue;
         }
-        #[cfg(feature = "fault-injection")]
-        options
-            .hooks
-            .kill_point(&format_args!("undo {}", step.describe()));
-        #[cfg(feature = "fault-injection")]
-        let result = if options.hooks.fail_undo_of == Some(index) {
-            Err(StepError::Injected)
-        } else {
-            undo_one(kernel, &mut links, step).await
-        };
-        #[cfg(not(feature = "fault-injection"))]
-        let result = undo_one(kernel, &mut links, step).await;
-        if let Err(source) = result {
-            tracing::warn!(step = %step.describe(), error = %source, "undo failed");
-            failures.push(UndoFailure {
-                index,
-                step: step.describe(),
-                source,
-            });
+        if let Step::AddRedirect { from, .. } = step
+            && ours_at_ingress.contains(from)
+        {
+            waiting.entry(from).or_default().push((index, step));
+            continue;
         }
+        undo_and_record(kernel, &mut links, options, index, step, &mut failures).await;
+        if let Step::AddIngressQdisc { link } = step
+            && let Some(redirects) = waiting.remove(link)
+            && !links.ingress_gone.contains(link)
+        {
+            for (index, step) in redirects {
+                undo_and_record(kernel, &mut links, options, index, step, &mut failures).await;
+            }
+        }
+    }
+    // Redirects whose qdisc's undo did not run (its link is gone): undone on their own.
+    for (index, step) in waiting.into_values().flatten() {
+        undo_and_record(kernel, &mut links, options, index, step, &mut failures).await;
     }
     match Failures::from_vec(failures) {
         None => Ok(()),
         Some(failures) => Err(UndoError { failures }),
+    }
+}
+
+/// Undoes one step, with its fault points; a failure is added to `failures`.
+async fn undo_and_record(
+    kernel: NetnsHandles<'_>,
+    links: &mut KnownLinks,
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))] options: ApplyOptions,
+    index: usize,
+    step: &Step,
+    failures: &mut Vec<UndoFailure>,
+) {
+    #[cfg(feature = "fault-injection")]
+    options
+        .hooks
+        .kill_point(&format_args!("undo {}", step.describe()));
+    #[cfg(feature = "fault-injection")]
+    let result = if options.hooks.fail_undo_of == Some(index) {
+        Err(StepError::Injected)
+    } else {
+        undo_one(kernel, links, step).await
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    let result = undo_one(kernel, links, step).await;
+    if let Err(source) = result {
+        tracing::warn!(step = %step.describe(), error = %source, "undo failed");
+        failures.push(UndoFailure {
+            index,
+            step: step.describe(),
+            source,
+        });
     }
 }
 
@@ -181,7 +222,12 @@ fn tolerate<T>(result: Result<T, NetlinkError>) -> Result<(), NetlinkError> {
 /// traffic control, never their index (which is all the requests need) nor their queue
 /// length (the one attribute an undo step reads), and deletes only those its steps created.
 #[derive(Default)]
-struct KnownLinks(HashMap<IfName, Option<Link>>);
+struct KnownLinks {
+    links: HashMap<IfName, Option<Link>>,
+    /// The links whose ingress qdisc is gone (deleted by this undo, or found missing): their
+    /// ingress filters are gone with it.
+    ingress_gone: HashSet<IfName>,
+}
 
 impl KnownLinks {
     /// The link called `name`, or `None` when it no longer exists.
@@ -190,7 +236,7 @@ impl KnownLinks {
         kernel: NetnsHandles<'_>,
         name: &IfName,
     ) -> Result<Option<Link>, NetlinkError> {
-        if let Some(known) = self.0.get(name) {
+        if let Some(known) = self.links.get(name) {
             return Ok(known.clone());
         }
         let link = match kernel.link(name.as_str()).await {
@@ -198,7 +244,7 @@ impl KnownLinks {
             Err(e) if gone(&e) => None,
             Err(e) => return Err(e),
         };
-        self.0.insert(name.clone(), link.clone());
+        self.links.insert(name.clone(), link.clone());
         Ok(link)
     }
 }
@@ -220,7 +266,7 @@ async fn undo_one(
     match step {
         Step::CreateTap { .. } | Step::CreateMacvtap { .. } | Step::CreateIfb { .. } => {
             tolerate(rtnl.delete_link(&link).await)?;
-            links.0.insert(name.clone(), None);
+            links.links.insert(name.clone(), None);
         }
         Step::SetMtu { original, .. } => tolerate(rtnl.set_link_mtu(&link, *original).await)?,
         Step::SetMac { original, .. } => tolerate(rtnl.set_link_mac(&link, *original).await)?,
@@ -234,12 +280,16 @@ async fn undo_one(
         // Ours is an `ingress`; a clsact there now is someone's, who replaced ours.
         Step::AddIngressQdisc { .. } => match rtnl.ingress_qdisc(&link).await? {
             Some(ingress) if ingress.kind == "ingress" => {
-                tolerate(rtnl.del_ingress_qdisc(&link).await)?
+                tolerate(rtnl.del_ingress_qdisc(&link).await)?;
+                links.ingress_gone.insert(name.clone());
             }
             Some(other) => {
                 tracing::warn!(link = %link.name, qdisc = %other, "the ingress qdisc is not the one sandbox-net added: left alone")
             }
-            None => {}
+            // No ingress qdisc: no ingress filter either.
+            None => {
+                links.ingress_gone.insert(name.clone());
+            }
         },
         // Found there: someone else's, left as it is.
         Step::UseIngressQdisc { .. } => {}

@@ -425,3 +425,50 @@ async fn three_endpoints_attach_and_all_detach() {
     }
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "root-tests"),
+    ignore = "needs root and a real kernel: run with --features root-tests"
+)]
+async fn a_redirect_goes_with_our_ingress_qdisc_or_on_its_own_when_the_qdisc_stays() {
+    let fx = PodFixture::new();
+    let before = fx.pod.snapshot();
+    let rtnl = fx.pod.netns().rtnl().await.unwrap();
+    let kernel = NetnsHandles {
+        netns: fx.pod.netns(),
+        rtnl: &rtnl,
+    };
+    let redirects = |fx: &PodFixture| fx.pod.tc(&["filter", "show", "dev", "eth0", "ingress"]);
+    let pair = pair_for(&fx.pod, "eth0", 0, InterworkingModel::TcFilter, 1).await;
+    let steps = pair.plan(random_local_mac());
+    let ingress = steps
+        .iter()
+        .position(|s| matches!(s, Step::AddIngressQdisc { link } if link.as_str() == "eth0"))
+        .unwrap();
+
+    // The undo of eth0's ingress qdisc fails: the qdisc stays, and the redirect under it
+    // is deleted on its own.
+    let applied = apply(kernel, &steps).await.unwrap();
+    drop(applied);
+    assert!(redirects(&fx).contains("mirred"), "{}", redirects(&fx));
+    let options = ApplyOptions {
+        hooks: ApplyHooks {
+            fail_undo_of: Some(ingress),
+            ..ApplyHooks::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let err = sandbox_net_interworking::undo_with(kernel, &steps, options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.residue(&steps), [steps[ingress].clone()]);
+    let qdiscs = fx.pod.tc(&["qdisc", "show", "dev", "eth0", "ingress"]);
+    assert!(qdiscs.contains("qdisc ingress ffff:"), "{qdiscs}");
+    assert_eq!(redirects(&fx), "", "the redirect went on its own");
+
+    // A clean undo: the qdisc takes the redirect with it, and the pod is as it was.
+    undo(kernel, &err.residue(&steps)).await.unwrap();
+    assert_same_snapshot(&before, &fx.pod.snapshot());
+}
