@@ -14,9 +14,10 @@
 //!   namespace, each read to its `NLMSG_DONE` into a 64 KiB buffer; the messages are only
 //!   walked (header, type), nothing is decoded (50 iterations). `scan/raw` is the ratio of the
 //!   medians (the target: at most 1.3 at 128 and 512 links);
-//! - `rtnetlink`: six dumps through rtnetlink on the reused handle (links without counters,
-//!   addresses, IPv4/IPv6 routes of every table, IPv4/IPv6 neighbours), decoded by rtnetlink,
-//!   not converted (50 iterations): what a straightforward scan costs. `scan` decodes link
+//! - `rtnetlink`: six dumps through `Rtnl::exchange` on the reused handle (rtnetlink's
+//!   connection: links without counters, addresses, IPv4/IPv6 routes of every table,
+//!   IPv4/IPv6 neighbours), decoded by netlink-packet-route, not converted (50 iterations):
+//!   what a straightforward scan costs. `scan` decodes link
 //!   messages lean (see `crates/netns/src/lean_dump.rs`), hence a ratio below 1 to it;
 //! - `CLI scan`: the whole `sandbox-net scan --netns NAME --json` process, output read
 //!   (20 iterations); `CLI - scan+open` is the difference of the medians, what the process

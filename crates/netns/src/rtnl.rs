@@ -53,6 +53,7 @@ impl Netns {
                 let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
                 // Extended acks carry the kernel's explanation of a refused request.
                 socket.socket_mut().set_ext_ack(true)?;
+                grow_receive_buffer(socket.socket_ref());
                 let lean = crate::lean_dump::LeanSocket::new(TokioSocket::new(NETLINK_ROUTE)?)?;
                 Ok::<_, std::io::Error>((socket, lean))
             })
@@ -76,6 +77,39 @@ impl Netns {
             lean,
         })
     }
+}
+
+/// The receive buffer asked for the shared socket, in bytes (the kernel doubles it for its
+/// bookkeeping).
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
+
+/// Makes the socket's receive buffer [`RECEIVE_BUFFER`] large. Every request of a sandbox
+/// (hundreds of endpoints' at once) shares this socket, and the kernel drops an answer that
+/// does not fit in the receive buffer (the socket's `Drops` in `/proc/net/netlink`): the
+/// request that waits for it would wait forever. Each answer costs the buffer a whole socket
+/// buffer (about 1 KiB for a 40-byte ACK), so the default of `net.core.rmem_default` (208 KiB)
+/// holds some 200 of them. `SO_RCVBUFFORCE` (root, `CAP_NET_ADMIN`) goes past
+/// `net.core.rmem_max`; without the capability, `SO_RCVBUF` gets what the limit allows.
+fn grow_receive_buffer(socket: &netlink_sys::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = RECEIVE_BUFFER;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the descriptor is the socket's, open for the call; the option's value is
+        // a c_int read by the kernel through a pointer and length that describe it.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), "netlink receive buffer left at its default");
 }
 
 impl Rtnl {
