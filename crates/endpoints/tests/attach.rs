@@ -309,7 +309,6 @@ async fn ipvlan_is_forced_to_tcfilter_carries_traffic_and_detaches_to_the_snapsh
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
-/// An rtnetlink error as the `io::Error` of its errno, for the feature detection.
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
