@@ -427,18 +427,7 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         let store = Arc::clone(&self.store);
         let state = self.state.clone();
-        match tokio::task::spawn_blocking(move || write(&store, &state)).await {
-            Ok(written) => Ok(written?),
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => Err(StoreError::Io {
-                    op: "sync",
-                    path: self.store.path().to_path_buf(),
-                    source: std::io::Error::other("the tokio runtime is shutting down"),
-                }
-                .into()),
-            },
-        }
+        Ok(sandbox_net_netns::on_blocking_thread(move || write(&store, &state)).await?)
     }
 
     /// The result of an operation, after its commit: a failed commit is the error unless the

@@ -8,7 +8,9 @@ use sandbox_net_interworking::{
     Step, TapOptions, UndoError, apply_with, fit_to_kernel, random_local_mac, undo_with,
     vm_link_name,
 };
-use sandbox_net_netns::{Failures, MacvtapError, NetlinkError, VhostError, open_vhost_net};
+use sandbox_net_netns::{
+    Failures, MacvtapError, NetlinkError, VhostError, on_blocking_thread, open_vhost_net,
+};
 use sandbox_net_persist::{
     IfName, MacAddr,
     endpoint::{EndpointId, EndpointKind},
@@ -800,18 +802,5 @@ impl Endpoint {
                 })
             }
         }
-    }
-}
-
-/// Runs sysfs writes on tokio's blocking threads: the kernel answers a write to a driver's
-/// `bind`, `unbind` or `drivers_probe` only once the driver has probed or released the
-/// device, which can take long (a NIC's reset), and an async worker that waits stalls every
-/// task queued on it. A panic of `work` is resumed in the caller.
-async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(done) => done,
-        // Only a panic: a blocking task is not cancelled while its runtime lives, and the
-        // runtime outlives every task that awaits on it.
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

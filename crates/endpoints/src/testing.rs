@@ -469,6 +469,20 @@ impl StandInSysfs {
         self.root().join("bus/pci/devices").join(STAND_IN_BDF)
     }
 
+    /// Waits (up to 5 s) until the function's `driver` link points at `driver`: the
+    /// stand-in driver thread binds it a moment after the write that asks for it. Panics
+    /// otherwise.
+    pub fn wait_for_driver(&self, driver: &str) {
+        let link = self.device().join("driver");
+        for _ in 0..500 {
+            if std::fs::read_link(&link).is_ok_and(|t| t.ends_with(driver)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the stand-in function is not on {driver}");
+    }
+
     /// Points the function's `driver` link at `driver` (or removes it), as the kernel does
     /// when a driver binds or unbinds.
     pub fn set_driver(&self, driver: Option<&str>) {

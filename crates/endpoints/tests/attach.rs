@@ -715,26 +715,6 @@ fn physical_endpoint_classification_needs_a_pci_address() {
 
 /// Waits (up to 5 s) until the stand-in function is on `driver`, as the stand-in kernel
 /// driver puts it after a write.
-fn wait_for_driver(sysfs: &StandInSysfs, driver: &str) {
-    let link = sysfs.device().join("driver");
-    for _ in 0..500 {
-        if std::fs::read_link(&link).is_ok_and(|t| t.ends_with(driver)) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("the stand-in function is not on {driver}");
-}
-
-fn link_names(ns: &TestNetns) -> Vec<String> {
-    ns.ip_json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -806,8 +786,8 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     assert_eq!(read("drivers_probe"), bdf);
     // The function is on vfio-pci; its interface was unregistered with its driver: the pod
     // has no eth0 while the VM has the NIC.
-    wait_for_driver(&sysfs, "vfio-pci");
-    assert_eq!(link_names(&fx.pod), ["lo"]);
+    sysfs.wait_for_driver("vfio-pci");
+    assert_eq!(fx.pod.link_names(), ["lo"]);
 
     nic.detach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
     assert_eq!(read(&override_file), "");
@@ -816,7 +796,7 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     assert_eq!(nic.steps, [], "undone");
     // Back in the pod, not in the host's namespace, with its name, MAC, MTU, addresses,
     // routes and neighbours; and it carries the pod's traffic.
-    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_eq!(host_initial.link_names(), ["lo"]);
     assert_same_snapshot(&before, &fx.pod.snapshot());
     assert_eq!(
         testing::ping_count(fx.host.netns(), "10.200.0.2", 3).await,
@@ -826,12 +806,12 @@ async fn physical_endpoint_binds_vfio_and_gives_the_nic_back_to_the_pod_on_detac
     // Again, torn down from the record alone (a restarted shim, the VM gone).
     let mut nic = nic_of(eps[0].interface.clone());
     nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
-    wait_for_driver(&sysfs, "vfio-pci");
-    assert_eq!(link_names(&fx.pod), ["lo"]);
+    sysfs.wait_for_driver("vfio-pci");
+    assert_eq!(fx.pod.link_names(), ["lo"]);
     vmm.shutdown();
     nic.teardown(Some(kernel), &opts).await.unwrap();
     assert_eq!(nic.steps, [], "undone");
-    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_eq!(host_initial.link_names(), ["lo"]);
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
@@ -867,7 +847,7 @@ async fn a_nic_whose_driver_registers_no_interface_is_reported_and_kept_for_a_la
     };
     let vmm = StandInVmm::new().with_queues(1);
     nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
-    wait_for_driver(&sysfs, "vfio-pci");
+    sysfs.wait_for_driver("vfio-pci");
     // The driver does not come back (as if its probe failed): nothing registers an interface.
     drop(driver);
     let err = nic

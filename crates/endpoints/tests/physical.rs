@@ -403,17 +403,6 @@ async fn ethtool_errors_mean_not_physical() {
 
 /// Waits (up to 5 s) until the stand-in function is on `driver`, as the stand-in kernel
 /// driver puts it after a write.
-fn wait_for_driver(sysfs: &StandInSysfs, driver: &str) {
-    let link = sysfs.device().join("driver");
-    for _ in 0..500 {
-        if fs::read_link(&link).is_ok_and(|t| t.ends_with(driver)) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("the stand-in function is not on {driver}");
-}
-
 /// The step that binds the stand-in function, as recorded before anything is written.
 fn bind_step() -> Step {
     Step::BindVfio {
@@ -440,7 +429,7 @@ impl Hypervisor for RefusingOnceBound<'_> {
     }
 
     async fn add_device(&self, device: NetDevice) -> Result<(), HypervisorError> {
-        wait_for_driver(self.sysfs, "vfio-pci");
+        self.sysfs.wait_for_driver("vfio-pci");
         self.vmm.add_device(device).await
     }
 
@@ -503,15 +492,6 @@ impl VfioScene {
     }
 }
 
-fn link_names(ns: &TestNetns) -> Vec<String> {
-    ns.ip_json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(feature = "root-tests"),
@@ -568,10 +548,10 @@ async fn an_attach_refused_after_the_vfio_binding_gives_the_nic_back() {
     assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
     assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
     assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
-    wait_for_driver(&tree, "e1000e");
+    tree.wait_for_driver("e1000e");
     assert_eq!(nic.steps, [], "nothing left to undo");
     assert!(!nic.attached);
-    assert_eq!(link_names(&host_initial), ["lo"]);
+    assert_eq!(host_initial.link_names(), ["lo"]);
     assert_same_snapshot(&before, &fx.pod.snapshot());
 }
 
@@ -607,8 +587,8 @@ async fn a_vfio_binding_in_a_state_file_is_undone_by_teardown() {
         let vmm = StandInVmm::new().with_queues(1);
         let mut nic = nic(&fx).await;
         nic.attach(kernel, &vmm, &opts, Plug::Cold).await.unwrap();
-        wait_for_driver(&tree, "vfio-pci");
-        assert_eq!(link_names(&fx.pod), ["lo"], "old format: {old_format}");
+        tree.wait_for_driver("vfio-pci");
+        assert_eq!(fx.pod.link_names(), ["lo"], "old format: {old_format}");
         let mut state = SandboxState::new("s", netns.clone(), InterworkingModel::TcFilter);
         state.endpoints.push(EndpointRecord::from(&nic));
         store.save(&state).unwrap();
@@ -633,7 +613,7 @@ async fn a_vfio_binding_in_a_state_file_is_undone_by_teardown() {
         assert_eq!(tree.read("devices/0000:00:03.0/driver_override"), "\n");
         assert_eq!(tree.read("drivers/vfio-pci/unbind"), BDF);
         assert_eq!(tree.read("drivers/e1000e/bind"), BDF);
-        assert_eq!(link_names(&host_initial), ["lo"]);
+        assert_eq!(host_initial.link_names(), ["lo"]);
         assert_same_snapshot(&before, &fx.pod.snapshot());
         // The stand-in files keep the last write: cleared for the next round.
         for file in ["drivers/vfio-pci/unbind", "drivers/e1000e/bind"] {

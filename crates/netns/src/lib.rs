@@ -53,7 +53,7 @@ pub use link::LinkChange;
 pub use macvtap::{MACVTAP_INDEX_BASE, MACVTAP_INDEX_TRIES};
 pub use namespace::{NETNS_RUN_DIR, Netns, PID1_NETNS, named_path};
 pub use rtnl::Rtnl;
-pub use run::RUNNER_THREAD_NAME;
+pub use run::{RUNNER_THREAD_NAME, on_blocking_thread};
 pub use sandbox_net_persist::NetnsId;
 pub use scan::ScanOptions;
 pub use spawn::SpawnError;

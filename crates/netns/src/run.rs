@@ -208,3 +208,16 @@ impl QueuedRunner {
         }
     }
 }
+
+/// Runs blocking work (an `fsync`, a write to a driver's sysfs `bind`) on tokio's blocking
+/// threads and waits for it: such a call can wait milliseconds or far longer (a busy disk, a
+/// NIC's reset), and an async worker that waits stalls every task queued on it. A panic of
+/// `work` is resumed in the caller.
+pub async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        // Only a panic: a blocking task is cancelled only by the shutdown of its runtime,
+        // which drops the task awaiting it first.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

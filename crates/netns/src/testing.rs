@@ -223,6 +223,19 @@ impl TestNetns {
         parse_json("ip", &full, &run_tool("ip", &full, None))
     }
 
+    /// The names of the namespace's links, as `ip -j link show` lists them.
+    pub fn link_names(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("ip -j link show in {}: not a list", self.name))
+    }
+
     /// Runs `tc -n NAME ARGS...` and returns its stdout; panics with stderr on failure.
     pub fn tc(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", self.name.as_str()];
